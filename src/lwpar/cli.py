@@ -1,0 +1,51 @@
+"""The one command-line interface: `lwpar <stage> ...`, one subcommand per pipeline stage.
+
+Each stage module exposes `add_arguments(parser)` and `run(args, params)`. Snakemake rules and
+DVC stages only call these subcommands; every input, output and parameter comes in as an argument.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from lwpar import LwparError, __version__
+
+# subcommand -> (module, one-line help)
+STAGES = {
+    "data": ("lwpar.stages.data", "download and prepare a dataset into the canonical form"),
+    #"train": ("lwpar.stages.train", "train a baseline model on a prepared dataset"),
+    #"evaluate": ("lwpar.stages.evaluate", "score a PyTorch checkpoint or an ONNX model on a split"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lwpar", description="Lightweight pedestrian attribute recognition pipeline stages.")
+    parser.add_argument("--version", action="version", version=f"lwpar {__version__}")
+    sub = parser.add_subparsers(dest="stage", metavar="<stage>", required=True)
+    for name, (module_name, help_text) in STAGES.items():
+        module = importlib.import_module(module_name)
+        stage = sub.add_parser(name, help=help_text, description=module.__doc__,
+                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        stage.add_argument("--params", default="params.yaml", help="the params file (validated against the schema)")
+        module.add_arguments(stage)
+        stage.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from lwpar.config import load_params
+
+    args = build_parser().parse_args(argv)
+    try:
+        params = load_params(args.params)
+        args._run(args, params)
+    except LwparError as exc:
+        print(f"lwpar {args.stage}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"lwpar {args.stage}: interrupted", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,136 @@
+"""Load params.yaml and validate it against the JSON schema, with one-line errors naming the key."""
+
+from __future__ import annotations
+
+import math
+import os
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lwpar import LwparError
+
+SCHEMA_RESOURCE = "schemas/params.schema.yaml"
+MIRROR_ENV = "LWPAR_MIRROR"
+WEIGHTS_ENV = "LWPAR_WEIGHTS"
+
+_JSON_TYPES = {
+    "object": "mapping", "array": "list", "string": "string", "integer": "integer",
+    "number": "number", "boolean": "boolean", "null": "null",
+}
+
+
+class ParamsError(LwparError):
+    pass
+
+
+@lru_cache(maxsize=1)
+def schema() -> dict:
+    text = resources.files("lwpar").joinpath(SCHEMA_RESOURCE).read_text()
+    return yaml.safe_load(text)
+
+
+def load_params(path: str | os.PathLike = "params.yaml") -> dict:
+    """Read and validate a params file; raise ParamsError with `<file>: <key.path>: <problem>`."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: params file not found") from None
+    try:
+        params = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ParamsError(f"{path}: not valid YAML{where}") from None
+    validate_params(params, source=path.name)
+    return params
+
+
+def validate_params(params: Any, source: str = "params.yaml") -> None:
+    """Schema check, then the cross-key rules a schema cannot say."""
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(schema())
+    errors = list(validator.iter_errors(params))
+    if errors:
+        # The deepest error is the most specific one; ties go to schema order.
+        error = max(errors, key=lambda e: len(e.absolute_path))
+        error = _most_specific(error)
+        key, problem = _describe(error)
+        raise ParamsError(f"{source}: {key}: {problem}" if key else f"{source}: {problem}")
+    for key, problem in _semantic_problems(params):
+        raise ParamsError(f"{source}: {key}: {problem}")
+
+
+def _most_specific(error):
+    # For oneOf/anyOf the context holds the branch errors; the deepest explains best.
+    while error.context:
+        error = max(error.context, key=lambda e: len(e.absolute_path))
+    return error
+
+
+def _dotted(parts) -> str:
+    return ".".join(str(p) for p in parts)
+
+
+def _describe(error) -> tuple[str, str]:
+    path = list(error.absolute_path)
+    value = error.instance
+    kind = error.validator
+    if kind == "additionalProperties":
+        allowed = set(error.schema.get("properties", {}))
+        extra = sorted(k for k in value if k not in allowed)
+        hint = f" (allowed: {', '.join(sorted(allowed))})" if allowed else ""
+        return _dotted(path + [extra[0]]), f"unknown key{hint}"
+    if kind == "required":
+        missing = [k for k in error.validator_value if k not in value]
+        return _dotted(path + [missing[0]]), "missing key"
+    if kind == "type":
+        expected = error.validator_value
+        expected = [expected] if isinstance(expected, str) else expected
+        names = " or ".join(_JSON_TYPES.get(t, t) for t in expected)
+        return _dotted(path), f"expected {names}, got {value!r}"
+    if kind == "enum":
+        options = ", ".join(repr(v) for v in error.validator_value)
+        return _dotted(path), f"expected one of {options}, got {value!r}"
+    if kind in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
+        op = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}[kind]
+        return _dotted(path), f"expected a value {op} {error.validator_value}, got {value!r}"
+    if kind == "pattern":
+        return _dotted(path), f"{value!r} does not match {error.validator_value!r}"
+    if kind in ("minItems", "maxItems"):
+        return _dotted(path), f"expected {kind[:3]} {error.validator_value} items, got {len(value)}"
+    if kind == "uniqueItems":
+        return _dotted(path), f"duplicate entries in {value!r}"
+    if kind == "minProperties":
+        return _dotted(path), "must not be empty"
+    return _dotted(path), error.message
+
+
+def _semantic_problems(params: dict):
+    for name, ds in params["datasets"].items():
+        if not math.isclose(sum(ds["fractions"]), 1.0, abs_tol=1e-6):
+            yield f"datasets.{name}.fractions", f"must sum to 1, got {sum(ds['fractions']):g}"
+        if ds["kind"] == "pa100k" and ds["split"] != "standard":
+            yield f"datasets.{name}.split", "PA-100K has no person ids: only 'standard' is possible"
+    for i, name in enumerate(params["experiment"]["datasets"]):
+        if name not in params["datasets"]:
+            yield f"experiment.datasets[{i}]", f"unknown dataset {name!r} (defined: {', '.join(params['datasets'])})"
+    for i, name in enumerate(params["experiment"]["models"]):
+        if name not in params["models"]:
+            yield f"experiment.models[{i}]", f"unknown model {name!r} (defined: {', '.join(params['models'])})"
+
+
+def mirror_dir(params: dict) -> Path | None:
+    """The archive mirror: the environment variable wins over params.yaml."""
+    value = os.environ.get(MIRROR_ENV) or params["paths"]["mirror"]
+    return Path(value) if value else None
+
+
+def weights_dir(params: dict) -> Path | None:
+    value = os.environ.get(WEIGHTS_ENV) or params["paths"]["weights"]
+    return Path(value) if value else None

@@ -1,0 +1,27 @@
+"""Download (or take from the mirror), extract safely, parse, check and split one dataset.
+
+Output folder: samples.csv (image, person, split, label columns), dataset.json (attributes,
+positive rates, split sizes, overlap check, checksums, skipped files) and images/.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--dataset", required=True, help="dataset name in params datasets")
+    parser.add_argument("--out", required=True, type=Path, help="prepared dataset folder to write")
+    parser.add_argument("--download-dir", type=Path, default=None,
+                        help="where downloads go (default: <paths.data>/downloads)")
+
+
+def run(args, params) -> None:
+    from lwpar.data.prepare import prepare
+
+    download_dir = args.download_dir or Path(params["paths"]["data"]) / "downloads"
+    meta = prepare(params, args.dataset, args.out, download_dir)
+    sizes = meta["split_sizes"]
+    print(f"{args.dataset}: {meta['num_images']} images, {meta['num_persons']} persons, "
+          f"{len(meta['attributes'])} attributes; train/val/test {sizes['train']}/{sizes['val']}/{sizes['test']} "
+          f"({meta['split_method']}); {meta['seconds']} s -> {args.out}")
