@@ -15,8 +15,8 @@ from lwpar import LwparError, __version__
 # subcommand -> (module, one-line help)
 STAGES = {
     "data": ("lwpar.stages.data", "download and prepare a dataset into the canonical form"),
-    #"train": ("lwpar.stages.train", "train a baseline model on a prepared dataset"),
-    #"evaluate": ("lwpar.stages.evaluate", "score a PyTorch checkpoint or an ONNX model on a split"),
+    "train": ("lwpar.stages.train", "train a baseline model on a prepared dataset"),
+    "evaluate": ("lwpar.stages.evaluate", "score a PyTorch checkpoint or an ONNX model on a split"),
 }
 
 

@@ -1,0 +1,85 @@
+"""Reading the canonical prepared form: the table, its sidecar, images and transforms."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from lwpar import LwparError
+from lwpar.io import read_json
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class Prepared:
+    """A prepared dataset folder: `samples.csv` + `dataset.json` + images."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.meta = read_json(self.folder / "dataset.json")
+        table = self.folder / "samples.csv"
+        if not table.is_file():
+            raise LwparError(f"{table}: file not found (run `lwpar data` first)")
+        self.table = pd.read_csv(table, dtype={"person": str})
+        self.attributes: list[str] = self.meta["attributes"]
+        missing = [a for a in self.attributes if a not in self.table.columns]
+        if missing:
+            raise LwparError(f"{table}: attribute columns missing: {', '.join(missing[:5])}")
+
+    def split(self, name: str, limit: int | None = None) -> tuple[list[Path], np.ndarray]:
+        rows = self.table[self.table.split == name]
+        if limit is not None:
+            rows = rows.iloc[:limit]
+        paths = [self.folder / p for p in rows.image]
+        return paths, rows[self.attributes].to_numpy(np.float32)
+
+    def positive_rates(self) -> np.ndarray:
+        return np.array([self.meta["positive_rate_train"][a] for a in self.attributes], dtype=np.float32)
+
+
+def build_transform(input_size, train: bool, hflip: bool = False, pad: int = 0):
+    from torchvision.transforms import v2
+
+    steps = [v2.ToImage(), v2.Resize(tuple(input_size), antialias=True)]
+    if train:
+        if pad:
+            steps.append(v2.Pad(pad))
+            steps.append(v2.RandomCrop(tuple(input_size)))
+        if hflip:
+            steps.append(v2.RandomHorizontalFlip())
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    return v2.Compose(steps)
+
+
+class ImageTable(Dataset):
+    def __init__(self, paths: list[Path], labels: np.ndarray, transform):
+        self.paths, self.labels, self.transform = paths, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        path = self.paths[index]
+        try:
+            with Image.open(path) as img:
+                image = img.convert("RGB")
+        except FileNotFoundError:
+            raise LwparError(f"{path}: image not found") from None
+        except Exception as exc:  # PIL raises many types for damaged files
+            raise LwparError(f"{path}: cannot decode image ({type(exc).__name__})") from None
+        return self.transform(image), torch.from_numpy(self.labels[index])
+
+
+def make_loader(paths, labels, transform, batch_size: int, workers: int, shuffle: bool = False,
+                seed: int = 0, drop_last: bool = False) -> DataLoader:
+    """A loader whose order and augmentation depend only on `seed` (one generator per epoch)."""
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(ImageTable(paths, labels, transform), batch_size=batch_size, shuffle=shuffle,
+                      num_workers=workers, generator=generator, drop_last=drop_last,
+                      persistent_workers=False, pin_memory=torch.cuda.is_available())

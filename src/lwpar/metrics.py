@@ -1,0 +1,54 @@
+"""PAR metrics exactly as Rethinking of PAR's `get_pedestrian_metrics` computes them.
+
+Label-based: per attribute (TPR + TNR) / 2, averaged into mA. Instance-based: accuracy
+|P & G| / |P | G|, precision |P & G| / |P|, recall |P & G| / |G| per image, averaged; F1 from the
+averaged precision and recall. An empty set contributes 0 (the epsilon in the reference code).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+EPS = 1e-20
+
+
+def pedestrian_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> dict:
+    """Summary metrics and per-attribute figures for binary `labels` and scores `probs` (N x A)."""
+    gt = np.asarray(labels) > 0.5
+    pred = np.asarray(probs) > threshold
+    pos, neg = gt.sum(0), (~gt).sum(0)
+    true_pos = (gt & pred).sum(0)
+    true_neg = (~gt & ~pred).sum(0)
+    label_pos_recall = true_pos / (pos + EPS)
+    label_neg_recall = true_neg / (neg + EPS)
+    label_ma = (label_pos_recall + label_neg_recall) / 2
+
+    intersect = (gt & pred).sum(1)
+    union = (gt | pred).sum(1)
+    instance_acc = intersect / (union + EPS)
+    instance_prec = intersect / (pred.sum(1) + EPS)
+    instance_recall = intersect / (gt.sum(1) + EPS)
+    precision, recall = float(instance_prec.mean()), float(instance_recall.mean())
+    return {
+        "mA": float(label_ma.mean()),
+        "accuracy": float(instance_acc.mean()),
+        "precision": precision,
+        "recall": recall,
+        "f1": 2 * precision * recall / (precision + recall + EPS),
+        "label_accuracy": float((gt == pred).mean()),
+        "per_attribute": {
+            "mA": label_ma, "pos_recall": label_pos_recall, "neg_recall": label_neg_recall,
+            "positives": pos, "negatives": neg,
+        },
+    }
+
+
+def per_attribute_table(metrics: dict, attributes: list[str]):
+    import pandas as pd
+
+    per = metrics["per_attribute"]
+    return pd.DataFrame({"attribute": attributes, **{k: np.asarray(v) for k, v in per.items()}})
+
+
+def summary(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if k != "per_attribute"}

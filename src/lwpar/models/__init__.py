@@ -1,0 +1,36 @@
+"""Models: backbones, the ALM head (reference and fused), the strong baseline, and `build_model`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from lwpar import LwparError
+from lwpar.models.alm import ALM, LocalizationLevel, StrongBaseline
+from lwpar.models.backbones import BACKBONES, build_backbone
+
+ARCHS = ("alm", "baseline")
+
+
+def build_model(arch: str, backbone: str, num_attributes: int, pretrained: bool = False,
+                alm_head: str = "fused", align_corners: bool = False, weights_dir: Path | None = None) -> nn.Module:
+    """One factory for every model. In eval mode each returns one (B, num_attributes) logit tensor;
+    in train mode a tuple of logit tensors (ALM: three levels and the main branch)."""
+    body = build_backbone(backbone, pretrained, weights_dir)
+    if arch == "alm":
+        return ALM(body, num_attributes, alm_head, align_corners)
+    if arch == "baseline":
+        return StrongBaseline(body, num_attributes)
+    raise LwparError(f"arch {arch!r}: unknown (known: {', '.join(ARCHS)})")
+
+
+def model_from_params(model_cfg: dict, num_attributes: int, weights_dir: Path | None = None,
+                      pretrained: bool | None = None) -> nn.Module:
+    return build_model(model_cfg["arch"], model_cfg["backbone"], num_attributes,
+                       pretrained=model_cfg["pretrained"] if pretrained is None else pretrained,
+                       alm_head=model_cfg["alm_head"], align_corners=model_cfg["align_corners"],
+                       weights_dir=weights_dir)
+
+
+__all__ = ["ALM", "BACKBONES", "LocalizationLevel", "StrongBaseline", "build_model", "model_from_params"]

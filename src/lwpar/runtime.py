@@ -1,0 +1,95 @@
+"""Device choice, seeding, thread settings and model checkpoints shared by every stage."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lwpar import LwparError
+from lwpar.io import atomic_path
+
+MODEL_FORMAT = "lwpar-model/1"
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise LwparError(f"runtime.device: {name!r} requested but CUDA is not available")
+    return torch.device(name)
+
+
+def configure(params: dict) -> torch.device:
+    threads = params["runtime"]["threads"]
+    if threads:
+        torch.set_num_threads(threads)
+    device = pick_device(params["runtime"]["device"])
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_torch(obj, path: str | Path) -> None:
+    path = Path(path)
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(obj, tmp)
+    except OSError as exc:
+        raise LwparError(f"{path}: cannot write ({exc.strerror or exc})") from None
+
+
+def load_torch(path: str | Path, what: str = "checkpoint") -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise LwparError(f"{path}: {what} not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # truncated zip, bad pickle, ...: torch raises many types
+        raise LwparError(f"{path}: corrupt or truncated {what} ({type(exc).__name__})") from None
+
+
+def save_model(path: str | Path, model: torch.nn.Module, model_cfg: dict, attributes: list[str], **extra) -> None:
+    save_torch({"format": MODEL_FORMAT, "model_cfg": model_cfg, "attributes": attributes,
+                "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, **extra}, path)
+
+
+def load_model(path: str | Path) -> tuple[torch.nn.Module, dict]:
+    """Rebuild a saved model (no pretrained download: the weights are in the file)."""
+    from lwpar.models import model_from_params
+
+    blob = load_torch(path, "model file")
+    if not isinstance(blob, dict) or blob.get("format") != MODEL_FORMAT:
+        raise LwparError(f"{path}: not an lwpar model file")
+    model = model_from_params(blob["model_cfg"], len(blob["attributes"]), pretrained=False)
+    try:
+        model.load_state_dict(blob["state_dict"])
+    except RuntimeError as exc:
+        raise LwparError(f"{path}: weights do not fit the model ({str(exc).splitlines()[0]})") from None
+    return model, blob

@@ -1,0 +1,57 @@
+"""Score a model on one split with the PAR metrics: a PyTorch model file (.pt) or an ONNX model
+(.onnx, run in ONNX Runtime: the deployed artifact is what gets scored).
+
+Writes <out-dir>/metrics.json (summary) and <out-dir>/per_attribute.csv.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--dataset-dir", required=True, type=Path, help="prepared dataset folder")
+    parser.add_argument("--model", required=True, type=Path, help="model.pt or model.onnx")
+    parser.add_argument("--split", default="test", choices=["train", "val", "test"])
+    parser.add_argument("--out-dir", required=True, type=Path, help="folder for metrics.json and per_attribute.csv")
+    parser.add_argument("--input-size", type=int, nargs=2, default=None, metavar=("H", "W"),
+                        help="input size of an ONNX model (default: read from the model's input shape)")
+
+
+def run(args, params) -> None:
+    from lwpar import LwparError
+    from lwpar.data.loader import Prepared, build_transform
+    from lwpar.evaluation import onnx_session, predict_onnx, predict_torch
+    from lwpar.io import write_csv, write_json
+    from lwpar.metrics import pedestrian_metrics, per_attribute_table, summary
+    from lwpar.runtime import configure, load_model
+
+    data = Prepared(args.dataset_dir)
+    paths, labels = data.split(args.split)
+    if not paths:
+        raise LwparError(f"{args.dataset_dir}: split {args.split!r} is empty")
+    batch, workers = params["evaluate"]["batch_size"], params["runtime"]["workers"]
+    if args.model.suffix == ".onnx":
+        session = onnx_session(args.model, params["runtime"]["threads"])
+        shape = session.get_inputs()[0].shape
+        size = args.input_size or shape[2:]
+        if not all(isinstance(s, int) for s in size):
+            raise LwparError(f"{args.model}: input size is not fixed in the model; pass --input-size H W")
+        probs = predict_onnx(session, paths, build_transform(size, False), batch, workers)
+        attributes = data.attributes
+    else:
+        device = configure(params)
+        model, blob = load_model(args.model)
+        attributes = blob["attributes"]
+        probs = predict_torch(model.to(device), paths, build_transform(blob["model_cfg"]["input_size"], False),
+                              batch, workers, device)
+    if attributes != data.attributes or probs.shape[1] != len(data.attributes):
+        raise LwparError(f"{args.model}: predicts {probs.shape[1]} attributes, {args.dataset_dir} has "
+                         f"{len(data.attributes)} (trained on another dataset?)")
+    metrics = pedestrian_metrics(labels, probs, params["evaluate"]["threshold"])
+    result = {"model": str(args.model), "dataset": data.meta["dataset"], "split": args.split,
+              "images": len(paths), **summary(metrics)}
+    write_csv(args.out_dir / "per_attribute.csv", per_attribute_table(metrics, data.attributes))
+    write_json(args.out_dir / "metrics.json", result)
+    print(f"{args.model} on {args.split}: mA {result['mA']:.4f}, accuracy {result['accuracy']:.4f}, "
+          f"F1 {result['f1']:.4f} ({len(paths)} images)")

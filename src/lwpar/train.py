@@ -1,0 +1,152 @@
+"""The training loop shared by `train` and `finetune`: weighted BCE over deep-supervision outputs,
+Adam, step or plateau schedule with warm-up, model selection on validation, and a checkpoint every
+epoch from which a killed run resumes to bit-identical weights.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from lwpar import LwparError
+from lwpar.data.loader import Prepared, build_transform, make_loader
+from lwpar.evaluation import predict_torch
+from lwpar.io import write_csv, write_json
+from lwpar.losses import WeightedBCE
+from lwpar.metrics import pedestrian_metrics, summary
+from lwpar.runtime import load_torch, rng_state, save_torch, seed_everything, set_rng_state
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class TrainResult:
+    best_epoch: int
+    best_metric: float
+    history: list[dict] = field(default_factory=list)
+    state_dict: dict | None = None
+
+
+def _param_groups(model: torch.nn.Module, lr: float, backbone_mult: float, weight_decay: float):
+    backbone = [p for n, p in model.named_parameters() if n.startswith("main_branch.") and p.requires_grad]
+    head = [p for n, p in model.named_parameters() if not n.startswith("main_branch.") and p.requires_grad]
+    return [{"params": backbone, "lr": lr * backbone_mult, "weight_decay": weight_decay},
+            {"params": head, "lr": lr, "weight_decay": weight_decay}]
+
+
+def fit(model: torch.nn.Module, data: Prepared, input_size, cfg: dict, out_dir: Path, device: torch.device,
+        seed: int, workers: int, amp: bool = False, eval_batch: int = 128, threshold: float = 0.5,
+        teacher: torch.nn.Module | None = None, distill: dict | None = None, fingerprint: str = "") -> TrainResult:
+    """Train `model` in place on `data`; checkpoints go to `out_dir/checkpoint.pt`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    seed_everything(seed)
+    model.to(device, memory_format=torch.channels_last)  # about 20 % faster convolutions on CPU and GPU
+    criterion = WeightedBCE(data.positive_rates(), cfg["loss_weighting"]).to(device)
+    optimizer = torch.optim.Adam(_param_groups(model, cfg["lr"], cfg["backbone_lr_mult"], cfg["weight_decay"]))
+    if cfg["schedule"] == "step":
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, cfg["step_size"], cfg["gamma"])
+    elif cfg["schedule"] == "cosine":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(cfg["epochs"] - cfg["warmup_epochs"], 1))
+    else:
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, "max", factor=cfg["gamma"],
+                                                               patience=cfg["patience"])
+    base_lrs = [g["lr"] for g in optimizer.param_groups]
+    scaler = torch.amp.GradScaler(device.type, enabled=amp and device.type == "cuda")
+
+    train_paths, train_labels = data.split("train")
+    val_paths, val_labels = data.split("val")
+    if not train_paths or not val_paths:
+        raise LwparError(f"{data.folder}: the train and val splits must both be non-empty")
+    augment = build_transform(input_size, True, cfg["augment"]["hflip"], cfg["augment"]["pad"])
+    plain = build_transform(input_size, False)
+    steps_per_epoch = len(train_paths) // cfg["batch_size"] or 1
+    if cfg["max_steps_per_epoch"]:
+        steps_per_epoch = min(steps_per_epoch, cfg["max_steps_per_epoch"])
+    warmup_steps = cfg["warmup_epochs"] * steps_per_epoch
+
+    start_epoch, history, best = 0, [], {"epoch": -1, "metric": -math.inf, "state": None}
+    checkpoint_path = out_dir / CHECKPOINT
+    if checkpoint_path.exists():
+        state = load_torch(checkpoint_path, "training checkpoint")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        start_epoch, history, best = state["epoch"] + 1, state["history"], state["best"]
+        print(f"resuming from {checkpoint_path} after epoch {state['epoch'] + 1}")
+
+    for epoch in range(start_epoch, cfg["epochs"]):
+        model.train()
+        loader = make_loader(train_paths, train_labels, augment, cfg["batch_size"], workers, shuffle=True,
+                             seed=seed * 1000 + epoch, drop_last=len(train_paths) >= cfg["batch_size"])
+        started, seen, total_loss = time.time(), 0, 0.0
+        bar = tqdm(loader, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg['epochs']}", leave=False,
+                   disable=None)
+        for step, (images, targets) in enumerate(bar):
+            if step >= steps_per_epoch:
+                break
+            global_step = epoch * steps_per_epoch + step
+            if global_step < warmup_steps:
+                for group, base in zip(optimizer.param_groups, base_lrs):
+                    group["lr"] = base * (global_step + 1) / warmup_steps
+            images = images.to(device, non_blocking=True, memory_format=torch.channels_last)
+            targets = targets.to(device, non_blocking=True)
+            with torch.autocast(device.type, enabled=amp and device.type == "cuda"):
+                outputs = model(images)
+                loss = criterion(outputs, targets)
+                if teacher is not None and distill:
+                    loss = _distilled(loss, outputs, teacher, images, distill)
+            if not torch.isfinite(loss):
+                raise LwparError(f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}: training diverged")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            seen += len(images)
+            total_loss += loss.item() * len(images)
+            bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{seen / (time.time() - started):.0f}")
+        train_seconds = time.time() - started
+        probs = predict_torch(model, val_paths, plain, eval_batch, workers, device)
+        metrics = summary(pedestrian_metrics(val_labels, probs, threshold))
+        score = metrics[cfg["select_metric"]]
+        if cfg["schedule"] == "plateau":
+            scheduler.step(score)
+        elif epoch + 1 > cfg["warmup_epochs"]:
+            scheduler.step()
+        record = {"epoch": epoch + 1, "loss": total_loss / max(seen, 1), "train_seconds": round(train_seconds, 1),
+                  "images_per_second": round(seen / train_seconds, 1),
+                  "lr": optimizer.param_groups[-1]["lr"], **{f"val_{k}": v for k, v in metrics.items()}}
+        history.append(record)
+        if score > best["metric"]:
+            best = {"epoch": epoch + 1, "metric": score,
+                    "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+        print(f"epoch {epoch + 1}: loss {record['loss']:.4f}, val mA {metrics['mA']:.4f}, "
+              f"{record['images_per_second']} img/s")
+        save_torch({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state(),
+                    "epoch": epoch, "history": history, "best": best, "fingerprint": fingerprint}, checkpoint_path)
+    return TrainResult(best["epoch"], best["metric"], history, best["state"])
+
+
+def _distilled(loss, outputs, teacher, images, distill):
+    """Knowledge distillation on the max-voted logits: temperature-scaled sigmoid cross-entropy."""
+    import torch.nn.functional as F
+
+    with torch.no_grad():
+        teacher.eval()
+        soft = torch.sigmoid(teacher(images) / distill["temperature"])
+    student = torch.stack(outputs).amax(0) if isinstance(outputs, tuple) else outputs
+    kd = F.binary_cross_entropy_with_logits(student / distill["temperature"], soft) * distill["temperature"] ** 2
+    return (1 - distill["weight"]) * loss + distill["weight"] * kd * soft.shape[1]
+
+
+def write_history(history: list[dict], path: Path) -> None:
+    write_csv(path, pd.DataFrame(history))

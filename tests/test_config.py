@@ -1,0 +1,117 @@
+"""params.yaml validation: one line naming the key, for every kind of mistake."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from lwpar.config import ParamsError, load_params, schema, validate_params
+
+from conftest import ROOT
+
+DEFAULT = yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def problem(mutate) -> str:
+    params = copy.deepcopy(DEFAULT)
+    mutate(params)
+    with pytest.raises(ParamsError) as info:
+        validate_params(params)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_default_params_are_valid():
+    validate_params(copy.deepcopy(DEFAULT))
+
+
+def test_misspelled_key_is_named():
+    def typo(p):
+        p["train"]["lrr"] = p["train"].pop("lr")
+    assert problem(typo).startswith("params.yaml: train.lrr: unknown key")
+
+
+def test_wrong_type_names_key_and_value():
+    def fast(p):
+        p["train"]["lr"] = "fast"
+    assert problem(fast) == "params.yaml: train.lr: expected number, got 'fast'"
+
+
+def test_missing_key_is_named():
+    assert problem(lambda p: p["train"].pop("epochs")) == "params.yaml: train.epochs: missing key"
+
+
+def test_negative_epochs_refused():
+    def negative(p):
+        p["train"]["epochs"] = -3
+    assert problem(negative) == "params.yaml: train.epochs: expected a value >= 1, got -3"
+
+
+def test_nested_dataset_key_and_enum():
+    def bad_split(p):
+        p["datasets"]["peta"]["split"] = "random"
+    assert problem(bad_split).startswith("params.yaml: datasets.peta.split: expected one of 'identity_disjoint'")
+
+
+def test_fractions_must_sum_to_one():
+    def fractions(p):
+        p["datasets"]["peta"]["fractions"] = [0.5, 0.2, 0.2]
+    assert problem(fractions) == "params.yaml: datasets.peta.fractions: must sum to 1, got 0.9"
+
+
+def test_experiment_names_must_exist():
+    def unknown(p):
+        p["experiment"]["models"] = ["nope"]
+    assert problem(unknown).startswith("params.yaml: experiment.models[0]: unknown model 'nope'")
+
+
+def test_schema_has_no_hidden_defaults():
+    """Every object in the schema requires all its keys and refuses others: defaults live in params.yaml."""
+    def walk(node, where):
+        if isinstance(node, dict):
+            assert "default" not in node, f"default in schema at {where}"
+            if node.get("type") == "object" and "properties" in node:
+                assert set(node["required"]) == set(node["properties"]), where
+                assert node.get("additionalProperties") is False, where
+            for key, value in node.items():
+                walk(value, f"{where}.{key}")
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                walk(value, f"{where}[{i}]")
+    walk(schema(), "schema")
+
+
+def test_workflow_schema_is_the_package_schema():
+    assert yaml.safe_load((ROOT / "workflow/schemas/params.schema.yaml").read_text()) == schema()
+
+
+def test_cli_reports_bad_params_in_one_line(tmp_path):
+    params = copy.deepcopy(DEFAULT)
+    params["runtime"]["devise"] = params["runtime"].pop("device")
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    run = subprocess.run([sys.executable, "-m", "lwpar", "data", "--params", str(path), "--dataset", "peta",
+                          "--out", str(tmp_path / "out")], capture_output=True, text=True)
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines() == [
+        "lwpar data: error: params.yaml: runtime.devise: unknown key (allowed: amp, device, threads, workers)"]
+    assert not (tmp_path / "out").exists()
+
+
+def test_unreadable_yaml(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("train: [unclosed\n")
+    with pytest.raises(ParamsError, match=r"params.yaml: not valid YAML at line 2"):
+        load_params(path)
+
+
+def test_cli_help_lists_every_stage():
+    out = subprocess.run([sys.executable, "-m", "lwpar", "--help"], capture_output=True, text=True).stdout
+    from lwpar.cli import STAGES
+    for stage in STAGES:
+        assert stage in out
