@@ -97,3 +97,22 @@ def params_for(tmp: Path, mirror: Path, **dataset) -> dict:
     params["paths"].update(data=str(tmp / "data"), results=str(tmp / "results"), mirror=str(mirror))
     params["datasets"]["peta"].update(sha256=None, **dataset)
     return params
+
+
+def tiny_training_params(tmp: Path, mirror: Path, epochs: int = 3) -> dict:
+    """Params for a seconds-long training run on a synthetic release."""
+    params = params_for(tmp, mirror, annotation=None)
+    params["runtime"].update(workers=0, threads=1)
+    params["models"] = {"tiny": {"arch": "alm", "backbone": "resnet18", "pretrained": False,
+                                 "alm_head": "fused", "align_corners": False, "input_size": [64, 32]}}
+    params["experiment"]["models"] = ["tiny"]
+    params["train"].update(epochs=epochs, batch_size=8, lr=0.001, warmup_epochs=1, schedule="cosine")
+    params["evaluate"]["batch_size"] = 16
+    return params
+
+
+def write_params(path: Path, params: dict) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path

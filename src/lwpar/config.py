@@ -117,6 +117,10 @@ def _semantic_problems(params: dict):
             yield f"datasets.{name}.fractions", f"must sum to 1, got {sum(ds['fractions']):g}"
         if ds["kind"] == "pa100k" and ds["split"] != "standard":
             yield f"datasets.{name}.split", "PA-100K has no person ids: only 'standard' is possible"
+    for name, model in params["models"].items():
+        if model["backbone"] == "bn_inception" and any(v % 32 for v in model["input_size"]):
+            # Its stride-2 blocks concatenate a padded conv with a ceil-mode pool: sizes agree only then.
+            yield f"models.{name}.input_size", f"bn_inception needs multiples of 32, got {model['input_size']}"
     for i, name in enumerate(params["experiment"]["datasets"]):
         if name not in params["datasets"]:
             yield f"experiment.datasets[{i}]", f"unknown dataset {name!r} (defined: {', '.join(params['datasets'])})"

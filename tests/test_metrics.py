@@ -1,0 +1,42 @@
+"""PAR metrics on hand-computed cases, including an attribute with no positives."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lwpar.metrics import pedestrian_metrics
+
+
+def test_hand_computed_case():
+    gt = np.array([[1, 0, 1], [0, 0, 1], [1, 1, 0], [0, 0, 0]])
+    pred = np.array([[1, 0, 0], [1, 0, 1], [1, 0, 0], [0, 1, 0]])
+    m = pedestrian_metrics(gt, pred.astype(float))
+    # attribute 0: TP 2 / P 2, TN 1 / N 2 -> (1 + 0.5) / 2; attribute 1: TP 0/1, TN 2/3;
+    # attribute 2: TP 1/2, TN 2/2
+    expected_ma = np.mean([(1 + 0.5) / 2, (0 + 2 / 3) / 2, (0.5 + 1) / 2])
+    assert m["mA"] == pytest.approx(expected_ma)
+    # instance: |P&G| / |P|G|: 1/2, 1/2, 1/2, 0/1 ; precision 1/1, 1/2, 1/1, 0/1 ; recall 1/2, 1/1, 1/2, 0/0
+    assert m["accuracy"] == pytest.approx(np.mean([0.5, 0.5, 0.5, 0.0]))
+    assert m["precision"] == pytest.approx(np.mean([1, 0.5, 1, 0]))
+    assert m["recall"] == pytest.approx(np.mean([0.5, 1, 0.5, 0]))
+    p, r = m["precision"], m["recall"]
+    assert m["f1"] == pytest.approx(2 * p * r / (p + r))
+    assert m["label_accuracy"] == pytest.approx(np.mean(gt == pred))
+
+
+def test_attribute_without_positives_counts_zero_recall():
+    gt = np.array([[0, 1], [0, 0], [0, 1]])
+    pred = np.array([[0, 1], [0, 0], [0, 1]], dtype=float)
+    m = pedestrian_metrics(gt, pred)
+    # attribute 0 has no positives: TPR counts as 0 (the epsilon), TNR 1 -> 0.5
+    assert m["per_attribute"]["mA"][0] == pytest.approx(0.5)
+    assert m["per_attribute"]["mA"][1] == pytest.approx(1.0)
+    # image 1 has empty prediction and empty truth: 0 / (0 + eps) = 0
+    assert m["accuracy"] == pytest.approx(2 / 3)
+
+
+def test_threshold_applies_to_probabilities():
+    gt = np.array([[1], [0]])
+    assert pedestrian_metrics(gt, np.array([[0.6], [0.4]]))["mA"] == 1.0
+    assert pedestrian_metrics(gt, np.array([[0.6], [0.4]]), threshold=0.7)["mA"] == 0.5

@@ -1,0 +1,114 @@
+"""Models: parameter counts of the published ALM, forward shapes, fused == reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lwpar import LwparError
+from lwpar.models import build_model
+from lwpar.models.alm import LocalizationLevel
+from lwpar.models.backbones import build_backbone
+
+
+@pytest.mark.parametrize("attributes,published", [(35, 15.15e6), (26, 14.02e6), (51, 17.15e6)])
+def test_alm_bn_inception_parameter_count(attributes, published):
+    model = build_model("alm", "bn_inception", attributes)
+    count = sum(p.numel() for p in model.parameters())
+    assert abs(count - published) / published < 0.01
+
+
+@pytest.mark.parametrize("backbone", ["bn_inception", "efficientnet_lite0", "resnet18", "resnet50"])
+@pytest.mark.parametrize("arch", ["alm", "baseline"])
+def test_forward_shapes(backbone, arch):
+    model = build_model(arch, backbone, 7)
+    x = torch.randn(2, 3, 128, 64)
+    model.train()
+    outputs = model(x)
+    assert len(outputs) == (4 if arch == "alm" else 1)
+    assert all(o.shape == (2, 7) for o in outputs)
+    model.eval()
+    with torch.no_grad():
+        voted = model(x)
+    assert voted.shape == (2, 7)
+    if arch == "alm":  # max voting: eval output is the element-wise max of the four outputs
+        model.training = True  # top level only: batch norm stays in eval mode
+        with torch.no_grad():
+            torch.testing.assert_close(voted, torch.stack(model(x)).amax(0))
+
+
+def test_backbone_pyramid_strides():
+    for name in ["bn_inception", "efficientnet_lite0", "resnet18"]:
+        body = build_backbone(name, pretrained=False)
+        maps = body(torch.randn(1, 3, 256, 128))
+        assert [m.shape[1] for m in maps] == list(body.channels), name
+        assert [m.shape[2] for m in maps] == [32, 16, 8], name
+
+
+def test_efficientnet_lite0_pretrained_weights_load_offline():
+    pretrained = build_backbone("efficientnet_lite0", pretrained=True)
+    scratch = build_backbone("efficientnet_lite0", pretrained=False)
+    first = next(iter(pretrained.state_dict()))
+    assert not torch.equal(pretrained.state_dict()[first], scratch.state_dict()[first])
+
+
+def test_missing_weights_offline_fail_clearly(tmp_path, monkeypatch):
+    import urllib.error
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(LwparError, match=r"bn_inception pretrained weights: cannot download .*put "
+                                         r"bn_inception-52deb4733.pth into .*or set pretrained: false"):
+        build_backbone("bn_inception", pretrained=True, weights_dir=tmp_path)
+
+
+def test_weights_with_wrong_hash_refused(tmp_path):
+    (tmp_path / "resnet18-f37072fd.pth").write_bytes(b"not the weights")
+    with pytest.raises(LwparError, match=r"resnet18-f37072fd.pth: sha256 [0-9a-f]+ does not start with f37072fd"):
+        build_backbone("resnet18", pretrained=True, weights_dir=tmp_path)
+
+
+def _randomize_transforms(level: LocalizationLevel, scale: float) -> None:
+    # Large transform parameters push samples outside the map, exercising border clamping.
+    for stn in level.stn_list:
+        torch.nn.init.normal_(stn.weight, std=scale)
+        torch.nn.init.normal_(stn.bias, std=2 * scale)
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize("channels,size", [(768, (16, 8)), (512, (8, 4)), (256, (4, 2)), (32, (5, 3)), (32, (1, 1))])
+def test_fused_equals_reference(align_corners, channels, size):
+    torch.manual_seed(channels + size[0])
+    level = LocalizationLevel(5, channels, "reference", align_corners).double()
+    _randomize_transforms(level, 1.0)
+    x = torch.randn(3, channels, *size, dtype=torch.float64, requires_grad=True)
+    reference = level(x)
+    grads_ref = torch.autograd.grad(reference.sum(), [x, *level.parameters()])
+    level.head = "fused"
+    fused = level(x)
+    grads_fused = torch.autograd.grad(fused.sum(), [x, *level.parameters()])
+    torch.testing.assert_close(fused, reference, rtol=1e-9, atol=1e-9)
+    for a, b in zip(grads_fused, grads_ref):
+        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_fused_equals_reference_float32_whole_model(align_corners):
+    torch.manual_seed(0)
+    model = build_model("alm", "resnet18", 6, alm_head="reference", align_corners=align_corners).eval()
+    for level in (model.st_3b, model.st_4d, model.st_5b):
+        _randomize_transforms(level, 0.5)
+    x = torch.randn(2, 3, 128, 64)
+    with torch.no_grad():
+        reference = model(x)
+        model.set_head("fused")
+        fused = model(x)
+    assert ((fused - reference).abs() / reference.abs().clamp_min(1e-3)).max() < 1e-5
+
+
+def test_checkpoint_interchangeable_between_heads():
+    fused = build_model("alm", "resnet18", 4, alm_head="fused")
+    reference = build_model("alm", "resnet18", 4, alm_head="reference")
+    assert list(fused.state_dict()) == list(reference.state_dict())
+    reference.load_state_dict(fused.state_dict())

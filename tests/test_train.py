@@ -1,0 +1,108 @@
+"""Training: a killed run resumes to bit-identical weights; NaN stops with epoch and step; evaluate scores."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from lwpar.data.prepare import prepare
+
+import synthetic
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("tiny")
+    members, _ = synthetic.make_release(persons_per_subset=12, images_per_person=3)
+    synthetic.write_zip(tmp / "mirror" / "PETA.zip", members)
+    params = synthetic.tiny_training_params(tmp, tmp / "mirror")
+    prepare(params, "peta", tmp / "prepared", tmp / "dl")
+    return tmp, params
+
+
+def _train(tmp, params_path, out):
+    return subprocess.Popen([sys.executable, "-m", "lwpar", "train", "--params", str(params_path),
+                             "--dataset-dir", str(tmp / "prepared"), "--model", "tiny", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_killed_training_resumes_bit_identical(tiny):
+    tmp, params = tiny
+    params_path = synthetic.write_params(tmp / "params.yaml", params)
+    whole = _train(tmp, params_path, tmp / "whole")
+    assert whole.wait(timeout=300) == 0, whole.stdout.read()
+
+    victim = _train(tmp, params_path, tmp / "killed")
+    checkpoint = tmp / "killed" / "checkpoint.pt"
+    deadline = time.time() + 300
+    while not checkpoint.exists() and victim.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    os.kill(victim.pid, signal.SIGKILL)  # mid-epoch 2: epoch 1's checkpoint was just written
+    victim.wait()
+    log = victim.stdout.read()
+    assert "epoch 2:" not in log and "epoch 3:" not in log, "the kill must land before epoch 2 ends"
+    assert not (tmp / "killed" / "model.pt").exists(), "a killed run must not leave a finished-looking output"
+
+    resumed = _train(tmp, params_path, tmp / "killed")
+    assert resumed.wait(timeout=300) == 0
+    assert "resuming from" in resumed.stdout.read()
+    a = torch.load(tmp / "whole" / "model.pt", weights_only=False)["state_dict"]
+    b = torch.load(tmp / "killed" / "model.pt", weights_only=False)["state_dict"]
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
+    history = json.loads((tmp / "whole" / "train.json").read_text())
+    assert history["best_epoch"] in (1, 2, 3)
+
+
+def test_checkpoint_from_other_settings_is_not_resumed(tiny):
+    tmp, params = tiny
+    first = dict(params, train={**params["train"], "epochs": 1})
+    run = _train(tmp, synthetic.write_params(tmp / "p1.yaml", first), tmp / "changed")
+    assert run.wait(timeout=300) == 0
+    second = dict(params, train={**params["train"], "epochs": 1, "lr": 0.0005})
+    run = _train(tmp, synthetic.write_params(tmp / "p2.yaml", second), tmp / "changed")
+    assert run.wait(timeout=300) == 0
+    assert "resuming" not in run.stdout.read()
+
+
+def test_nan_loss_names_epoch_and_step(tiny):
+    tmp, params = tiny
+    bad = dict(params, train={**params["train"], "lr": 1e30, "warmup_epochs": 0})
+    run = _train(tmp, synthetic.write_params(tmp / "nan.yaml", bad), tmp / "nan")
+    out, _ = run.communicate(timeout=300)
+    assert run.returncode == 2
+    assert "lwpar train: error: loss is nan at epoch 1, step" in out or "loss is inf at epoch 1, step" in out
+
+
+def test_evaluate_writes_metrics(tiny):
+    tmp, params = tiny
+    params_path = synthetic.write_params(tmp / "params.yaml", params)
+    if not (tmp / "whole" / "model.pt").exists():
+        assert _train(tmp, params_path, tmp / "whole").wait(timeout=300) == 0
+    run = subprocess.run([sys.executable, "-m", "lwpar", "evaluate", "--params", str(params_path),
+                          "--dataset-dir", str(tmp / "prepared"), "--model", str(tmp / "whole" / "model.pt"),
+                          "--split", "test", "--out-dir", str(tmp / "eval")], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    metrics = json.loads((tmp / "eval" / "metrics.json").read_text())
+    assert 0 <= metrics["mA"] <= 1 and metrics["images"] > 0
+    assert (tmp / "eval" / "per_attribute.csv").read_text().count("\n") == 36
+
+
+def test_truncated_model_file_is_a_clear_error(tiny, tmp_path):
+    tmp, params = tiny
+    source = tmp / "whole" / "model.pt"
+    if not source.exists():
+        pytest.skip("needs the trained tiny model")
+    broken = tmp_path / "model.pt"
+    broken.write_bytes(source.read_bytes()[:5000])
+    from lwpar import LwparError
+    from lwpar.runtime import load_model
+    with pytest.raises(LwparError, match=r"model.pt: corrupt or truncated model file"):
+        load_model(broken)

@@ -1,0 +1,52 @@
+import json
+import sys
+
+from lwpar import pipeline
+from lwpar.config import ParamsError, load_params
+
+# The params file: params.yaml, or the one named by `--config params=FILE`. It is validated
+# against workflow/schemas/params.schema.yaml (the package's schema) before any job is planned.
+PARAMS_FILE = str(config.get("params", "params.yaml"))
+try:
+    P = load_params(PARAMS_FILE)
+except ParamsError as exc:
+    sys.exit(f"lwpar: {exc}")
+config.clear()
+config.update(P)
+STAGES = pipeline.stages(P)
+final_targets = pipeline.final_targets
+
+wildcard_constraints:
+    dataset="[A-Za-z0-9_]+",
+    model="[A-Za-z0-9_]+",
+
+
+def _lookup(params, dotted):
+    node = params
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def job_inputs(stage):
+    return lambda wildcards: STAGES[stage].inputs(P, dict(wildcards))
+
+
+def param_values(stage):
+    """The params this job reads, as one string: Snakemake reruns the job when it changes."""
+    def values(wildcards):
+        keys = STAGES[stage].param_keys(P, dict(wildcards))
+        return json.dumps({key: _lookup(P, key) for key in keys}, sort_keys=True)
+    return values
+
+
+def command(stage):
+    return lambda wildcards: STAGES[stage].command(PARAMS_FILE, P, dict(wildcards))
+
+
+def outputs(stage):
+    spec = STAGES[stage]
+    return {k: directory(v) if k in spec.directories else v for k, v in spec.outputs.items()}
+
+
+localrules: all
