@@ -17,6 +17,7 @@ STAGES = {
     "data": ("lwpar.stages.data", "download and prepare a dataset into the canonical form"),
     "train": ("lwpar.stages.train", "train a baseline model on a prepared dataset"),
     "evaluate": ("lwpar.stages.evaluate", "score a PyTorch checkpoint or an ONNX model on a split"),
+    "export": ("lwpar.stages.export", "export a model to ONNX and check parity on real images"),
 }
 
 

@@ -74,27 +74,31 @@ class LocalizationLevel(nn.Module):
         return torch.cat(logits, 1)
 
     def _stacked(self):
-        w1 = torch.stack([a.conv1.weight.flatten(1) for a in self.att_list])  # M x R x C
-        b1 = torch.stack([a.conv1.bias for a in self.att_list])              # M x R
-        w2 = torch.stack([a.conv2.weight.flatten(1) for a in self.att_list])  # M x C x R
-        b2 = torch.stack([a.conv2.bias for a in self.att_list])              # M x C
-        ws = torch.stack([s.weight for s in self.stn_list])                  # M x 4 x C
-        bs = torch.stack([s.bias for s in self.stn_list])                    # M x 4
-        wf = torch.cat([f.weight for f in self.fc_list])                     # M x C
-        bf = torch.cat([f.bias for f in self.fc_list])                       # M
+        w1 = torch.cat([a.conv1.weight.flatten(1) for a in self.att_list])              # M*R x C
+        b1 = torch.cat([a.conv1.bias for a in self.att_list])                           # M*R
+        w2 = torch.stack([a.conv2.weight.flatten(1).t() for a in self.att_list])        # M x R x C
+        b2 = torch.stack([a.conv2.bias for a in self.att_list])                         # M x C
+        ws = torch.stack([s.weight.t() for s in self.stn_list])                         # M x C x 4
+        bs = torch.stack([s.bias for s in self.stn_list])                               # M x 4
+        wf = torch.cat([f.weight for f in self.fc_list])                                # M x C
+        bf = torch.cat([f.bias for f in self.fc_list])                                  # M
         return w1, b1, w2, b2, ws, bs, wf, bf
 
     def _fused(self, x: torch.Tensor) -> torch.Tensor:
-        _, _, height, width = x.shape
+        # Plain (batched) matrix products only: they export to MatMul/Gemm, which every runtime
+        # and quantizer handles well (ONNX Runtime's Einsum kernel is several times slower).
+        batch, channels, height, width = x.shape
         w1, b1, w2, b2, ws, bs, wf, bf = self._stacked()
-        pooled = x.mean((2, 3))                                                   # B x C
-        hidden = torch.relu(torch.einsum("bc,mrc->bmr", pooled, w1) + b1)
-        scale = 1 + torch.sigmoid(torch.einsum("bmr,mcr->bmc", hidden, w2) + b2)  # B x M x C, the 1 + a_i
-        sx, sy, tx, ty = theta_from(torch.einsum("bmc,mkc->bmk", scale * pooled[:, None], ws) + bs)
-        kx = self._kernel(sx, tx, width)                                          # B x M x W
-        ky = self._kernel(sy, ty, height)                                         # B x M x H
-        contracted = torch.einsum("bmh,bchw,bmw->bmc", ky, x, kx)
-        return torch.einsum("bmc,mc->bm", scale * contracted, wf) + bf
+        attributes = w2.shape[0]
+        pooled = x.mean((2, 3))                                                          # B x C
+        hidden = torch.relu(F.linear(pooled, w1, b1)).view(batch, attributes, 1, -1)     # B x M x 1 x R
+        scale = 1 + torch.sigmoid(torch.matmul(hidden, w2).squeeze(2) + b2)              # B x M x C: 1 + a_i
+        raw = torch.matmul((scale * pooled[:, None]).unsqueeze(2), ws).squeeze(2) + bs   # B x M x 4
+        sx, sy, tx, ty = theta_from(raw)
+        kernel = (self._kernel(sy, ty, height)[..., None] * self._kernel(sx, tx, width)[..., None, :])
+        flat = x.flatten(2).transpose(1, 2)                                              # B x HW x C
+        contracted = torch.matmul(kernel.flatten(2), flat)                               # B x M x C
+        return (scale * contracted * wf).sum(-1) + bf
 
     def _kernel(self, scale: torch.Tensor, shift: torch.Tensor, size: int) -> torch.Tensor:
         """Mean over the output grid of the bilinear tent weights at the clamped source coordinate."""

@@ -1,0 +1,79 @@
+"""ONNX export with a dynamic batch axis and the max-voted logits as the one output, checked by the
+ONNX checker and by parity against PyTorch on real images."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lwpar import LwparError
+from lwpar.io import atomic_path
+
+OPSET = 18
+REFERENCE_HEAD_OPSET = 20  # AffineGrid and 4-D GridSample arrive in opset 20
+
+
+def needs_opset(model: torch.nn.Module) -> int:
+    from lwpar.models.alm import LocalizationLevel
+
+    if any(isinstance(m, LocalizationLevel) and m.head == "reference" for m in model.modules()):
+        return REFERENCE_HEAD_OPSET
+    return OPSET
+PARITY_TOLERANCE = 1e-4
+
+
+def export_onnx(model: torch.nn.Module, input_size, path: str | Path, opset: int | None = None) -> Path:
+    path = Path(path)
+    opset = opset or needs_opset(model)
+    model = model.eval().to("cpu", memory_format=torch.contiguous_format)
+    example = torch.randn(2, 3, *input_size)
+    with atomic_path(path) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (example,), str(tmp), input_names=["images"], output_names=["logits"],
+                          dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, opset_version=opset,
+                          do_constant_folding=True, dynamo=False)
+        fold_constants(tmp)
+        check_onnx(tmp)
+    return path
+
+
+def fold_constants(path: Path) -> None:
+    """Fold what the exporter left unfolded (the heads' per-attribute weights stacked at run time)
+    with ONNX Runtime's basic optimizer, which rewrites only with standard ONNX operators."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    folded = path.with_name(path.name + ".folded")
+    options.optimized_model_filepath = str(folded)
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    folded.replace(path)
+
+
+def check_onnx(path: str | Path) -> None:
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except Exception as exc:  # the checker raises several types
+        raise LwparError(f"{path}: ONNX checker failed ({str(exc).splitlines()[0][:200]})") from None
+
+
+def parity(model: torch.nn.Module, session, images: torch.Tensor, tolerance: float = PARITY_TOLERANCE) -> dict:
+    """Max absolute logit difference between PyTorch and ONNX Runtime on `images`; error above tolerance."""
+    model = model.eval().to("cpu")
+    with torch.no_grad():
+        expected = model(images).numpy()
+    got = session.run(None, {session.get_inputs()[0].name: images.numpy()})[0]
+    if got.shape != expected.shape:
+        raise LwparError(f"ONNX output shape {got.shape} differs from PyTorch's {expected.shape}")
+    diff = float(np.abs(got - expected).max())
+    result = {"max_abs_diff": diff, "tolerance": tolerance, "images": int(images.shape[0]),
+              "max_abs_logit": float(np.abs(expected).max())}
+    if not diff <= tolerance:
+        raise LwparError(f"ONNX parity failed: max |logit difference| {diff:.3g} > {tolerance:g} on "
+                         f"{images.shape[0]} images")
+    return result

@@ -1,0 +1,44 @@
+"""Export a model file to ONNX (opset 18, dynamic batch axis, max-voted logits as the single output,
+constant folding), run the ONNX checker, and check parity with PyTorch on real test images.
+
+Writes the .onnx file and a parity JSON; a parity failure fails the stage with the figure.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--model", required=True, type=Path, help="model.pt to export")
+    parser.add_argument("--dataset-dir", required=True, type=Path, help="prepared dataset (parity images)")
+    parser.add_argument("--out", required=True, type=Path, help="ONNX file to write")
+    parser.add_argument("--parity-out", required=True, type=Path, help="parity report (JSON)")
+    parser.add_argument("--parity-images", type=int, default=16, help="test images used for the parity check")
+
+
+def run(args, params) -> None:
+    import torch
+
+    from lwpar.data.loader import ImageTable, Prepared, build_transform
+    from lwpar.evaluation import onnx_session
+    from lwpar.export import export_onnx, parity
+    from lwpar.io import write_json
+    from lwpar.runtime import load_model
+
+    model, blob = load_model(args.model)
+    size = blob["model_cfg"]["input_size"]
+    data = Prepared(args.dataset_dir)
+    paths, labels = data.split("test", limit=args.parity_images)
+    table = ImageTable(paths, labels, build_transform(size, False))
+    images = torch.stack([table[i][0] for i in range(len(table))])
+    tmp = args.out.with_name(args.out.name + ".unchecked")
+    export_onnx(model, size, tmp)
+    try:
+        report = parity(model, onnx_session(tmp, threads=1), images)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    tmp.replace(args.out)
+    write_json(args.parity_out, {"model": str(args.model), "onnx": str(args.out), **report})
+    print(f"{args.out}: parity max |diff| {report['max_abs_diff']:.2e} on {report['images']} test images")
