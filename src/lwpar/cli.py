@@ -17,7 +17,11 @@ STAGES = {
     "data": ("lwpar.stages.data", "download and prepare a dataset into the canonical form"),
     "train": ("lwpar.stages.train", "train a baseline model on a prepared dataset"),
     "evaluate": ("lwpar.stages.evaluate", "score a PyTorch checkpoint or an ONNX model on a split"),
+    "decompose": ("lwpar.stages.decompose", "factorize a trained model's layers (CP, CPD-EPC, Tucker-2, SVD)"),
+    "finetune": ("lwpar.stages.finetune", "fine-tune a compressed model (BN recalibration, distillation)"),
     "export": ("lwpar.stages.export", "export a model to ONNX and check parity on real images"),
+    "quantize": ("lwpar.stages.quantize", "INT8 quantization of an ONNX model with ONNX Runtime"),
+    "profile": ("lwpar.stages.profile", "measure latency, memory, size and MACs of ONNX artifacts on a target"),
 }
 
 

@@ -124,6 +124,15 @@ def _semantic_problems(params: dict):
     for i, name in enumerate(params["experiment"]["datasets"]):
         if name not in params["datasets"]:
             yield f"experiment.datasets[{i}]", f"unknown dataset {name!r} (defined: {', '.join(params['datasets'])})"
+    for i, name in enumerate(params["experiment"]["variants"]):
+        if name not in params["variants"]:
+            yield f"experiment.variants[{i}]", f"unknown variant {name!r} (defined: {', '.join(params['variants']) or 'none'})"
+    for i, name in enumerate(params["experiment"]["int8"]):
+        if name != "baseline" and name not in params["experiment"]["variants"]:
+            yield f"experiment.int8[{i}]", f"{name!r} is neither 'baseline' nor a variant of the experiment"
+    for i, name in enumerate(params["experiment"]["targets"]):
+        if name not in params["profile"]["targets"]:
+            yield f"experiment.targets[{i}]", f"unknown target {name!r} (defined: {', '.join(params['profile']['targets'])})"
     for i, name in enumerate(params["experiment"]["models"]):
         if name not in params["models"]:
             yield f"experiment.models[{i}]", f"unknown model {name!r} (defined: {', '.join(params['models'])})"

@@ -88,8 +88,20 @@ def load_model(path: str | Path) -> tuple[torch.nn.Module, dict]:
     if not isinstance(blob, dict) or blob.get("format") != MODEL_FORMAT:
         raise LwparError(f"{path}: not an lwpar model file")
     model = model_from_params(blob["model_cfg"], len(blob["attributes"]), pretrained=False)
+    apply_structure(model, blob.get("structure", []))
     try:
         model.load_state_dict(blob["state_dict"])
     except RuntimeError as exc:
         raise LwparError(f"{path}: weights do not fit the model ({str(exc).splitlines()[0]})") from None
     return model, blob
+
+
+def apply_structure(model: torch.nn.Module, structure: list[dict]) -> None:
+    """Re-create the compressed architecture recorded in a model file (no decomposition is run)."""
+    from lwpar.decompose.factorize import apply_plan
+
+    for step in structure:
+        if step["op"] == "decompose":
+            apply_plan(model, step["plan"], decompose=False)
+        else:
+            raise LwparError(f"unknown structural step {step['op']!r} in model file")

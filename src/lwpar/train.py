@@ -150,3 +150,24 @@ def _distilled(loss, outputs, teacher, images, distill):
 
 def write_history(history: list[dict], path: Path) -> None:
     write_csv(path, pd.DataFrame(history))
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: torch.nn.Module, loader, device: torch.device, max_batches: int = 50) -> None:
+    """Re-estimate BatchNorm running statistics (cumulative average) on training batches: the
+    layers after a factorized or pruned one see different statistics than they were trained on."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    saved = [(m.momentum, m.training) for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    for step, (images, _) in enumerate(loader):
+        if step >= max_batches:
+            break
+        model(images.to(device, memory_format=torch.channels_last))
+    model.eval()
+    for m, (momentum, _) in zip(norms, saved):
+        m.momentum = momentum

@@ -1,0 +1,60 @@
+"""A benchmark worker: one fresh process per ONNX artifact, driven over stdin/stdout (JSON lines),
+so that the parent can interleave variants round by round and read each one's peak memory.
+
+Commands: {"batch": B, "threads": T, "iters": N} -> {"seconds": [...]};  {"quit": true}.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import numpy as np
+
+
+def peak_rss_mb() -> float:
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main() -> int:
+    import onnxruntime as ort
+
+    path, providers = sys.argv[1], sys.argv[2].split(",")
+    sessions = {}
+    print(json.dumps({"ready": True, "rss_mb": peak_rss_mb()}), flush=True)
+    for line in sys.stdin:
+        command = json.loads(line)
+        if command.get("quit"):
+            break
+        threads = command["threads"]
+        if threads not in sessions:
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+            options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+            sessions[threads] = ort.InferenceSession(path, options, providers=providers)
+        session = sessions[threads]
+        name = session.get_inputs()[0].name
+        shape = [command["batch"], *session.get_inputs()[0].shape[1:]]
+        images = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+        seconds = []
+        for _ in range(command["iters"]):
+            started = time.perf_counter()
+            session.run(None, {name: images})
+            seconds.append(time.perf_counter() - started)
+        print(json.dumps({"seconds": seconds, "rss_mb": peak_rss_mb()}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

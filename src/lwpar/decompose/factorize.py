@@ -1,0 +1,241 @@
+"""Model surgery: pick the layers, choose ranks, factorize each layer, and rebuild a saved
+decomposed architecture without decomposing again."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import tensorly as tl
+import torch
+from torch import nn
+
+from lwpar import LwparError
+from lwpar.decompose import _cp
+from lwpar.decompose import layers as L
+
+
+def _kernel_shape(layer: nn.Module) -> dict:
+    if isinstance(layer, nn.Linear):
+        return {"in": layer.in_features, "out": layer.out_features, "kh": 1, "kw": 1}
+    kh, kw = layer.kernel_size
+    return {"in": layer.in_channels, "out": layer.out_channels, "kh": kh, "kw": kw}
+
+
+def select_layers(model: nn.Module, kinds: list[str], include_first: bool = False,
+                  include_heads: bool = False, min_channels: int = 8) -> list[str]:
+    """Names of the layers to factorize: of the given kinds ('kxk', 'pointwise', 'linear'), outside
+    the ALM attribute heads unless asked, and never the first conv unless asked (factorizing a
+    3-channel input costs more than it saves)."""
+    names, first_seen = [], False
+    for name, module in model.named_modules():
+        kind = L.eligible(module)
+        if kind is None:
+            continue
+        is_first = isinstance(module, nn.Conv2d) and not first_seen
+        first_seen = first_seen or isinstance(module, nn.Conv2d)
+        if is_first and not include_first:
+            continue
+        if not include_heads and (".att_list." in name or ".stn_list." in name or ".fc_list." in name):
+            continue
+        shape = _kernel_shape(module)
+        if kind in kinds and min(shape["in"], shape["out"]) >= min_channels:
+            names.append(name)
+    return names
+
+
+def method_for(kind: str, methods: dict) -> str:
+    return methods["kxk"] if kind == "kxk" else methods["pointwise"]
+
+
+def layer_io_sizes(model: nn.Module, names: list[str], input_size) -> dict[str, tuple]:
+    """(input HxW, output HxW) of each named layer at `input_size`, from one forward pass."""
+    sizes, hooks = {}, []
+    modules = dict(model.named_modules())
+    for name in names:
+        def hook(module, inputs, output, name=name):
+            if output.dim() == 4:
+                sizes[name] = (tuple(inputs[0].shape[-2:]), tuple(output.shape[-2:]))
+            else:
+                sizes[name] = ((1, 1), (1, 1))
+        hooks.append(modules[name].register_forward_hook(hook))
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        model(torch.zeros(1, 3, *input_size))
+    model.train(was_training)
+    for h in hooks:
+        h.remove()
+    return sizes
+
+
+def factorized_macs(method: str, shape: dict, rank: int, io: tuple) -> int:
+    """MACs of the factorized layer, by formula (checked against torch.utils.flop_counter in tests)."""
+    (hi, wi), (ho, wo) = io
+    cin, cout, kh, kw = shape["in"], shape["out"], shape["kh"], shape["kw"]
+    if method == "cp":
+        return hi * wi * cin * rank + ho * wo * rank * kh * kw + ho * wo * rank * cout
+    if method == "cp4":  # vertical pass keeps the input width until the horizontal stride
+        return hi * wi * cin * rank + ho * wi * rank * kh + ho * wo * rank * kw + ho * wo * rank * cout
+    if method == "tucker2":
+        return hi * wi * cin * rank + ho * wo * rank * rank * kh * kw + ho * wo * rank * cout
+    if method == "svd":
+        return ho * wo * rank * (cin + cout)
+    if method == "spatial_svd":
+        return ho * wi * cin * rank * kh + ho * wo * rank * cout * kw
+    raise ValueError(method)
+
+
+def original_macs(shape: dict, io: tuple) -> int:
+    (_, _), (ho, wo) = io
+    return ho * wo * shape["in"] * shape["out"] * shape["kh"] * shape["kw"]
+
+
+def plan_ranks(model: nn.Module, names: list[str], methods: dict, input_size, policy: dict,
+               total_macs: int | None = None) -> list[dict]:
+    """Ranks per layer.
+
+    policy `ratio`: each layer keeps `fraction` of its parameters;
+    policy `energy`: the smallest rank keeping `energy` of the squared singular values of the layer's
+      main unfolding (C_out x rest for CP/SVD);
+    policy `budget`: one parameter fraction for all selected layers, searched so that the whole
+      model's MACs come to `macs_fraction` of the original.
+    """
+    modules = dict(model.named_modules())
+    io = layer_io_sizes(model, names, input_size)
+    info = []
+    for name in names:
+        layer = modules[name]
+        kind = L.eligible(layer)
+        info.append({"layer": name, "kind": kind, "method": method_for(kind, methods), "shape": _kernel_shape(layer),
+                     "io": io[name]})
+    multiple = policy.get("multiple", 8)
+    if policy["policy"] == "ratio":
+        for entry in info:
+            entry["rank"] = L.rank_for_fraction(entry["method"], entry["shape"], policy["fraction"], multiple)
+    elif policy["policy"] == "energy":
+        for entry in info:
+            weight = modules[entry["layer"]].weight.detach().double()
+            s = torch.linalg.svdvals(weight.reshape(weight.shape[0], -1)).numpy()
+            keep = int(np.searchsorted(np.cumsum(s ** 2) / np.sum(s ** 2), policy["energy"]) + 1)
+            entry["rank"] = max(multiple, int(np.ceil(keep / multiple)) * multiple) if multiple else keep
+    elif policy["policy"] == "budget":
+        if total_macs is None:
+            raise ValueError("budget policy needs the model's total MACs")
+        before = sum(original_macs(e["shape"], e["io"]) for e in info)
+        fixed = total_macs - before
+        target = policy["macs_fraction"] * total_macs
+
+        def total(fraction):
+            ranks = [L.rank_for_fraction(e["method"], e["shape"], fraction, multiple) for e in info]
+            return fixed + sum(factorized_macs(e["method"], e["shape"], r, e["io"]) for e, r in zip(info, ranks)), ranks
+        lo, hi = 1e-4, 1.0
+        if total(lo)[0] > target:
+            raise LwparError(f"MAC budget {policy['macs_fraction']:g} is out of reach: the layers left alone "
+                             f"already cost {fixed / total_macs:.3f} of the model's MACs")
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if total(mid)[0] <= target else (lo, mid)
+        for entry, rank in zip(info, total(lo)[1]):
+            entry["rank"] = rank
+    else:
+        raise ValueError(f"unknown rank policy {policy['policy']!r}")
+    return info
+
+
+def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def factorize_layer(layer: nn.Module, method: str, rank: int, seed: int = 0, epc: dict | None = None) -> tuple[nn.Module, dict]:
+    """Factorize one layer; returns the replacement and figures for the layer table."""
+    weight = layer.weight.detach().double().cpu().numpy()
+    started = time.time()
+    stats = {}
+    if method in ("cp", "cp4"):
+        if isinstance(layer, nn.Linear) or layer.kernel_size == (1, 1):
+            raise LwparError(f"CP needs a k x k convolution, got {type(layer).__name__} {tuple(weight.shape)}")
+        cout, cin, kh, kw = weight.shape
+        if method == "cp":
+            tensor = weight.transpose(1, 0, 2, 3).reshape(cin, cout, kh * kw)
+            cp = _cp.cp_als(tensor, rank, seed=seed, n_iter_max=epc.get("als_iter", 100) if epc else 100)
+            stats["lambda_sq_before"] = _cp.sum_of_squared_norms(cp)
+            stats["sensitivity_before"] = _cp.sensitivity(cp)
+            if epc and epc.get("enabled"):
+                cp = _cp.cpd_epc(tensor, rank, seed=seed, init=cp, objective=epc.get("objective", "norm"),
+                                 n_iter_max=epc.get("iterations", 100))
+            stats["lambda_sq_after"] = _cp.sum_of_squared_norms(cp)
+            stats["sensitivity_after"] = _cp.sensitivity(cp)
+            new = L.cp_layer(layer, cp.weights, cp.factors)
+            approx = tl.cp_to_tensor(cp).reshape(cin, cout, kh, kw).transpose(1, 0, 2, 3)
+        else:
+            tensor = weight.transpose(1, 0, 2, 3)
+            with tl.backend_context("numpy"):
+                cp = tl.decomposition.parafac(tensor, rank, init="svd", random_state=seed, n_iter_max=100)
+            new = L.cp4_layer(layer, np.asarray(cp.weights), [np.asarray(f) for f in cp.factors])
+            approx = tl.cp_to_tensor(cp).transpose(1, 0, 2, 3)
+    elif method == "tucker2":
+        (core, (u_out, u_in)), _ = tl.decomposition.partial_tucker(weight, rank=[rank, rank], modes=[0, 1],
+                                                                    random_state=seed)
+        new = L.tucker2_layer(layer, core, u_in, u_out)
+        approx = tl.tenalg.multi_mode_dot(core, [u_out, u_in], modes=[0, 1])
+    elif method == "svd":
+        matrix = weight.reshape(weight.shape[0], -1)
+        if not isinstance(layer, nn.Linear) and layer.kernel_size != (1, 1):
+            raise LwparError(f"SVD applies to 1x1 convs and linear layers, got kernel {layer.kernel_size}")
+        u, s, vt = np.linalg.svd(matrix, full_matrices=False)
+        left, right = u[:, :rank] * s[:rank], vt[:rank]
+        new = L.svd_layer(layer, left, right)
+        approx = (left @ right).reshape(weight.shape)
+    elif method == "spatial_svd":
+        cout, cin, kh, kw = weight.shape
+        matrix = weight.transpose(1, 2, 0, 3).reshape(cin * kh, cout * kw)
+        u, s, vt = np.linalg.svd(matrix, full_matrices=False)
+        root = np.sqrt(s[:rank])
+        vertical = (u[:, :rank] * root).T.reshape(rank, cin, kh)
+        horizontal = (vt[:rank].T * root).reshape(cout, kw, rank).transpose(0, 2, 1)
+        new = L.spatial_svd_layer(layer, vertical, horizontal)
+        approx = (u[:, :rank] * s[:rank] @ vt[:rank]).reshape(cin, kh, cout, kw).transpose(2, 0, 1, 3)
+    else:
+        raise LwparError(f"unknown decomposition method {method!r} (known: {', '.join(L.METHODS)})")
+    stats["relative_error"] = float(np.linalg.norm(weight - approx) / np.linalg.norm(weight))
+    stats["seconds"] = round(time.time() - started, 3)
+    return new.to(layer.weight.dtype), stats
+
+
+def empty_factorized(layer: nn.Module, method: str, rank: int) -> nn.Module:
+    """The replacement's structure with zero weights (to load a saved decomposed model into)."""
+    shape = _kernel_shape(layer)
+    cin, cout, kh, kw = shape["in"], shape["out"], shape["kh"], shape["kw"]
+    z = np.zeros
+    if method == "cp":
+        return L.cp_layer(layer, np.ones(rank), [z((cin, rank)), z((cout, rank)), z((kh * kw, rank))])
+    if method == "cp4":
+        return L.cp4_layer(layer, np.ones(rank), [z((cin, rank)), z((cout, rank)), z((kh, rank)), z((kw, rank))])
+    if method == "tucker2":
+        return L.tucker2_layer(layer, z((rank, rank, kh, kw)), z((cin, rank)), z((cout, rank)))
+    if method == "svd":
+        return L.svd_layer(layer, z((cout, rank)), z((rank, cin * kh * kw)))
+    if method == "spatial_svd":
+        return L.spatial_svd_layer(layer, z((rank, cin, kh)), z((cout, rank, kw)))
+    raise LwparError(f"unknown decomposition method {method!r}")
+
+
+def apply_plan(model: nn.Module, plan: list[dict], decompose: bool = True, seed: int = 0, epc: dict | None = None,
+               progress=None) -> list[dict]:
+    """Replace each planned layer; with decompose=False only the structure (for loading)."""
+    modules = dict(model.named_modules())
+    rows = []
+    for entry in plan:
+        layer = modules[entry["layer"]]
+        if decompose:
+            new, stats = factorize_layer(layer, entry["method"], entry["rank"], seed, epc)
+        else:
+            new, stats = empty_factorized(layer, entry["method"], entry["rank"]), {}
+        rows.append({**entry, **stats, "params_before": L.layer_params(layer), "params_after": L.layer_params(new)})
+        _replace(model, entry["layer"], new)
+        if progress:
+            progress(entry, stats)
+    return rows

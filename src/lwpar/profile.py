@@ -1,0 +1,100 @@
+"""Latency, throughput and memory of ONNX artifacts on a target, measured honestly.
+
+Each artifact runs in its own fresh worker process (optionally behind a command prefix, e.g. ssh to a
+small device). After warm-up, variants are measured interleaved, round by round, so that slow
+drifts of a noisy machine hit all of them alike; the median, p90 and interquartile range of the
+per-call times are reported per batch size and thread count, and speed-ups are ratios measured in
+the same run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from lwpar import LwparError
+
+
+def machine_info() -> dict:
+    info = {"machine": platform.machine(), "system": platform.system(), "python": platform.python_version(),
+            "cpu_count": os.cpu_count()}
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+        model = next((l.split(":", 1)[1].strip() for l in cpuinfo.splitlines() if l.startswith("model name")), None)
+        flags = set(next((l.split(":", 1)[1].split() for l in cpuinfo.splitlines() if l.startswith("flags")), []))
+        info.update(cpu_model=model, avx2="avx2" in flags, avx512f="avx512f" in flags,
+                    avx512_vnni="avx512_vnni" in flags, avx_vnni="avx_vnni" in flags, amx="amx_tile" in flags)
+    except OSError:
+        pass
+    import onnxruntime
+    import torch
+
+    info["versions"] = {"onnxruntime": onnxruntime.__version__, "torch": torch.__version__, "numpy": np.__version__}
+    return info
+
+
+class Worker:
+    def __init__(self, path: Path, target: dict):
+        prefix = shlex.split(target["command_prefix"]) if target["command_prefix"] else []
+        command = [*prefix, sys.executable if not prefix else "python3", "-m", "lwpar.bench_worker", str(path),
+                   ",".join(target["providers"])]
+        self.path = path
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.peak_rss_mb = self._read()["rss_mb"]
+
+    def _read(self) -> dict:
+        line = self.process.stdout.readline()
+        if not line:
+            raise LwparError(f"{self.path}: benchmark worker died (exit code {self.process.wait()})")
+        return json.loads(line)
+
+    def run(self, batch: int, threads: int, iters: int) -> list[float]:
+        self.process.stdin.write(json.dumps({"batch": batch, "threads": threads, "iters": iters}) + "\n")
+        self.process.stdin.flush()
+        reply = self._read()
+        self.peak_rss_mb = max(self.peak_rss_mb, reply["rss_mb"])
+        return reply["seconds"]
+
+    def close(self) -> None:
+        try:
+            self.process.stdin.write(json.dumps({"quit": True}) + "\n")
+            self.process.stdin.flush()
+            self.process.wait(timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            self.process.kill()
+
+
+def benchmark(artifacts: dict[str, Path], target: dict, cfg: dict) -> dict:
+    """{name: {"peak_rss_mb", "latency": [{batch, threads, median_ms, p90_ms, iqr_ms, images_per_s}]}}."""
+    threads_all = os.cpu_count() or 1
+    thread_counts = sorted({threads_all if t == 0 else t for t in cfg["threads"]})
+    workers = {name: Worker(path, target) for name, path in artifacts.items()}
+    results = {name: {"latency": []} for name in artifacts}
+    try:
+        for batch in cfg["batch_sizes"]:
+            for threads in thread_counts:
+                samples = {name: [] for name in workers}
+                for worker in workers.values():
+                    worker.run(batch, threads, cfg["warmup"])
+                for _ in range(cfg["rounds"]):
+                    for name, worker in workers.items():
+                        samples[name] += worker.run(batch, threads, cfg["iters_per_round"])
+                for name, seconds in samples.items():
+                    ms = np.array(seconds) * 1000
+                    q1, median, q3, p90 = np.percentile(ms, [25, 50, 75, 90])
+                    results[name]["latency"].append({
+                        "batch": batch, "threads": threads, "median_ms": float(median), "p90_ms": float(p90),
+                        "iqr_ms": float(q3 - q1), "images_per_s": float(batch * 1000 / median), "calls": len(ms)})
+        for name, worker in workers.items():
+            results[name]["peak_rss_mb"] = worker.peak_rss_mb
+    finally:
+        for worker in workers.values():
+            worker.close()
+    return results

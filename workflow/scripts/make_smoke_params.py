@@ -1,0 +1,33 @@
+"""Derive workflow/params/smoke.yaml from params.yaml: same keys and comments, small values.
+
+    python workflow/scripts/make_smoke_params.py
+"""
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+EDITS = {
+    "# lwpar: the only configuration.": "# lwpar smoke configuration: every stage on a small real PETA subset, in minutes (tests, CI).\n"
+                                        "# Derived from params.yaml by workflow/scripts/make_smoke_params.py.",
+    "  data: data                      #": "  data: data/smoke                #",
+    "  results: results                #": "  results: results/smoke          #",
+    "    max_persons: null             #": "    max_persons: 150              #",
+    "    input_size: [128, 64]         #": "    input_size: [64, 32]          #",
+    "\n  epochs: 6\n": "\n  epochs: 1\n",
+    "\n  batch_size: 64\n  lr": "\n  batch_size: 32\n  lr",
+    "  calibration_images: 256 ": "  calibration_images: 64  ",
+    "finetune: {epochs: 2,": "finetune: {epochs: 1,",
+}
+
+
+def main() -> None:
+    text = (ROOT / "params.yaml").read_text()
+    for old, new in EDITS.items():
+        if old not in text:
+            raise SystemExit(f"params.yaml no longer contains {old!r}: update {__file__}")
+        text = text.replace(old, new)
+    (ROOT / "workflow/params/smoke.yaml").write_text(text)
+
+
+if __name__ == "__main__":
+    main()
