@@ -42,6 +42,8 @@ def main() -> int:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
             options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+            # Idle workers must not spin: the variants' workers take turns on the same cores.
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             sessions[threads] = ort.InferenceSession(path, options, providers=providers)
         session = sessions[threads]
         name = session.get_inputs()[0].name

@@ -21,6 +21,7 @@ STAGES = {
     "finetune": ("lwpar.stages.finetune", "fine-tune a compressed model (BN recalibration, distillation)"),
     "export": ("lwpar.stages.export", "export a model to ONNX and check parity on real images"),
     "quantize": ("lwpar.stages.quantize", "INT8 quantization of an ONNX model with ONNX Runtime"),
+    "report": ("lwpar.stages.report", "comparison tables and plots from every variant's results"),
     "profile": ("lwpar.stages.profile", "measure latency, memory, size and MACs of ONNX artifacts on a target"),
 }
 

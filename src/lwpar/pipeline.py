@@ -44,7 +44,7 @@ class Stage:
         return {k: self.format(v, wildcards) for k, v in self.outputs.items()}
 
     def job_name(self, wildcards: dict) -> str:
-        return "-".join([self.name, *(wildcards[w] for w in self.wildcards)])
+        return "-".join([self.name, *(wildcards[w] for w in self.wildcards)]).replace("+", "_")
 
     def module_files(self) -> list[str]:
         return [f"{PACKAGE}/{m}" for m in [*COMMON_MODULES, *self.modules]]
@@ -59,13 +59,42 @@ def _prepared(params: dict, dataset: str) -> str:
     return f"{params['paths']['data']}/prepared/{dataset}"
 
 
-def _run_dir(params: dict) -> str:
-    return f"{params['paths']['results']}/{{dataset}}/{{model}}"
+def _run(params: dict, w: dict, name: str) -> str:
+    return f"{params['paths']['results']}/{w['dataset']}/{w['model']}/{name}"
+
+
+REFERENCE = "baseline_reference"  # the baseline's weights run through the published ALM head
+MODELS = ["models/__init__.py", "models/alm.py", "models/backbones.py", "models/bninception.py", "models/weights.py",
+          "runtime.py", "decompose/__init__.py", "decompose/_cp.py", "decompose/factorize.py", "decompose/layers.py"]
+LOADER = ["data/loader.py"]
+
+
+def _source_model(params: dict, w: dict) -> str:
+    """The PyTorch model an ONNX artifact is exported from."""
+    name = w["name"]
+    if name in ("baseline", REFERENCE):
+        return f"{_run(params, w, 'baseline')}/model.pt"
+    return f"{_run(params, w, name)}/model.pt"
+
+
+def artifact_names(params: dict, model: str) -> list[str]:
+    """Every scored artifact of a model: baseline, variants, and their INT8 forms."""
+    experiment = params["experiment"]
+    names = ["baseline", *experiment["variants"]]
+    return names + [f"{n}+int8" for n in experiment["int8"]]
+
+
+def profiled_names(params: dict, model: str) -> list[str]:
+    names = artifact_names(params, model)
+    if params["models"][model]["arch"] == "alm":
+        names.insert(1, REFERENCE)
+    return names
 
 
 def stages(params: dict) -> dict[str, Stage]:
     data_dir = params["paths"]["data"]
-    run = _run_dir(params)
+    results = params["paths"]["results"]
+    run = f"{results}/{{dataset}}/{{model}}"
     return {s.name: s for s in [
         Stage(
             name="data", wildcards=("dataset",),
@@ -84,44 +113,126 @@ def stages(params: dict) -> dict[str, Stage]:
             outputs={"model": f"{run}/baseline/model.pt", "history": f"{run}/baseline/history.csv",
                      "summary": f"{run}/baseline/train.json"},
             inputs=lambda p, w: {"data": _prepared(p, w["dataset"])},
-            param_keys=lambda p, w: ["seed", "train", "evaluate", f"models.{w['model']}"],
+            param_keys=lambda p, w: ["seed", "runtime.amp", "train", "evaluate", f"models.{w['model']}"],
             args=lambda i, o, w: ["--dataset-dir", i["data"], "--model", w["model"],
                                   "--out", str(Path(o["model"]).parent)],
-            modules=["stages/train.py", "train.py", "losses.py", "runtime.py", "evaluation.py", "metrics.py",
-                     "data/loader.py", "models/__init__.py", "models/alm.py", "models/backbones.py",
-                     "models/bninception.py", "models/weights.py"],
+            modules=["stages/train.py", "train.py", "losses.py", "evaluation.py", "metrics.py", *LOADER, *MODELS],
             metrics=("summary",), plots=("history",),
         ),
         Stage(
-            name="evaluate", wildcards=("dataset", "model"),
-            outputs={"metrics": f"{run}/baseline/eval/metrics.json",
-                     "per_attribute": f"{run}/baseline/eval/per_attribute.csv"},
-            inputs=lambda p, w: {"data": _prepared(p, w["dataset"]),
-                                 "model": f"{p['paths']['results']}/{w['dataset']}/{w['model']}/baseline/model.pt"},
+            name="decompose", wildcards=("dataset", "model", "variant"),
+            outputs={"model": f"{run}/{{variant}}/compressed.pt", "table": f"{run}/{{variant}}/layers.csv"},
+            inputs=lambda p, w: {"model": f"{_run(p, w, 'baseline')}/model.pt"},
+            param_keys=lambda p, w: ["seed", f"variants.{w['variant']}.decompose"],
+            args=lambda i, o, w: ["--model", i["model"], "--variant", w["variant"], "--out", o["model"],
+                                  "--table", o["table"]],
+            modules=["stages/decompose.py", "complexity.py", *MODELS],
+        ),
+        Stage(
+            name="finetune", wildcards=("dataset", "model", "variant"),
+            outputs={"model": f"{run}/{{variant}}/model.pt", "history": f"{run}/{{variant}}/history.csv",
+                     "summary": f"{run}/{{variant}}/finetune.json"},
+            inputs=lambda p, w: {"model": f"{_run(p, w, w['variant'])}/compressed.pt",
+                                 "teacher": f"{_run(p, w, 'baseline')}/model.pt",
+                                 "data": _prepared(p, w["dataset"])},
+            param_keys=lambda p, w: ["seed", "runtime.amp", "train", "evaluate", f"variants.{w['variant']}.finetune"],
+            args=lambda i, o, w: ["--model", i["model"], "--teacher", i["teacher"], "--dataset-dir", i["data"],
+                                  "--variant", w["variant"], "--out", str(Path(o["model"]).parent)],
+            modules=["stages/finetune.py", "stages/train.py", "train.py", "losses.py", "evaluation.py", "metrics.py",
+                     *LOADER, *MODELS],
+            metrics=("summary",),
+        ),
+        Stage(
+            name="export", wildcards=("dataset", "model", "name"),
+            outputs={"onnx": f"{run}/{{name}}/model.onnx", "parity": f"{run}/{{name}}/parity.json"},
+            inputs=lambda p, w: {"model": _source_model(p, w), "data": _prepared(p, w["dataset"])},
+            param_keys=lambda p, w: [],
+            args=lambda i, o, w: ["--model", i["model"], "--dataset-dir", i["data"], "--out", o["onnx"],
+                                  "--parity-out", o["parity"],
+                                  *(["--alm-head", "reference"] if w["name"] == REFERENCE else [])],
+            modules=["stages/export.py", "export.py", "evaluation.py", *LOADER, *MODELS],
+            metrics=("parity",),
+        ),
+        Stage(
+            name="quantize", wildcards=("dataset", "model", "name"),
+            outputs={"onnx": f"{run}/{{name}}+int8/model.onnx"},
+            inputs=lambda p, w: {"onnx": f"{_run(p, w, w['name'])}/model.onnx", "data": _prepared(p, w["dataset"])},
+            param_keys=lambda p, w: ["seed", "quantize"],
+            args=lambda i, o, w: ["--model", i["onnx"], "--dataset-dir", i["data"], "--out", o["onnx"]],
+            modules=["stages/quantize.py", "quantize.py", "evaluation.py", *LOADER],
+        ),
+        Stage(
+            name="evaluate", wildcards=("dataset", "model", "name"),
+            outputs={"metrics": f"{run}/{{name}}/eval/metrics.json",
+                     "per_attribute": f"{run}/{{name}}/eval/per_attribute.csv"},
+            inputs=lambda p, w: {"data": _prepared(p, w["dataset"]), "onnx": f"{_run(p, w, w['name'])}/model.onnx"},
             param_keys=lambda p, w: ["evaluate"],
-            args=lambda i, o, w: ["--dataset-dir", i["data"], "--model", i["model"], "--split", "test",
+            args=lambda i, o, w: ["--dataset-dir", i["data"], "--model", i["onnx"], "--split", "test",
                                   "--out-dir", str(Path(o["metrics"]).parent)],
-            modules=["stages/evaluate.py", "evaluation.py", "metrics.py", "runtime.py", "data/loader.py",
-                     "models/__init__.py", "models/alm.py", "models/backbones.py", "models/bninception.py",
-                     "models/weights.py"],
+            modules=["stages/evaluate.py", "evaluation.py", "metrics.py", *LOADER, *MODELS],
             metrics=("metrics",),
+        ),
+        Stage(
+            name="profile", wildcards=("dataset", "model", "target"),
+            outputs={"profile": f"{run}/profile-{{target}}.json"},
+            inputs=lambda p, w: {
+                **{f"onnx_{n}": f"{_run(p, w, n)}/model.onnx" for n in profiled_names(p, w["model"])},
+                **{f"torch_{n}": _source_model(p, {**w, "name": n}) for n in profiled_names(p, w["model"])
+                   if not n.endswith("+int8") and n != REFERENCE}},
+            param_keys=lambda p, w: [f"profile.{k}" for k in ("batch_sizes", "threads", "warmup", "rounds",
+                                                              "iters_per_round")] + [f"profile.targets.{w['target']}"],
+            args=lambda i, o, w: ["--target", w["target"], "--out", o["profile"], "--onnx",
+                                  *(f"{k[5:]}={v}" for k, v in i.items() if k.startswith("onnx_")), "--torch",
+                                  *(f"{k[6:]}={v}" for k, v in i.items() if k.startswith("torch_"))],
+            modules=["stages/profile.py", "profile.py", "bench_worker.py", "complexity.py", *MODELS],
+            metrics=("profile",),
+        ),
+        Stage(
+            name="report", wildcards=(),
+            outputs={"csv": f"{results}/comparison.csv", "markdown": f"{results}/comparison.md",
+                     "attributes": f"{results}/per_attribute_delta.csv",
+                     "latency_png": f"{results}/plots/mA_vs_latency.png",
+                     "latency_svg": f"{results}/plots/mA_vs_latency.svg",
+                     "macs_png": f"{results}/plots/mA_vs_macs.png", "macs_svg": f"{results}/plots/mA_vs_macs.svg"},
+            inputs=lambda p, w: _report_inputs(p),
+            param_keys=lambda p, w: ["experiment"],
+            args=lambda i, o, w: ["--results", results, "--out-dir", results],
+            modules=["stages/report.py", "report.py"],
+            metrics=("csv",), plots=(), local=True,
         ),
     ]}
 
 
-def grid(params: dict) -> list[tuple[Stage, dict]]:
+def _report_inputs(params: dict) -> dict[str, str]:
+    inputs = {}
+    for stage, w in grid(params, upto="profile"):
+        if stage.name in ("evaluate", "profile"):
+            for key, path in stage.job_outputs(w).items():
+                inputs[f"{stage.job_name(w)}:{key}"] = path
+    return inputs
+
+
+def grid(params: dict, upto: str | None = None) -> list[tuple[Stage, dict]]:
     """Every job of the experiment, in dependency order."""
     experiment = params["experiment"]
     all_stages = stages(params)
+    pairs = [{"dataset": d, "model": m} for d in experiment["datasets"] for m in experiment["models"]]
     jobs = [(all_stages["data"], {"dataset": d}) for d in experiment["datasets"]]
-    for name in ("train", "evaluate"):
-        jobs += [(all_stages[name], {"dataset": d, "model": m})
-                 for d in experiment["datasets"] for m in experiment["models"]]
-    return jobs
+    jobs += [(all_stages["train"], w) for w in pairs]
+    for stage in ("decompose", "finetune"):
+        jobs += [(all_stages[stage], {**w, "variant": v}) for w in pairs for v in experiment["variants"]]
+    jobs += [(all_stages["export"], {**w, "name": n}) for w in pairs for n in profiled_names(params, w["model"])
+             if not n.endswith("+int8")]
+    jobs += [(all_stages["quantize"], {**w, "name": n}) for w in pairs for n in experiment["int8"]]
+    jobs += [(all_stages["evaluate"], {**w, "name": n}) for w in pairs for n in artifact_names(params, w["model"])]
+    jobs += [(all_stages["profile"], {**w, "target": t}) for w in pairs for t in experiment["targets"]]
+    if upto == "profile":
+        return jobs
+    return jobs + [(all_stages["report"], {})]
 
 
 def final_targets(params: dict) -> list[str]:
-    return [path for stage, w in grid(params) if stage.name == "evaluate" for path in stage.job_outputs(w).values()]
+    return list(stages(params)["report"].job_outputs({}).values())
 
 
 def dvc_yaml(params: dict, params_file: str) -> dict:

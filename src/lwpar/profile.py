@@ -21,6 +21,8 @@ import numpy as np
 
 from lwpar import LwparError
 
+MAX_ROUND_SECONDS = 0.5
+
 
 def machine_info() -> dict:
     info = {"machine": platform.machine(), "system": platform.system(), "python": platform.python_version(),
@@ -81,11 +83,14 @@ def benchmark(artifacts: dict[str, Path], target: dict, cfg: dict) -> dict:
         for batch in cfg["batch_sizes"]:
             for threads in thread_counts:
                 samples = {name: [] for name in workers}
-                for worker in workers.values():
-                    worker.run(batch, threads, cfg["warmup"])
+                iters = {}
+                for name, worker in workers.items():
+                    warm = worker.run(batch, threads, max(cfg["warmup"], 1))
+                    # Slow artifacts get fewer calls per round (at least one), so a round stays short.
+                    iters[name] = max(1, min(cfg["iters_per_round"], int(MAX_ROUND_SECONDS / max(min(warm), 1e-6))))
                 for _ in range(cfg["rounds"]):
                     for name, worker in workers.items():
-                        samples[name] += worker.run(batch, threads, cfg["iters_per_round"])
+                        samples[name] += worker.run(batch, threads, iters[name])
                 for name, seconds in samples.items():
                     ms = np.array(seconds) * 1000
                     q1, median, q3, p90 = np.percentile(ms, [25, 50, 75, 90])

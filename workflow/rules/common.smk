@@ -19,6 +19,8 @@ final_targets = pipeline.final_targets
 wildcard_constraints:
     dataset="[A-Za-z0-9_]+",
     model="[A-Za-z0-9_]+",
+    variant="[A-Za-z0-9_]+",
+    target="[A-Za-z0-9_]+",
 
 
 def _lookup(params, dotted):

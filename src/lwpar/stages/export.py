@@ -15,6 +15,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="ONNX file to write")
     parser.add_argument("--parity-out", required=True, type=Path, help="parity report (JSON)")
     parser.add_argument("--parity-images", type=int, default=16, help="test images used for the parity check")
+    parser.add_argument("--alm-head", choices=["fused", "reference"], default=None,
+                        help="export an ALM with this head computation instead of the saved one")
 
 
 def run(args, params) -> None:
@@ -27,6 +29,12 @@ def run(args, params) -> None:
     from lwpar.runtime import load_model
 
     model, blob = load_model(args.model)
+    if args.alm_head:
+        from lwpar import LwparError
+
+        if not hasattr(model, "set_head"):
+            raise LwparError(f"{args.model}: --alm-head applies to ALM models only")
+        model.set_head(args.alm_head)
     size = blob["model_cfg"]["input_size"]
     data = Prepared(args.dataset_dir)
     paths, labels = data.split("test", limit=args.parity_images)

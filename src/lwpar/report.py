@@ -1,0 +1,114 @@
+"""Comparison tables and plots from the results tree: every variant's evaluation and profile."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+COLUMNS = ["dataset", "model", "variant", "target", "batch", "threads", "mA", "accuracy", "precision", "recall",
+           "f1", "params", "macs", "size_mb", "latency_ms_median", "latency_ms_p90", "speedup", "delta_mA"]
+
+
+def collect(results: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One row per dataset, model, variant, target, batch and threads; per-attribute mA deltas."""
+    rows, attributes = [], []
+    for profile_path in sorted(results.glob("*/*/profile-*.json")):
+        dataset, model = profile_path.parent.parent.name, profile_path.parent.name
+        profile = json.loads(profile_path.read_text())
+        base_attr = _per_attribute(profile_path.parent / "baseline")
+        for variant, result in profile["variants"].items():
+            metrics = _metrics(profile_path.parent / variant)
+            for row in result["latency"]:
+                rows.append({"dataset": dataset, "model": model, "variant": variant, "target": profile["target"],
+                             "batch": row["batch"], "threads": row["threads"], **metrics,
+                             "params": result.get("params"), "macs": result.get("macs"),
+                             "size_mb": result["size_mb"], "latency_ms_median": row["median_ms"],
+                             "latency_ms_p90": row["p90_ms"], "speedup": row["speedup"]})
+            per = _per_attribute(profile_path.parent / variant)
+            if per is not None and base_attr is not None and variant != "baseline":
+                delta = per.set_index("attribute")["mA"] - base_attr.set_index("attribute")["mA"]
+                attributes += [{"dataset": dataset, "model": model, "variant": variant, "attribute": a,
+                                "delta_mA": d} for a, d in delta.items()]
+    table = pd.DataFrame(rows, columns=[c for c in COLUMNS if c != "delta_mA"])
+    if len(table):
+        base = table[table.variant == "baseline"].set_index(["dataset", "model", "target", "batch", "threads"])["mA"]
+        keys = list(zip(table.dataset, table.model, table.target, table.batch, table.threads))
+        table["delta_mA"] = [m - base.get(k, np.nan) for m, k in zip(table.mA, keys)]
+    return table.reindex(columns=COLUMNS), pd.DataFrame(attributes)
+
+
+def _metrics(folder: Path) -> dict:
+    path = folder / "eval" / "metrics.json"
+    if not path.exists():  # e.g. baseline_reference: the baseline's weights, not scored again
+        return {k: np.nan for k in ("mA", "accuracy", "precision", "recall", "f1")}
+    data = json.loads(path.read_text())
+    return {k: data[k] for k in ("mA", "accuracy", "precision", "recall", "f1")}
+
+
+def _per_attribute(folder: Path):
+    path = folder / "eval" / "per_attribute.csv"
+    return pd.read_csv(path) if path.exists() else None
+
+
+def pareto_front(latency: np.ndarray, score: np.ndarray) -> np.ndarray:
+    """Mask of points no other point beats on both lower latency and higher score."""
+    front = np.ones(len(latency), dtype=bool)
+    for i in range(len(latency)):
+        better = (latency <= latency[i]) & (score >= score[i]) & ((latency < latency[i]) | (score > score[i]))
+        front[i] = not better.any()
+    return front
+
+
+def markdown(table: pd.DataFrame, stamp: str) -> str:
+    shown = table.copy()
+    for column in ("mA", "accuracy", "precision", "recall", "f1", "delta_mA"):
+        shown[column] = (shown[column] * 100).map(lambda v: "" if pd.isna(v) else f"{v:.2f}")
+    shown["params"] = shown["params"].map(lambda v: "" if pd.isna(v) else f"{v / 1e6:.2f} M")
+    shown["macs"] = shown["macs"].map(lambda v: "" if pd.isna(v) else f"{v / 1e6:.1f} M")
+    for column in ("size_mb", "latency_ms_median", "latency_ms_p90"):
+        shown[column] = shown[column].map(lambda v: f"{v:.2f}")
+    shown["speedup"] = shown["speedup"].map(lambda v: f"{v:.2f}x")
+    header = "| " + " | ".join(shown.columns) + " |\n|" + "---|" * len(shown.columns) + "\n"
+    body = "".join("| " + " | ".join(str(v) for v in row) + " |\n" for row in shown.itertuples(index=False))
+    return (f"# Comparison\n\n{stamp}\n\nmA, accuracy, precision, recall, F1 and delta_mA in percent (test split, "
+            f"scored on the deployed ONNX artifact); speed-up against `baseline` on the same target, batch and threads, "
+            f"measured in the same interleaved run.\n\n" + header + body)
+
+
+def plots(table: pd.DataFrame, out_dir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    scored = table.dropna(subset=["mA"])
+    one = scored[(scored.batch == scored.batch.min()) & (scored.threads == scored.threads.min())]
+    for kind, column, label in (("latency", "latency_ms_median", "median latency (ms), batch 1, 1 thread"),
+                                ("macs", "macs", "MACs per image")):
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for (dataset, model), group in one.groupby(["dataset", "model"]):
+            group = group.dropna(subset=[column])
+            x, y = group[column].to_numpy(float), group["mA"].to_numpy(float) * 100
+            ax.scatter(x, y, label=f"{dataset} / {model}")
+            for xi, yi, name in zip(x, y, group.variant):
+                ax.annotate(name, (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            if kind == "latency" and len(x):
+                front = pareto_front(x, y)
+                order = np.argsort(x[front])
+                ax.plot(x[front][order], y[front][order], "--", lw=1, label="Pareto front")
+        ax.set_xlabel(label)
+        ax.set_ylabel("test mA (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        for suffix in ("png", "svg"):
+            path = out_dir / f"mA_vs_{kind}.{suffix}"
+            fig.savefig(path, dpi=120)
+            written.append(path)
+        plt.close(fig)
+    return written

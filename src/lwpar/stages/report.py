@@ -1,0 +1,38 @@
+"""Build the comparison from every variant's evaluation and profile results: comparison.csv and
+comparison.md (one row per dataset, model, variant, target, batch and threads), per-attribute mA
+deltas against the baseline, and plots (mA against measured latency with the Pareto front, and mA
+against MACs) as PNG and SVG.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--results", required=True, type=Path, help="results tree (<dataset>/<model>/...)")
+    parser.add_argument("--out-dir", required=True, type=Path, help="where comparison.* and plots/ go")
+
+
+def run(args, params) -> None:
+    import platform
+    import tempfile
+    from datetime import datetime, timezone
+
+    from lwpar import LwparError
+    from lwpar.io import atomic_path, write_csv, write_text
+    from lwpar.report import collect, markdown, plots
+
+    table, attributes = collect(args.results)
+    if table.empty:
+        raise LwparError(f"{args.results}: no profile results found (run the profile stage first)")
+    stamp = (f"Produced by `lwpar report` on {platform.node() or 'unknown host'} ({platform.machine()}), "
+             f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.")
+    write_csv(args.out_dir / "comparison.csv", table)
+    write_text(args.out_dir / "comparison.md", markdown(table, stamp))
+    write_csv(args.out_dir / "per_attribute_delta.csv", attributes)
+    with tempfile.TemporaryDirectory(dir=args.out_dir) as tmp:
+        for path in plots(table, Path(tmp)):
+            with atomic_path(args.out_dir / "plots" / path.name) as target:
+                path.replace(target)
+    print(f"{args.out_dir / 'comparison.md'}: {len(table)} rows")

@@ -1,0 +1,43 @@
+rule decompose:
+    """Factorize the baseline's layers as the variant's recipe says."""
+    input:
+        unpack(job_inputs("decompose")),
+        modules=STAGES["decompose"].module_files(),
+    output:
+        **outputs("decompose"),
+    params:
+        values=param_values("decompose"),
+        cmd=command("decompose"),
+    log:
+        "logs/decompose/{dataset}/{model}/{variant}.log",
+    benchmark:
+        "benchmarks/decompose/{dataset}/{model}/{variant}.tsv"
+    threads: 2
+    resources:
+        mem_mb=lambda wildcards, attempt: 8000 * attempt,
+        runtime=lambda wildcards, attempt: 60 * attempt,
+    shell:
+        "{params.cmd} > {log} 2>&1"
+
+
+rule finetune:
+    """Fine-tune a compressed variant (BN recalibration, optional distillation)."""
+    input:
+        unpack(job_inputs("finetune")),
+        modules=STAGES["finetune"].module_files(),
+    output:
+        **outputs("finetune"),
+    params:
+        values=param_values("finetune"),
+        cmd=command("finetune"),
+    log:
+        "logs/finetune/{dataset}/{model}/{variant}.log",
+    benchmark:
+        "benchmarks/finetune/{dataset}/{model}/{variant}.tsv"
+    threads: 2
+    resources:
+        mem_mb=lambda wildcards, attempt: 8000 * attempt,
+        runtime=lambda wildcards, attempt: 120 * attempt,
+        gpu=1,
+    shell:
+        "{params.cmd} > {log} 2>&1"

@@ -1,0 +1,113 @@
+rule export:
+    """Export to ONNX and check parity with PyTorch on real test images."""
+    input:
+        unpack(job_inputs("export")),
+        modules=STAGES["export"].module_files(),
+    output:
+        **outputs("export"),
+    params:
+        values=param_values("export"),
+        cmd=command("export"),
+    log:
+        "logs/export/{dataset}/{model}/{name}.log",
+    benchmark:
+        "benchmarks/export/{dataset}/{model}/{name}.tsv"
+    wildcard_constraints:
+        name="[A-Za-z0-9_]+",
+    threads: 1
+    resources:
+        mem_mb=lambda wildcards, attempt: 4000 * attempt,
+        runtime=lambda wildcards, attempt: 20 * attempt,
+    shell:
+        "{params.cmd} > {log} 2>&1"
+
+
+rule quantize:
+    """INT8 quantization of an exported model with ONNX Runtime."""
+    input:
+        unpack(job_inputs("quantize")),
+        modules=STAGES["quantize"].module_files(),
+    output:
+        **outputs("quantize"),
+    params:
+        values=param_values("quantize"),
+        cmd=command("quantize"),
+    log:
+        "logs/quantize/{dataset}/{model}/{name}.log",
+    benchmark:
+        "benchmarks/quantize/{dataset}/{model}/{name}.tsv"
+    wildcard_constraints:
+        name="[A-Za-z0-9_]+",
+    threads: 2
+    resources:
+        mem_mb=lambda wildcards, attempt: 4000 * attempt,
+        runtime=lambda wildcards, attempt: 30 * attempt,
+    shell:
+        "{params.cmd} > {log} 2>&1"
+
+
+rule evaluate:
+    """Score the deployed ONNX artifact on the test split."""
+    input:
+        unpack(job_inputs("evaluate")),
+        modules=STAGES["evaluate"].module_files(),
+    output:
+        **outputs("evaluate"),
+    params:
+        values=param_values("evaluate"),
+        cmd=command("evaluate"),
+    log:
+        "logs/evaluate/{dataset}/{model}/{name}.log",
+    benchmark:
+        "benchmarks/evaluate/{dataset}/{model}/{name}.tsv"
+    wildcard_constraints:
+        name="[A-Za-z0-9_+]+",
+    threads: 2
+    resources:
+        mem_mb=lambda wildcards, attempt: 4000 * attempt,
+        runtime=lambda wildcards, attempt: 30 * attempt,
+    shell:
+        "{params.cmd} > {log} 2>&1"
+
+
+rule profile:
+    """Latency, memory, size and MACs of every artifact of a model on a target, interleaved."""
+    input:
+        unpack(job_inputs("profile")),
+        modules=STAGES["profile"].module_files(),
+    output:
+        **outputs("profile"),
+    params:
+        values=param_values("profile"),
+        cmd=command("profile"),
+    log:
+        "logs/profile/{dataset}/{model}/{target}.log",
+    benchmark:
+        "benchmarks/profile/{dataset}/{model}/{target}.tsv"
+    threads: workflow.cores
+    resources:
+        mem_mb=lambda wildcards, attempt: 8000 * attempt,
+        runtime=lambda wildcards, attempt: 60 * attempt,
+    shell:
+        "{params.cmd} > {log} 2>&1"
+
+
+rule report:
+    """Comparison tables and plots from every evaluation and profile."""
+    input:
+        unpack(job_inputs("report")),
+        modules=STAGES["report"].module_files(),
+    output:
+        **{k: report(v, category="comparison") for k, v in outputs("report").items()},
+    params:
+        values=param_values("report"),
+        cmd=command("report"),
+    log:
+        "logs/report.log",
+    benchmark:
+        "benchmarks/report.tsv"
+    shell:
+        "{params.cmd} > {log} 2>&1"
+
+
+localrules: report
