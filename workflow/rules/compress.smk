@@ -8,6 +8,8 @@ rule decompose:
     params:
         values=param_values("decompose"),
         cmd=command("decompose"),
+    conda:
+        "../envs/lwpar.yaml"
     log:
         "logs/decompose/{dataset}/{model}/{variant}.log",
     benchmark:
@@ -30,6 +32,8 @@ rule finetune:
     params:
         values=param_values("finetune"),
         cmd=command("finetune"),
+    conda:
+        "../envs/lwpar.yaml"
     log:
         "logs/finetune/{dataset}/{model}/{variant}.log",
     benchmark:

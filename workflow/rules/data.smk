@@ -7,6 +7,8 @@ rule data:
     params:
         values=param_values("data"),
         cmd=command("data"),
+    conda:
+        "../envs/lwpar.yaml"
     log:
         "logs/data/{dataset}.log",
     benchmark:

@@ -8,6 +8,8 @@ rule export:
     params:
         values=param_values("export"),
         cmd=command("export"),
+    conda:
+        "../envs/lwpar.yaml"
     log:
         "logs/export/{dataset}/{model}/{name}.log",
     benchmark:
@@ -32,6 +34,8 @@ rule quantize:
     params:
         values=param_values("quantize"),
         cmd=command("quantize"),
+    conda:
+        "../envs/lwpar.yaml"
     log:
         "logs/quantize/{dataset}/{model}/{name}.log",
     benchmark:
@@ -56,6 +60,8 @@ rule evaluate:
     params:
         values=param_values("evaluate"),
         cmd=command("evaluate"),
+    conda:
+        "../envs/lwpar.yaml"
     log:
         "logs/evaluate/{dataset}/{model}/{name}.log",
     benchmark:
@@ -80,6 +86,8 @@ rule profile:
     params:
         values=param_values("profile"),
         cmd=command("profile"),
+    conda:
+        "../envs/lwpar.yaml"
     log:
         "logs/profile/{dataset}/{model}/{target}.log",
     benchmark:
@@ -102,6 +110,8 @@ rule report:
     params:
         values=param_values("report"),
         cmd=command("report"),
+    conda:
+        "../envs/lwpar.yaml"
     log:
         "logs/report.log",
     benchmark:

@@ -8,6 +8,8 @@ rule train:
     params:
         values=param_values("train"),
         cmd=command("train"),
+    conda:
+        "../envs/lwpar.yaml"
     log:
         "logs/train/{dataset}/{model}.log",
     benchmark:

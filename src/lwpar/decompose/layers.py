@@ -17,9 +17,10 @@ def _conv_like(conv: nn.Conv2d, cin: int, cout: int, kernel, stride=1, padding=0
     """A conv of the same class as `conv`: timm's Conv2dSame keeps its dynamic 'same' padding."""
     cls = type(conv) if type(conv).__name__ == "Conv2dSame" and kernel != (1, 1) else nn.Conv2d
     if cls is not nn.Conv2d:
-        return cls(cin, cout, kernel, stride=stride, padding=0, dilation=dilation, groups=groups, bias=bias)
+        return cls(cin, cout, kernel, stride=stride, padding=0, dilation=dilation, groups=groups, bias=bias,
+                   dtype=conv.weight.dtype)
     return nn.Conv2d(cin, cout, kernel, stride=stride, padding=padding, dilation=dilation, groups=groups,
-                     bias=bias, padding_mode=conv.padding_mode)
+                     bias=bias, padding_mode=conv.padding_mode, dtype=conv.weight.dtype)
 
 
 def eligible(module: nn.Module) -> str | None:
@@ -60,10 +61,13 @@ def cp4_layer(conv: nn.Conv2d, weights: np.ndarray, factors: list[np.ndarray]) -
     rank = a.shape[1]
     kh, kw = conv.kernel_size
     (sh, sw), (ph, pw), (dh, dw) = conv.stride, conv.padding, conv.dilation
-    layers = [nn.Conv2d(conv.in_channels, rank, 1, bias=False),
-              nn.Conv2d(rank, rank, (kh, 1), stride=(sh, 1), padding=(ph, 0), dilation=(dh, 1), groups=rank, bias=False),
-              nn.Conv2d(rank, rank, (1, kw), stride=(1, sw), padding=(0, pw), dilation=(1, dw), groups=rank, bias=False),
-              nn.Conv2d(rank, conv.out_channels, 1, bias=conv.bias is not None)]
+    dtype = conv.weight.dtype
+    layers = [nn.Conv2d(conv.in_channels, rank, 1, bias=False, dtype=dtype),
+              nn.Conv2d(rank, rank, (kh, 1), stride=(sh, 1), padding=(ph, 0), dilation=(dh, 1), groups=rank,
+                        bias=False, dtype=dtype),
+              nn.Conv2d(rank, rank, (1, kw), stride=(1, sw), padding=(0, pw), dilation=(1, dw), groups=rank,
+                        bias=False, dtype=dtype),
+              nn.Conv2d(rank, conv.out_channels, 1, bias=conv.bias is not None, dtype=dtype)]
     with torch.no_grad():
         layers[0].weight.copy_(torch.from_numpy(a.T.copy()).reshape(rank, conv.in_channels, 1, 1))
         layers[1].weight.copy_(torch.from_numpy(ch.T.copy()).reshape(rank, 1, kh, 1))
@@ -94,8 +98,9 @@ def svd_layer(layer: nn.Module, left: np.ndarray, right: np.ndarray) -> nn.Seque
     """Truncated SVD W ~ left @ right (left: out x R, right: R x in) of a 1x1 conv or a linear layer."""
     rank = left.shape[1]
     if isinstance(layer, nn.Linear):
-        first, last = nn.Linear(layer.in_features, rank, bias=False), nn.Linear(rank, layer.out_features,
-                                                                               bias=layer.bias is not None)
+        dtype = layer.weight.dtype
+        first = nn.Linear(layer.in_features, rank, bias=False, dtype=dtype)
+        last = nn.Linear(rank, layer.out_features, bias=layer.bias is not None, dtype=dtype)
     else:
         first = _conv_like(layer, layer.in_channels, rank, (1, 1), stride=layer.stride)
         last = _conv_like(layer, rank, layer.out_channels, (1, 1), bias=layer.bias is not None)
@@ -113,9 +118,10 @@ def spatial_svd_layer(conv: nn.Conv2d, vertical: np.ndarray, horizontal: np.ndar
     rank = vertical.shape[0]
     kh, kw = conv.kernel_size
     (sh, sw), (ph, pw), (dh, dw) = conv.stride, conv.padding, conv.dilation
-    first = nn.Conv2d(conv.in_channels, rank, (kh, 1), stride=(sh, 1), padding=(ph, 0), dilation=(dh, 1), bias=False)
+    first = nn.Conv2d(conv.in_channels, rank, (kh, 1), stride=(sh, 1), padding=(ph, 0), dilation=(dh, 1), bias=False,
+                      dtype=conv.weight.dtype)
     last = nn.Conv2d(rank, conv.out_channels, (1, kw), stride=(1, sw), padding=(0, pw), dilation=(1, dw),
-                     bias=conv.bias is not None)
+                     bias=conv.bias is not None, dtype=conv.weight.dtype)
     with torch.no_grad():
         first.weight.copy_(torch.from_numpy(vertical.copy())[..., None])
         last.weight.copy_(torch.from_numpy(horizontal.copy())[:, :, None, :])

@@ -1,0 +1,173 @@
+"""Factorized layers, CP-ALS / CPD-EPC, rank policies and MAC formulas."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from lwpar.decompose import cp_als, cpd_epc, relative_error, sensitivity, sum_of_squared_norms
+from lwpar.decompose import layers as L
+from lwpar.decompose.factorize import (empty_factorized, factorize_layer, factorized_macs, original_macs,
+                                       plan_ranks, select_layers)
+
+
+def _low_rank_conv(cin, cout, k, rank, stride=1, padding=1, dilation=1, seed=0):
+    """A conv whose kernel is exactly CP rank `rank` (so full-rank factorization is exact)."""
+    rng = np.random.default_rng(seed)
+    a, b, c = rng.standard_normal((cin, rank)), rng.standard_normal((cout, rank)), rng.standard_normal((k * k, rank))
+    kernel = np.einsum("ir,or,sr->ois", a, b, c).reshape(cout, cin, k, k)
+    conv = nn.Conv2d(cin, cout, k, stride=stride, padding=padding, dilation=dilation, bias=True).double()
+    with torch.no_grad():
+        conv.weight.copy_(torch.from_numpy(kernel))
+        conv.bias.normal_()
+    return conv
+
+
+def _rel(a, b):
+    return float((a - b).detach().norm() / b.detach().norm())
+
+
+@pytest.mark.parametrize("stride,padding,dilation", [(1, 1, 1), (2, 1, 1), (1, 2, 2), (2, 0, 1)])
+def test_cp_layer_exact_at_full_rank_and_keeps_geometry(stride, padding, dilation):
+    conv = _low_rank_conv(12, 10, 3, 4, stride, padding, dilation)
+    new, stats = factorize_layer(conv, "cp", 4, seed=0)
+    x = torch.randn(2, 12, 15, 11, dtype=torch.float64)
+    assert _rel(new(x), conv(x)) < 1e-5
+    assert stats["relative_error"] < 1e-5
+    first, depthwise, last = new
+    assert (depthwise.stride, depthwise.padding, depthwise.dilation) == (conv.stride, conv.padding, conv.dilation)
+    assert depthwise.groups == 4 and last.bias is not None and torch.equal(last.bias, conv.bias)
+    assert all(type(m) in (nn.Conv2d,) for m in new)
+
+
+@pytest.mark.parametrize("method,rank", [("cp", 6), ("tucker2", 5), ("spatial_svd", 6), ("cp4", 6)])
+def test_lower_rank_output_error_matches_reported_kernel_error(method, rank):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(16, 12, 3, padding=1).double()
+    new, stats = factorize_layer(conv, method, rank, seed=0)
+    # With a zero bias, the output of the factorized layer is the output of the approximated kernel.
+    with torch.no_grad():
+        conv.bias.zero_()
+        new[-1].bias.zero_()
+    x = torch.randn(3, 16, 9, 7, dtype=torch.float64)
+    approx = nn.functional.conv2d(x, _kernel_of(new, conv), padding=1)
+    torch.testing.assert_close(new(x), approx, rtol=1e-6, atol=1e-8)
+    assert 0 < stats["relative_error"] < 1
+
+
+def _kernel_of(seq: nn.Sequential, conv: nn.Conv2d) -> torch.Tensor:
+    """The effective k x k kernel of a factorized sequence, probed with impulses."""
+    cin, k = conv.in_channels, conv.kernel_size[0]
+    probe = torch.zeros(cin, cin, 2 * k - 1, 2 * k - 1, dtype=torch.float64)
+    for i in range(cin):
+        probe[i, i, k - 1, k - 1] = 1
+    out = seq(probe)  # (cin, cout, k, k) after padding 1 ... crop the centre
+    centre = out[:, :, (out.shape[2] - k) // 2:(out.shape[2] - k) // 2 + k, (out.shape[3] - k) // 2:(out.shape[3] - k) // 2 + k]
+    return centre.permute(1, 0, 2, 3).flip(-1, -2)
+
+
+def test_svd_of_pointwise_and_linear_exact_at_full_rank():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 6, 1, stride=2).double()
+    new, _ = factorize_layer(conv, "svd", 6)
+    x = torch.randn(2, 8, 9, 9, dtype=torch.float64)
+    assert _rel(new(x), conv(x)) < 1e-10 and new[0].stride == (2, 2)
+    linear = nn.Linear(20, 7).double()
+    new, stats = factorize_layer(linear, "svd", 7)
+    x = torch.randn(4, 20, dtype=torch.float64)
+    assert _rel(new(x), linear(x)) < 1e-10 and stats["relative_error"] < 1e-10
+
+
+def test_depthwise_and_grouped_convs_are_left_alone():
+    model = nn.Sequential(nn.Conv2d(3, 16, 3), nn.Conv2d(16, 16, 3, groups=16), nn.Conv2d(16, 32, 3, groups=4),
+                          nn.Conv2d(16, 16, 3), nn.Conv2d(16, 8, 1))
+    assert select_layers(model, ["kxk", "pointwise"]) == ["3", "4"]
+    # The first conv (3 input channels) stays out unless asked for, and then only above min_channels.
+    assert select_layers(model, ["kxk"], include_first=True, min_channels=3) == ["0", "3"]
+
+
+@pytest.mark.parametrize("method", ["cp", "cp4", "tucker2", "svd", "spatial_svd"])
+def test_mac_and_parameter_formulas_equal_flop_counter(method):
+    conv = nn.Conv2d(24, 32, 1 if method == "svd" else 3, stride=2, padding=0 if method == "svd" else 1)
+    new = empty_factorized(conv, method, 8)
+    x = torch.zeros(1, 24, 17, 13)
+    out = conv(x)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        new(x)
+    shape = {"in": 24, "out": 32, "kh": conv.kernel_size[0], "kw": conv.kernel_size[1]}
+    io = ((17, 13), tuple(out.shape[-2:]))
+    assert factorized_macs(method, shape, 8, io) == counter.get_total_flops() // 2
+    counter = FlopCounterMode(display=False)
+    with counter:
+        conv(x)
+    assert original_macs(shape, io) == counter.get_total_flops() // 2
+    weights = sum(p.numel() for n, p in new.named_parameters() if n.endswith("weight"))
+    per_rank = {"cp": 24 + 9 + 32, "cp4": 24 + 3 + 3 + 32, "svd": 24 + 32, "spatial_svd": 24 * 3 + 32 * 3}
+    expected = 8 * per_rank[method] if method != "tucker2" else 24 * 8 + 8 * 8 * 9 + 8 * 32
+    assert weights == expected
+
+
+def test_rank_for_fraction_rounds_to_multiple():
+    shape = {"in": 256, "out": 256, "kh": 3, "kw": 3}
+    rank = L.rank_for_fraction("cp", shape, 0.5, 8)
+    assert rank % 8 == 0 and abs(rank * (256 + 256 + 9) - 0.5 * 256 * 256 * 9) <= 8 * (256 + 256 + 9)
+
+
+def test_budget_policy_reaches_target_within_two_percent():
+    from lwpar.complexity import count_macs
+    from lwpar.decompose.factorize import apply_plan
+    from lwpar.models import build_model
+
+    model = build_model("alm", "resnet18", 5).eval()
+    total = count_macs(model, (128, 64))
+    names = select_layers(model, ["kxk", "pointwise"])
+    plan = plan_ranks(model, names, {"kxk": "cp", "pointwise": "svd"}, (128, 64),
+                      {"policy": "budget", "macs_fraction": 0.5, "multiple": 8}, total_macs=total)
+    apply_plan(model, plan, decompose=False)
+    assert abs(count_macs(model, (128, 64)) / total - 0.5) < 0.02
+
+
+def _kernel_tensor(cin=64, cout=64, seed=0):
+    torch.manual_seed(seed)
+    weight = nn.Conv2d(cin, cout, 3).weight.detach()
+    return weight.permute(1, 0, 2, 3).reshape(cin, cout, 9)
+
+
+@pytest.mark.parametrize("objective,measure", [("norm", sum_of_squared_norms), ("sensitivity", sensitivity)])
+def test_cpd_epc_keeps_error_and_shrinks_terms(objective, measure):
+    tensor = _kernel_tensor()
+    als = cp_als(tensor, 16, seed=0, n_iter_max=100)
+    epc = cpd_epc(tensor, 16, seed=0, init=als, objective=objective, n_iter_max=50)
+    assert relative_error(tensor, epc) <= 1.001 * relative_error(tensor, als)
+    assert measure(epc) < measure(als)
+
+
+def test_cpd_epc_is_deterministic_and_accepts_numpy():
+    tensor = _kernel_tensor(32, 32).numpy()
+    a = cpd_epc(tensor, 8, seed=3, n_iter_max=20, als_iter=30)
+    b = cpd_epc(tensor, 8, seed=3, n_iter_max=20, als_iter=30)
+    assert np.array_equal(a.weights, b.weights) and all(np.array_equal(x, y) for x, y in zip(a.factors, b.factors))
+
+
+def test_decomposed_model_round_trips_through_model_file(tmp_path):
+    from lwpar.decompose.factorize import apply_plan
+    from lwpar.models import build_model
+    from lwpar.runtime import load_model, save_model
+
+    model = build_model("alm", "resnet18", 4).eval()
+    names = select_layers(model, ["kxk", "pointwise"])[:6]
+    plan = plan_ranks(model, names, {"kxk": "tucker2", "pointwise": "svd"}, (64, 32),
+                      {"policy": "ratio", "fraction": 0.3, "multiple": 4})
+    apply_plan(model, plan)
+    cfg = {"arch": "alm", "backbone": "resnet18", "pretrained": False, "alm_head": "fused", "align_corners": False,
+           "input_size": [64, 32]}
+    structure = [{"op": "decompose", "plan": [{k: p[k] for k in ("layer", "method", "rank")} for p in plan]}]
+    save_model(tmp_path / "m.pt", model, cfg, list("abcd"), structure=structure)
+    loaded, _ = load_model(tmp_path / "m.pt")
+    x = torch.randn(2, 3, 64, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(x), model(x))

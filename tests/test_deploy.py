@@ -1,0 +1,108 @@
+"""Export parity, INT8 quantization and the profile benchmark on tiny models."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from lwpar import LwparError
+from lwpar.evaluation import onnx_session
+from lwpar.export import export_onnx, parity
+from lwpar.models import build_model
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tmp_path_factory):
+    torch.manual_seed(0)
+    tmp = tmp_path_factory.mktemp("onnx")
+    model = build_model("alm", "resnet18", 5).eval()
+    export_onnx(model, (64, 32), tmp / "model.onnx")
+    return model, tmp / "model.onnx"
+
+
+def test_export_has_one_output_dynamic_batch_and_plain_ops(tiny_onnx):
+    model, path = tiny_onnx
+    graph = onnx.load(str(path)).graph
+    assert [o.name for o in graph.output] == ["logits"]
+    assert graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    ops = {n.op_type for n in graph.node}
+    assert not ops & {"GridSample", "AffineGrid", "Einsum"}, "the fused head must export with plain operators"
+    session = onnx_session(path)
+    for batch in (1, 3):
+        report = parity(model, session, torch.randn(batch, 3, 64, 32))
+        assert report["max_abs_diff"] < 1e-4
+
+
+def test_parity_failure_is_detected_on_a_broken_export(tiny_onnx, tmp_path):
+    model, path = tiny_onnx
+    broken = onnx.load(str(path))
+    initializer = max(broken.graph.initializer, key=lambda t: np.prod(t.dims))
+    array = onnx.numpy_helper.to_array(initializer) * 1.5  # a wrong weight, as a faulty export would leave
+    initializer.CopyFrom(onnx.numpy_helper.from_array(array, initializer.name))
+    onnx.save(broken, str(tmp_path / "broken.onnx"))
+    with pytest.raises(LwparError, match=r"ONNX parity failed: max \|logit difference\| [0-9.e+-]+ > 0.0001"):
+        parity(model, onnx_session(tmp_path / "broken.onnx"), torch.randn(4, 3, 64, 32))
+
+
+def test_truncated_onnx_is_a_clear_error(tiny_onnx, tmp_path):
+    _, path = tiny_onnx
+    (tmp_path / "cut.onnx").write_bytes(path.read_bytes()[:2000])
+    with pytest.raises(LwparError, match=r"cut.onnx: corrupt or unreadable ONNX model"):
+        onnx_session(tmp_path / "cut.onnx")
+
+
+def test_static_int8_has_qdq_nodes_and_stays_close(tiny_onnx, tmp_path):
+    from lwpar.quantize import quantize_model
+
+    model, path = tiny_onnx
+    rng = np.random.default_rng(0)
+    batches = [rng.standard_normal((4, 3, 64, 32), dtype=np.float32) for _ in range(4)]
+    cfg = {"mode": "static", "calibration": "minmax", "calibration_images": 16, "per_channel": True}
+    quantize_model(path, tmp_path / "int8.onnx", cfg, iter(batches))
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "int8.onnx")).graph.node]
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    x = batches[0]
+    fp32 = onnx_session(path).run(None, {"images": x})[0]
+    int8 = onnx_session(tmp_path / "int8.onnx").run(None, {"images": x})[0]
+    assert np.abs(int8 - fp32).max() < 0.1 * np.abs(fp32).max() + 0.05
+
+
+def test_profile_result_holds_every_field(tiny_onnx, tmp_path):
+    import subprocess
+    import sys
+
+    import yaml
+
+    from conftest import ROOT
+    from lwpar.runtime import save_model
+
+    model, path = tiny_onnx
+    cfg = {"arch": "alm", "backbone": "resnet18", "pretrained": False, "alm_head": "fused", "align_corners": False,
+           "input_size": [64, 32]}
+    save_model(tmp_path / "model.pt", model, cfg, list("abcde"))
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["profile"].update(batch_sizes=[1, 2], threads=[1, 0], warmup=1, rounds=2, iters_per_round=2)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    run = subprocess.run([sys.executable, "-m", "lwpar", "profile", "--params", str(tmp_path / "params.yaml"),
+                          "--onnx", f"baseline={path}", f"copy={path}", "--torch", f"baseline={tmp_path / 'model.pt'}",
+                          "--target", "local_cpu", "--out", str(tmp_path / "profile.json")],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    result = json.loads((tmp_path / "profile.json").read_text())
+    assert result["target"] == "local_cpu"
+    machine = result["machine"]
+    for key in ("cpu_model", "avx512f", "avx512_vnni", "versions", "cpu_count"):
+        assert key in machine
+    base = result["variants"]["baseline"]
+    assert base["params"] > 0 and base["macs"] > 0 and base["size_mb"] > 0 and base["peak_rss_mb"] > 0
+    rows = base["latency"]
+    assert {(r["batch"], r["threads"]) for r in rows} == {(b, t) for b in (1, 2) for t in {1, machine["cpu_count"]}}
+    for row in rows:
+        for key in ("median_ms", "p90_ms", "iqr_ms", "images_per_s", "speedup", "mac_reduction",
+                    "speedup_per_mac_reduction"):
+            assert key in row
+        assert row["speedup"] == 1.0 and row["median_ms"] > 0

@@ -1,0 +1,121 @@
+"""The DAG: dvc.yaml generated and fresh, Snakemake lint, cluster dry run, the smoke run end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import ROOT
+from lwpar.report import COLUMNS
+
+BIN = Path(sys.executable).parent
+
+
+def _run(args, cwd, timeout=900, env=None):
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", **(env or {})}
+    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def test_dvc_yaml_is_generated_and_fresh():
+    run = _run([sys.executable, "-m", "lwpar.pipeline", "dvc", "--check"], ROOT)
+    assert run.returncode == 0, run.stderr
+
+
+def test_stale_dvc_yaml_is_detected(tmp_path):
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    run = _run([sys.executable, "-m", "lwpar.pipeline", "dvc", "--check", "--out", str(tmp_path / "dvc.yaml")], ROOT)
+    assert run.returncode == 1 and "dvc.yaml is stale" in run.stderr
+
+
+def test_every_dvc_stage_mirrors_a_snakemake_job():
+    from lwpar import pipeline
+    from lwpar.config import load_params
+
+    params = load_params(ROOT / "params.yaml")
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    jobs = pipeline.grid(params)
+    assert len(stages) == len(jobs)
+    for stage, wildcards in jobs:
+        entry = stages[stage.job_name(wildcards)]
+        assert entry["cmd"].startswith(f"lwpar {stage.name} --params params.yaml")
+        assert set(stage.module_files()) <= set(entry["deps"])
+
+
+def test_snakemake_lint_passes():
+    run = _run([str(BIN / "snakemake"), "--lint"], ROOT, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_bad_params_refused_before_any_job(tmp_path):
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["train"]["epochs"] = -1
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(params))
+    run = _run([str(BIN / "snakemake"), "-n", "--config", f"params={tmp_path / 'bad.yaml'}"], ROOT, timeout=300)
+    assert run.returncode != 0
+    assert "bad.yaml: train.epochs: expected a value >= 1, got -1" in run.stdout + run.stderr
+
+
+def test_slurm_profile_plans_the_whole_dag():
+    pytest.importorskip("snakemake_executor_plugin_slurm")
+    run = _run([str(BIN / "snakemake"), "--profile", "profiles/slurm", "-n"], ROOT, timeout=300)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert "report" in run.stdout and "train" in run.stdout
+
+
+@pytest.fixture(scope="module")
+def smoke_run(real_mirror, tmp_path_factory):
+    """The smoke configuration run by Snakemake in a scratch copy of the workflow."""
+    work = tmp_path_factory.mktemp("smoke")
+    for name in ("Snakefile", "workflow", "src", "profiles"):
+        (work / name).symlink_to(ROOT / name)
+    params = yaml.safe_load((ROOT / "workflow/params/smoke.yaml").read_text())
+    params["paths"]["mirror"] = str(real_mirror)
+    (work / "smoke.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run = _run([str(BIN / "snakemake"), "--cores", "2", "--config", "params=smoke.yaml"], work, timeout=1200)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return work, params
+
+
+@pytest.mark.slow
+def test_smoke_pipeline_produces_every_artifact(smoke_run):
+    work, params = smoke_run
+    run_dir = work / params["paths"]["results"] / "peta" / "alm_effl0"
+    meta = json.loads((work / params["paths"]["data"] / "prepared/peta/dataset.json").read_text())
+    assert meta["num_persons"] == 150
+    train = json.loads((run_dir / "baseline/train.json").read_text())
+    assert train["best_epoch"] == 1
+    layers = pd.read_csv(run_dir / "svd_r50/layers.csv")
+    assert len(layers) > 10 and (layers.params_after < layers.params_before).all()
+    finetune = json.loads((run_dir / "svd_r50/finetune.json").read_text())
+    assert finetune["val_before"]["mA"] > 0 and finetune["val_after"]["mA"] > 0
+    for name in ("baseline", "baseline_reference", "svd_r50"):
+        assert json.loads((run_dir / name / "parity.json").read_text())["max_abs_diff"] < 1e-4
+    ops = {n.op_type for n in onnx.load(str(run_dir / "baseline+int8/model.onnx")).graph.node}
+    assert "QuantizeLinear" in ops
+    for name in ("baseline", "svd_r50", "baseline+int8", "svd_r50+int8"):
+        assert 0 < json.loads((run_dir / name / "eval/metrics.json").read_text())["mA"] <= 1
+    profile = json.loads((run_dir / "profile-local_cpu.json").read_text())
+    assert set(profile["variants"]) == {"baseline", "baseline_reference", "svd_r50", "baseline+int8", "svd_r50+int8"}
+    table = pd.read_csv(work / params["paths"]["results"] / "comparison.csv")
+    assert list(table.columns) == COLUMNS
+    assert len(table) == 5 * 2 * 2  # variants x batch sizes x thread counts
+    assert (table[table.variant == "baseline"].speedup == 1.0).all()
+    for plot in ("mA_vs_latency.png", "mA_vs_latency.svg", "mA_vs_macs.png", "mA_vs_macs.svg"):
+        assert (work / params["paths"]["results"] / "plots" / plot).stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_snakemake_has_nothing_to_do_after_the_run(smoke_run):
+    work, _ = smoke_run
+    run = _run([str(BIN / "snakemake"), "-n", "--config", "params=smoke.yaml"], work, timeout=300)
+    assert run.returncode == 0
+    assert "Nothing to be done" in run.stdout + run.stderr
