@@ -75,7 +75,7 @@ def test_schema_has_no_hidden_defaults():
     def walk(node, where):
         if isinstance(node, dict):
             assert "default" not in node, f"default in schema at {where}"
-            if node.get("type") == "object" and "properties" in node:
+            if node.get("type") == "object" and "properties" in node and "oneOf" not in node:
                 assert set(node["required"]) == set(node["properties"]), where
                 assert node.get("additionalProperties") is False, where
             for key, value in node.items():
@@ -84,6 +84,9 @@ def test_schema_has_no_hidden_defaults():
             for i, value in enumerate(node):
                 walk(value, f"{where}[{i}]")
     walk(schema(), "schema")
+    # The one exception: a variant has exactly one compression step, so that step's key is chosen.
+    variant = schema()["$defs"]["variant"]
+    assert variant["oneOf"] == [{"required": ["decompose"]}, {"required": ["prune"]}]
 
 
 def test_workflow_schema_is_the_package_schema():
@@ -115,3 +118,29 @@ def test_cli_help_lists_every_stage():
     from lwpar.cli import STAGES
     for stage in STAGES:
         assert stage in out
+
+
+def test_key_given_twice_is_refused(tmp_path):
+    text = (ROOT / "params.yaml").read_text()
+    start = text.index("  svd_r50:\n")
+    end = text.index("\nexperiment:")
+    block = text[start:end]
+    path = tmp_path / "params.yaml"
+    path.write_text(text[:end] + "\n" + block + text[end:])
+    with pytest.raises(ParamsError, match=r"^params.yaml: variants.svd_r50: key given twice \(lines \d+ and \d+\)$"):
+        load_params(path)
+
+
+def test_variant_names_and_budgets_are_checked():
+    def unknown(p):
+        p["experiment"]["variants"] = ["nope"]
+    assert problem(unknown).startswith("params.yaml: experiment.variants[0]: unknown variant 'nope'")
+
+    def over_budget(p):
+        p["variants"]["svd_r50"]["decompose"]["rank"]["macs_fraction"] = 1.5
+    assert problem(over_budget) == ("params.yaml: variants.svd_r50.decompose.rank.macs_fraction: "
+                                    "expected a value <= 1, got 1.5")
+
+    def unknown_method(p):
+        p["variants"]["svd_r50"]["decompose"]["methods"]["kxk"] = "magic"
+    assert problem(unknown_method).startswith("params.yaml: variants.svd_r50.decompose.methods.kxk: expected one of")

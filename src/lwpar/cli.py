@@ -18,6 +18,7 @@ STAGES = {
     "train": ("lwpar.stages.train", "train a baseline model on a prepared dataset"),
     "evaluate": ("lwpar.stages.evaluate", "score a PyTorch checkpoint or an ONNX model on a split"),
     "decompose": ("lwpar.stages.decompose", "factorize a trained model's layers (CP, CPD-EPC, Tucker-2, SVD)"),
+    "prune": ("lwpar.stages.prune", "prune a trained model (torch-pruning channels, or unstructured zeros)"),
     "finetune": ("lwpar.stages.finetune", "fine-tune a compressed model (BN recalibration, distillation)"),
     "export": ("lwpar.stages.export", "export a model to ONNX and check parity on real images"),
     "quantize": ("lwpar.stages.quantize", "INT8 quantization of an ONNX model with ONNX Runtime"),

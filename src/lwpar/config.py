@@ -27,6 +27,28 @@ class ParamsError(LwparError):
     pass
 
 
+def _duplicate_key(node, path=()) -> str | None:
+    """The first key given twice in one mapping, as `key.path: ... (lines a and b)`: plain YAML
+    loading silently keeps the last one, which would drop a variant or a setting unnoticed."""
+    if isinstance(node, yaml.MappingNode):
+        seen = {}
+        for key_node, value_node in node.value:
+            key = key_node.value
+            if key in seen:
+                dotted = ".".join([*path, key])
+                return f"{dotted}: key given twice (lines {seen[key]} and {key_node.start_mark.line + 1})"
+            seen[key] = key_node.start_mark.line + 1
+            found = _duplicate_key(value_node, (*path, key))
+            if found:
+                return found
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            found = _duplicate_key(item, (*path[:-1], f"{path[-1]}[{i}]") if path else (f"[{i}]",))
+            if found:
+                return found
+    return None
+
+
 @lru_cache(maxsize=1)
 def schema() -> dict:
     text = resources.files("lwpar").joinpath(SCHEMA_RESOURCE).read_text()
@@ -41,6 +63,9 @@ def load_params(path: str | os.PathLike = "params.yaml") -> dict:
     except FileNotFoundError:
         raise ParamsError(f"{path}: params file not found") from None
     try:
+        duplicate = _duplicate_key(yaml.compose(text, Loader=yaml.SafeLoader))
+        if duplicate:
+            raise ParamsError(f"{path.name}: {duplicate}")
         params = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -145,5 +170,6 @@ def mirror_dir(params: dict) -> Path | None:
 
 
 def weights_dir(params: dict) -> Path | None:
+    """Where pretrained backbone files are looked for: LWPAR_WEIGHTS, paths.weights, else the mirror."""
     value = os.environ.get(WEIGHTS_ENV) or params["paths"]["weights"]
-    return Path(value) if value else None
+    return Path(value) if value else mirror_dir(params)

@@ -33,6 +33,7 @@ class Stage:
     metrics: tuple[str, ...] = ()
     plots: tuple[str, ...] = ()
     local: bool = False                                      # runs on the submitting host, not a cluster node
+    cached: bool = True                                      # False: outputs are committed to git, not DVC's cache
     log: str = ""
     benchmark: str = ""
     extra: dict = field(default_factory=dict)
@@ -65,7 +66,8 @@ def _run(params: dict, w: dict, name: str) -> str:
 
 REFERENCE = "baseline_reference"  # the baseline's weights run through the published ALM head
 MODELS = ["models/__init__.py", "models/alm.py", "models/backbones.py", "models/bninception.py", "models/weights.py",
-          "runtime.py", "decompose/__init__.py", "decompose/_cp.py", "decompose/factorize.py", "decompose/layers.py"]
+          "runtime.py", "decompose/__init__.py", "decompose/_cp.py", "decompose/factorize.py", "decompose/layers.py",
+          "prune.py", "complexity.py"]
 LOADER = ["data/loader.py"]
 
 
@@ -129,6 +131,16 @@ def stages(params: dict) -> dict[str, Stage]:
             modules=["stages/decompose.py", "complexity.py", *MODELS],
         ),
         Stage(
+            name="prune", wildcards=("dataset", "model", "variant"),
+            outputs={"model": f"{run}/{{variant}}/compressed.pt", "summary": f"{run}/{{variant}}/prune.json"},
+            inputs=lambda p, w: {"model": f"{_run(p, w, 'baseline')}/model.pt", "data": _prepared(p, w["dataset"])},
+            param_keys=lambda p, w: ["seed", f"variants.{w['variant']}.prune"],
+            args=lambda i, o, w: ["--model", i["model"], "--dataset-dir", i["data"], "--variant", w["variant"],
+                                  "--out", o["model"], "--summary", o["summary"]],
+            modules=["stages/prune.py", "prune.py", "complexity.py", *LOADER, *MODELS],
+            metrics=("summary",),
+        ),
+        Stage(
             name="finetune", wildcards=("dataset", "model", "variant"),
             outputs={"model": f"{run}/{{variant}}/model.pt", "history": f"{run}/{{variant}}/history.csv",
                      "summary": f"{run}/{{variant}}/finetune.json"},
@@ -144,11 +156,12 @@ def stages(params: dict) -> dict[str, Stage]:
         ),
         Stage(
             name="export", wildcards=("dataset", "model", "name"),
-            outputs={"onnx": f"{run}/{{name}}/model.onnx", "parity": f"{run}/{{name}}/parity.json"},
+            outputs={"onnx": f"{run}/{{name}}/model.onnx", "parity": f"{run}/{{name}}/parity.json",
+                     "backbone": f"{run}/{{name}}/backbone.onnx"},
             inputs=lambda p, w: {"model": _source_model(p, w), "data": _prepared(p, w["dataset"])},
             param_keys=lambda p, w: [],
             args=lambda i, o, w: ["--model", i["model"], "--dataset-dir", i["data"], "--out", o["onnx"],
-                                  "--parity-out", o["parity"],
+                                  "--parity-out", o["parity"], "--backbone-out", o["backbone"],
                                   *(["--alm-head", "reference"] if w["name"] == REFERENCE else [])],
             modules=["stages/export.py", "export.py", "evaluation.py", *LOADER, *MODELS],
             metrics=("parity",),
@@ -177,12 +190,15 @@ def stages(params: dict) -> dict[str, Stage]:
             outputs={"profile": f"{run}/profile-{{target}}.json"},
             inputs=lambda p, w: {
                 **{f"onnx_{n}": f"{_run(p, w, n)}/model.onnx" for n in profiled_names(p, w["model"])},
+                **{f"backbone_{n}": f"{_run(p, w, n)}/backbone.onnx" for n in profiled_names(p, w["model"])
+                   if not n.endswith("+int8") and n != REFERENCE},
                 **{f"torch_{n}": _source_model(p, {**w, "name": n}) for n in profiled_names(p, w["model"])
                    if not n.endswith("+int8") and n != REFERENCE}},
             param_keys=lambda p, w: [f"profile.{k}" for k in ("batch_sizes", "threads", "warmup", "rounds",
                                                               "iters_per_round")] + [f"profile.targets.{w['target']}"],
             args=lambda i, o, w: ["--target", w["target"], "--out", o["profile"], "--onnx",
-                                  *(f"{k[5:]}={v}" for k, v in i.items() if k.startswith("onnx_")), "--torch",
+                                  *(f"{k[5:]}={v}" for k, v in i.items() if k.startswith("onnx_")), "--backbone",
+                                  *(f"{k[9:]}={v}" for k, v in i.items() if k.startswith("backbone_")), "--torch",
                                   *(f"{k[6:]}={v}" for k, v in i.items() if k.startswith("torch_"))],
             modules=["stages/profile.py", "profile.py", "bench_worker.py", "complexity.py", *MODELS],
             metrics=("profile",),
@@ -198,7 +214,7 @@ def stages(params: dict) -> dict[str, Stage]:
             param_keys=lambda p, w: ["experiment"],
             args=lambda i, o, w: ["--results", results, "--out-dir", results],
             modules=["stages/report.py", "report.py"],
-            metrics=("csv",), plots=(), local=True,
+            plots=("csv", "latency_png", "macs_png"), local=True, cached=False,
         ),
     ]}
 
@@ -219,8 +235,9 @@ def grid(params: dict, upto: str | None = None) -> list[tuple[Stage, dict]]:
     pairs = [{"dataset": d, "model": m} for d in experiment["datasets"] for m in experiment["models"]]
     jobs = [(all_stages["data"], {"dataset": d}) for d in experiment["datasets"]]
     jobs += [(all_stages["train"], w) for w in pairs]
-    for stage in ("decompose", "finetune"):
-        jobs += [(all_stages[stage], {**w, "variant": v}) for w in pairs for v in experiment["variants"]]
+    for kind in ("decompose", "prune"):
+        jobs += [(all_stages[kind], {**w, "variant": v}) for w in pairs for v in variants_of(params, kind)]
+    jobs += [(all_stages["finetune"], {**w, "variant": v}) for w in pairs for v in experiment["variants"]]
     jobs += [(all_stages["export"], {**w, "name": n}) for w in pairs for n in profiled_names(params, w["model"])
              if not n.endswith("+int8")]
     jobs += [(all_stages["quantize"], {**w, "name": n}) for w in pairs for n in experiment["int8"]]
@@ -229,6 +246,17 @@ def grid(params: dict, upto: str | None = None) -> list[tuple[Stage, dict]]:
     if upto == "profile":
         return jobs
     return jobs + [(all_stages["report"], {})]
+
+
+def variants_of(params: dict, kind: str) -> list[str]:
+    """The experiment's variants whose compression step is `kind` (decompose or prune)."""
+    return [v for v in params["experiment"]["variants"] if kind in params["variants"][v]]
+
+
+def variant_pattern(params: dict, kind: str) -> str:
+    """A wildcard constraint matching exactly those variants (never matching when there are none)."""
+    names = variants_of(params, kind)
+    return "|".join(names) if names else "(?!)"
 
 
 def final_targets(params: dict) -> list[str]:
@@ -246,7 +274,8 @@ def dvc_yaml(params: dict, params_file: str) -> dict:
             "cmd": stage.command(params_file, params, wildcards),
             "deps": sorted({*inputs.values(), *stage.module_files()}),
             "params": [{params_file: stage.param_keys(params, wildcards)}],
-            "outs": [outputs[k] for k in outputs if k not in metric_keys],
+            "outs": [outputs[k] if stage.cached else {outputs[k]: {"cache": False}}
+                     for k in outputs if k not in metric_keys],
         }
         if stage.metrics:
             entry["metrics"] = [{outputs[k]: {"cache": False}} for k in stage.metrics]

@@ -62,7 +62,21 @@ def pareto_front(latency: np.ndarray, score: np.ndarray) -> np.ndarray:
     return front
 
 
-def markdown(table: pd.DataFrame, stamp: str) -> str:
+def latency_split(results: Path) -> pd.DataFrame:
+    rows = []
+    for profile_path in sorted(results.glob("*/*/profile-*.json")):
+        profile = json.loads(profile_path.read_text())
+        for variant, result in profile["variants"].items():
+            for row in result["latency"]:
+                if "backbone_ms_median" in row:
+                    rows.append({"dataset": profile_path.parent.parent.name, "model": profile_path.parent.name,
+                                 "variant": variant, "target": profile["target"], "batch": row["batch"],
+                                 "threads": row["threads"], "total_ms": row["median_ms"],
+                                 "backbone_ms": row["backbone_ms_median"], "heads_ms": row["heads_ms_median"]})
+    return pd.DataFrame(rows)
+
+
+def markdown(table: pd.DataFrame, stamp: str, split: pd.DataFrame | None = None) -> str:
     shown = table.copy()
     for column in ("mA", "accuracy", "precision", "recall", "f1", "delta_mA"):
         shown[column] = (shown[column] * 100).map(lambda v: "" if pd.isna(v) else f"{v:.2f}")
@@ -73,9 +87,17 @@ def markdown(table: pd.DataFrame, stamp: str) -> str:
     shown["speedup"] = shown["speedup"].map(lambda v: f"{v:.2f}x")
     header = "| " + " | ".join(shown.columns) + " |\n|" + "---|" * len(shown.columns) + "\n"
     body = "".join("| " + " | ".join(str(v) for v in row) + " |\n" for row in shown.itertuples(index=False))
-    return (f"# Comparison\n\n{stamp}\n\nmA, accuracy, precision, recall, F1 and delta_mA in percent (test split, "
+    text = (f"# Comparison\n\n{stamp}\n\nmA, accuracy, precision, recall, F1 and delta_mA in percent (test split, "
             f"scored on the deployed ONNX artifact); speed-up against `baseline` on the same target, batch and threads, "
             f"measured in the same interleaved run.\n\n" + header + body)
+    if split is not None and len(split):
+        text += ("\n## Where the time goes\n\nMedian latency (ms) of the whole model and of its backbone alone, "
+                 "measured in the same run; the heads are the difference.\n\n"
+                 "| dataset | model | variant | target | batch | threads | total | backbone | heads |\n"
+                 "|---|---|---|---|---|---|---|---|---|\n")
+        text += "".join(f"| {r.dataset} | {r.model} | {r.variant} | {r.target} | {r.batch} | {r.threads} | "
+                        f"{r.total_ms:.2f} | {r.backbone_ms:.2f} | {r.heads_ms:.2f} |\n" for r in split.itertuples())
+    return text
 
 
 def plots(table: pd.DataFrame, out_dir: Path) -> list[Path]:

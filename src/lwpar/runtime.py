@@ -103,5 +103,9 @@ def apply_structure(model: torch.nn.Module, structure: list[dict]) -> None:
     for step in structure:
         if step["op"] == "decompose":
             apply_plan(model, step["plan"], decompose=False)
+        elif step["op"] == "prune":
+            import torch_pruning as tp
+
+            tp.load_state_dict(model, state_dict=step["tp_state"])
         else:
             raise LwparError(f"unknown structural step {step['op']!r} in model file")

@@ -10,10 +10,38 @@ rule decompose:
         cmd=command("decompose"),
     conda:
         "../envs/lwpar.yaml"
+    wildcard_constraints:
+        variant=pipeline.variant_pattern(P, "decompose"),
     log:
         "logs/decompose/{dataset}/{model}/{variant}.log",
     benchmark:
-        "benchmarks/decompose/{dataset}/{model}/{variant}.tsv"
+        "logs/benchmarks/decompose/{dataset}/{model}/{variant}.tsv"
+    threads: 2
+    resources:
+        mem_mb=lambda wildcards, attempt: 8000 * attempt,
+        runtime=lambda wildcards, attempt: 60 * attempt,
+    shell:
+        "{params.cmd} > {log} 2>&1"
+
+
+rule prune:
+    """Prune the baseline's channels (torch-pruning) to the variant's MAC budget, or zero weights."""
+    input:
+        unpack(job_inputs("prune")),
+        modules=STAGES["prune"].module_files(),
+    output:
+        **outputs("prune"),
+    params:
+        values=param_values("prune"),
+        cmd=command("prune"),
+    conda:
+        "../envs/lwpar.yaml"
+    wildcard_constraints:
+        variant=pipeline.variant_pattern(P, "prune"),
+    log:
+        "logs/prune/{dataset}/{model}/{variant}.log",
+    benchmark:
+        "logs/benchmarks/prune/{dataset}/{model}/{variant}.tsv"
     threads: 2
     resources:
         mem_mb=lambda wildcards, attempt: 8000 * attempt,
@@ -37,7 +65,7 @@ rule finetune:
     log:
         "logs/finetune/{dataset}/{model}/{variant}.log",
     benchmark:
-        "benchmarks/finetune/{dataset}/{model}/{variant}.tsv"
+        "logs/benchmarks/finetune/{dataset}/{model}/{variant}.tsv"
     threads: 2
     resources:
         mem_mb=lambda wildcards, attempt: 8000 * attempt,

@@ -12,7 +12,7 @@ rule data:
     log:
         "logs/data/{dataset}.log",
     benchmark:
-        "benchmarks/data/{dataset}.tsv"
+        "logs/benchmarks/data/{dataset}.tsv"
     threads: 2
     resources:
         mem_mb=4000,

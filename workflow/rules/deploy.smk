@@ -13,7 +13,7 @@ rule export:
     log:
         "logs/export/{dataset}/{model}/{name}.log",
     benchmark:
-        "benchmarks/export/{dataset}/{model}/{name}.tsv"
+        "logs/benchmarks/export/{dataset}/{model}/{name}.tsv"
     wildcard_constraints:
         name="[A-Za-z0-9_]+",
     threads: 1
@@ -39,7 +39,7 @@ rule quantize:
     log:
         "logs/quantize/{dataset}/{model}/{name}.log",
     benchmark:
-        "benchmarks/quantize/{dataset}/{model}/{name}.tsv"
+        "logs/benchmarks/quantize/{dataset}/{model}/{name}.tsv"
     wildcard_constraints:
         name="[A-Za-z0-9_]+",
     threads: 2
@@ -65,7 +65,7 @@ rule evaluate:
     log:
         "logs/evaluate/{dataset}/{model}/{name}.log",
     benchmark:
-        "benchmarks/evaluate/{dataset}/{model}/{name}.tsv"
+        "logs/benchmarks/evaluate/{dataset}/{model}/{name}.tsv"
     wildcard_constraints:
         name="[A-Za-z0-9_+]+",
     threads: 2
@@ -91,7 +91,7 @@ rule profile:
     log:
         "logs/profile/{dataset}/{model}/{target}.log",
     benchmark:
-        "benchmarks/profile/{dataset}/{model}/{target}.tsv"
+        "logs/benchmarks/profile/{dataset}/{model}/{target}.tsv"
     threads: workflow.cores
     resources:
         mem_mb=lambda wildcards, attempt: 8000 * attempt,
@@ -115,7 +115,7 @@ rule report:
     log:
         "logs/report.log",
     benchmark:
-        "benchmarks/report.tsv"
+        "logs/benchmarks/report.tsv"
     shell:
         "{params.cmd} > {log} 2>&1"
 

@@ -13,7 +13,7 @@ rule train:
     log:
         "logs/train/{dataset}/{model}.log",
     benchmark:
-        "benchmarks/train/{dataset}/{model}.tsv"
+        "logs/benchmarks/train/{dataset}/{model}.tsv"
     threads: 2
     resources:
         mem_mb=lambda wildcards, attempt: 8000 * attempt,

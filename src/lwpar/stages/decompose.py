@@ -28,8 +28,8 @@ def run(args, params) -> None:
     from lwpar.io import write_csv
     from lwpar.runtime import load_model, save_model
 
-    if args.variant not in params["variants"]:
-        raise LwparError(f"--variant {args.variant!r}: not in params variants ({', '.join(params['variants'])})")
+    if "decompose" not in params["variants"].get(args.variant, {}):
+        raise LwparError(f"--variant {args.variant!r}: not a decomposition variant in params variants")
     recipe = params["variants"][args.variant]["decompose"]
     model, blob = load_model(args.model)
     if blob.get("structure"):

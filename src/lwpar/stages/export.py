@@ -14,6 +14,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--dataset-dir", required=True, type=Path, help="prepared dataset (parity images)")
     parser.add_argument("--out", required=True, type=Path, help="ONNX file to write")
     parser.add_argument("--parity-out", required=True, type=Path, help="parity report (JSON)")
+    parser.add_argument("--backbone-out", type=Path, default=None,
+                        help="also export the backbone alone (pooled maps), for the backbone/head latency split")
     parser.add_argument("--parity-images", type=int, default=16, help="test images used for the parity check")
     parser.add_argument("--alm-head", choices=["fused", "reference"], default=None,
                         help="export an ALM with this head computation instead of the saved one")
@@ -24,7 +26,7 @@ def run(args, params) -> None:
 
     from lwpar.data.loader import ImageTable, Prepared, build_transform
     from lwpar.evaluation import onnx_session
-    from lwpar.export import export_onnx, parity
+    from lwpar.export import PooledBackbone, export_onnx, parity
     from lwpar.io import write_json
     from lwpar.runtime import load_model
 
@@ -48,5 +50,7 @@ def run(args, params) -> None:
         tmp.unlink(missing_ok=True)
         raise
     tmp.replace(args.out)
+    if args.backbone_out:
+        export_onnx(PooledBackbone(model.main_branch), size, args.backbone_out)
     write_json(args.parity_out, {"model": str(args.model), "onnx": str(args.out), **report})
     print(f"{args.out}: parity max |diff| {report['max_abs_diff']:.2e} on {report['images']} test images")

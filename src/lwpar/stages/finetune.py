@@ -59,7 +59,8 @@ def run(args, params) -> None:
             raise LwparError(f"variant {args.variant}: distill_weight > 0 needs --teacher")
         teacher, _ = load_model(args.teacher)
         teacher.to(device).eval()
-    stamp = fingerprint(recipe, params["train"], params["seed"], blob.get("structure"), data.meta.get("sources"))
+    structure = [{k: v for k, v in step.items() if k != "tp_state"} for step in blob.get("structure", [])]
+    stamp = fingerprint(recipe, params["train"], params["seed"], structure, data.meta.get("sources"))
     checkpoint = args.out / CHECKPOINT
     if checkpoint.exists() and load_torch(checkpoint, "training checkpoint").get("fingerprint", stamp) != stamp:
         checkpoint.unlink()

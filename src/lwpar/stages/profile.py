@@ -13,6 +13,8 @@ from pathlib import Path
 def add_arguments(parser) -> None:
     parser.add_argument("--onnx", required=True, nargs="+", metavar="NAME=PATH",
                         help="artifacts, each as variant name = ONNX file; one must be `baseline`")
+    parser.add_argument("--backbone", nargs="*", default=[], metavar="NAME=PATH",
+                        help="backbone-only ONNX files (lwpar export --backbone-out) for the backbone/head split")
     parser.add_argument("--torch", nargs="*", default=[], metavar="NAME=PATH",
                         help="PyTorch model files for parameter and MAC counts (INT8 variants use their source's)")
     parser.add_argument("--target", required=True, help="target name in params profile.targets")
@@ -51,7 +53,14 @@ def run(args, params) -> None:
     for name, path in _pairs(args.torch, "torch").items():
         model, blob = load_model(path)
         counts[name] = {"params": count_params(model), "macs": count_macs(model, blob["model_cfg"]["input_size"])}
-    results = benchmark(artifacts, cfg["targets"][args.target], cfg)
+    backbones = _pairs(args.backbone, "backbone")
+    measured = benchmark({**artifacts, **{f"{n}/backbone": p for n, p in backbones.items()}},
+                         cfg["targets"][args.target], cfg)
+    results = {name: measured[name] for name in artifacts}
+    for name in backbones:  # latency split: the backbone alone, and what the heads add on top
+        for row, body in zip(results[name]["latency"], measured[f"{name}/backbone"]["latency"]):
+            row["backbone_ms_median"] = body["median_ms"]
+            row["heads_ms_median"] = row["median_ms"] - body["median_ms"]
     base = results["baseline"]
     for name, result in results.items():
         source = name.removesuffix("+int8")

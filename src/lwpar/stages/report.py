@@ -21,7 +21,7 @@ def run(args, params) -> None:
 
     from lwpar import LwparError
     from lwpar.io import atomic_path, write_csv, write_text
-    from lwpar.report import collect, markdown, plots
+    from lwpar.report import collect, latency_split, markdown, plots
 
     table, attributes = collect(args.results)
     if table.empty:
@@ -29,7 +29,7 @@ def run(args, params) -> None:
     stamp = (f"Produced by `lwpar report` on {platform.node() or 'unknown host'} ({platform.machine()}), "
              f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.")
     write_csv(args.out_dir / "comparison.csv", table)
-    write_text(args.out_dir / "comparison.md", markdown(table, stamp))
+    write_text(args.out_dir / "comparison.md", markdown(table, stamp, latency_split(args.results)))
     write_csv(args.out_dir / "per_attribute_delta.csv", attributes)
     with tempfile.TemporaryDirectory(dir=args.out_dir) as tmp:
         for path in plots(table, Path(tmp)):

@@ -1,0 +1,64 @@
+"""Pruning: a structured-pruned ALM keeps its outputs, exports, reloads and meets its MAC budget;
+unstructured pruning leaves zeros but the same MACs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lwpar.complexity import count_macs
+from lwpar.models import build_model
+from lwpar.prune import prune_to_budget, sparsity, unstructured_prune
+
+CFG = {"kind": "structured", "importance": "l2", "global_pruning": False, "round_to": 8, "iterative_steps": 1,
+       "macs_fraction": 0.5, "amount": 0.5}
+
+
+@pytest.fixture(scope="module")
+def pruned():
+    torch.manual_seed(0)
+    model = build_model("alm", "resnet18", 5).eval()
+    before = count_macs(model, (64, 32))
+    small, ratio, fraction = prune_to_budget(model, (64, 32), 0.5, CFG)
+    return model, small, before, fraction
+
+
+def test_structured_pruning_meets_budget_and_keeps_shapes(pruned):
+    model, small, before, fraction = pruned
+    assert abs(count_macs(small, (64, 32)) / before - 0.5) <= 0.02 and abs(fraction - 0.5) <= 0.02
+    with torch.no_grad():
+        assert small.eval()(torch.randn(2, 3, 64, 32)).shape == (2, 5)
+    small.train()
+    assert all(o.shape == (2, 5) for o in small(torch.randn(2, 3, 64, 32)))
+    heads = small.st_3b
+    assert heads.head == "fused", "the model goes back to the fused head after pruning"
+    assert heads.att_list[0].conv1.in_channels == small.latlayer_3b.out_channels * 3 or \
+        heads.att_list[0].conv1.in_channels < 768, "the heads' coupled channels follow the pyramid"
+
+
+def test_pruned_model_exports_and_reloads(pruned, tmp_path):
+    import torch_pruning as tp
+
+    from lwpar.evaluation import onnx_session
+    from lwpar.export import export_onnx, parity
+    from lwpar.runtime import load_model, save_model
+
+    _, small, _, _ = pruned
+    small.eval()
+    export_onnx(small, (64, 32), tmp_path / "pruned.onnx")
+    assert parity(small, onnx_session(tmp_path / "pruned.onnx"), torch.randn(3, 3, 64, 32))["max_abs_diff"] < 1e-4
+    cfg = {"arch": "alm", "backbone": "resnet18", "pretrained": False, "alm_head": "fused", "align_corners": False,
+           "input_size": [64, 32]}
+    save_model(tmp_path / "m.pt", small, cfg, list("abcde"), structure=[{"op": "prune", "tp_state": tp.state_dict(small)}])
+    loaded, _ = load_model(tmp_path / "m.pt")
+    x = torch.randn(2, 3, 64, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(x), small(x))
+
+
+def test_unstructured_pruning_zeros_weights_not_macs():
+    model = build_model("alm", "resnet18", 5).eval()
+    before = count_macs(model, (64, 32))
+    unstructured_prune(model, 0.6)
+    assert sparsity(model) == pytest.approx(0.6, abs=0.01)
+    assert count_macs(model, (64, 32)) == before
