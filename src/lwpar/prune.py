@@ -75,19 +75,32 @@ def structured_prune(model: nn.Module, input_size, ratio: float, cfg: dict, cali
 
 
 def prune_to_budget(model: nn.Module, input_size, macs_fraction: float, cfg: dict, calibration=None,
-                    tolerance: float = 0.02) -> tuple[nn.Module, float, float]:
-    """Search the channel ratio whose pruned model has `macs_fraction` of the MACs (within tolerance)."""
+                    tolerance: float = 0.02, max_trials: int = 10) -> tuple[nn.Module, float, float]:
+    """Search the channel ratio whose pruned model has `macs_fraction` of the MACs (within tolerance).
+
+    Each trial prunes a copy (torch-pruning rebuilds its dependency graph, the costly part), so the
+    search starts where MACs ~ (1 - ratio)^2 puts it and takes secant steps inside a bisection bracket.
+    """
     total = count_macs(model, input_size)
-    lo, hi, best = 0.0, 0.95, None
-    for _ in range(14):
-        mid = (lo + hi) / 2
-        trial = structured_prune(copy.deepcopy(model), input_size, mid, cfg, calibration)
+    lo, hi = (0.0, 1.0), (0.95, None)  # (ratio, MAC fraction); hi's fraction unknown until tried
+    ratio, best = 1 - macs_fraction ** 0.5, None
+    for _ in range(max_trials):
+        trial = structured_prune(copy.deepcopy(model), input_size, ratio, cfg, calibration)
         fraction = count_macs(trial, input_size) / total
         if best is None or abs(fraction - macs_fraction) < abs(best[2] - macs_fraction):
-            best = (trial, mid, fraction)
-        if abs(fraction - macs_fraction) <= tolerance * 0.5:
+            best = (trial, ratio, fraction)
+        if abs(fraction - macs_fraction) <= tolerance / 2:
             break
-        lo, hi = (mid, hi) if fraction > macs_fraction else (lo, mid)
+        if fraction > macs_fraction:
+            lo = (ratio, fraction)
+        else:
+            hi = (ratio, fraction)
+        if hi[1] is not None and hi[1] != lo[1]:  # secant between the bracket ends
+            guess = lo[0] + (lo[1] - macs_fraction) * (hi[0] - lo[0]) / (lo[1] - hi[1])
+        else:
+            guess = (lo[0] + hi[0]) / 2
+        width = hi[0] - lo[0]
+        ratio = min(max(guess, lo[0] + 0.05 * width), hi[0] - 0.05 * width)
     trial, ratio, fraction = best
     if abs(fraction - macs_fraction) > tolerance:
         raise LwparError(f"pruning could not reach {macs_fraction:g} of the MACs (closest: {fraction:.3f} at "
