@@ -97,16 +97,14 @@ def test_smoke_pipeline_produces_every_artifact(smoke_run):
     assert len(layers) > 10 and (layers.params_after < layers.params_before).all()
     finetune = json.loads((run_dir / "svd_r50/finetune.json").read_text())
     assert finetune["val_before"]["mA"] > 0 and finetune["val_after"]["mA"] > 0
-    pruned = json.loads((run_dir / "prune_l2_r50/prune.json").read_text())
-    assert abs(pruned["macs_after"] / pruned["macs_before"] - 0.5) <= 0.02
-    for name in ("baseline", "baseline_reference", "svd_r50", "prune_l2_r50"):
+    for name in ("baseline", "baseline_reference", "svd_r50"):
         assert json.loads((run_dir / name / "parity.json").read_text())["max_abs_diff"] < 1e-4
     ops = {n.op_type for n in onnx.load(str(run_dir / "baseline+int8/model.onnx")).graph.node}
     assert "QuantizeLinear" in ops
     for name in ("baseline", "svd_r50", "baseline+int8", "svd_r50+int8"):
         assert 0 < json.loads((run_dir / name / "eval/metrics.json").read_text())["mA"] <= 1
     profile = json.loads((run_dir / "profile-local_cpu.json").read_text())
-    names = {"baseline", "baseline_reference", "svd_r50", "prune_l2_r50", "baseline+int8", "svd_r50+int8"}
+    names = {"baseline", "baseline_reference", "svd_r50", "baseline+int8", "svd_r50+int8"}
     assert set(profile["variants"]) == names
     split = profile["variants"]["svd_r50"]["latency"][0]
     assert 0 < split["backbone_ms_median"] < split["median_ms"]
