@@ -27,17 +27,44 @@ def tiny(tmp_path_factory):
     return tmp, params
 
 
+class Run:
+    """A `lwpar train` child whose output goes to a file: a pipe read only after wait() would
+    deadlock as soon as the child printed more than the pipe holds."""
+
+    def __init__(self, tmp, params_path, out):
+        out.mkdir(parents=True, exist_ok=True)
+        self.log = out.parent / f"{out.name}.{time.time_ns()}.log"
+        with open(self.log, "w") as handle:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "lwpar", "train", "--params", str(params_path), "--dataset-dir",
+                 str(tmp / "prepared"), "--model", "tiny", "--out", str(out)],
+                stdout=handle, stderr=subprocess.STDOUT, text=True)
+        self.pid = self.process.pid
+
+    def wait(self, timeout=None):
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()  # never leave a training child eating the CPU of later tests
+            self.process.wait()
+            raise AssertionError(f"lwpar train did not finish in {timeout} s:\n{self.output()[-2000:]}")
+
+    def poll(self):
+        return self.process.poll()
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+
 def _train(tmp, params_path, out):
-    return subprocess.Popen([sys.executable, "-m", "lwpar", "train", "--params", str(params_path),
-                             "--dataset-dir", str(tmp / "prepared"), "--model", "tiny", "--out", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return Run(tmp, params_path, out)
 
 
 def test_killed_training_resumes_bit_identical(tiny):
     tmp, params = tiny
     params_path = synthetic.write_params(tmp / "params.yaml", params)
     whole = _train(tmp, params_path, tmp / "whole")
-    assert whole.wait(timeout=300) == 0, whole.stdout.read()
+    assert whole.wait(timeout=300) == 0, whole.output()
 
     victim = _train(tmp, params_path, tmp / "killed")
     checkpoint = tmp / "killed" / "checkpoint.pt"
@@ -46,13 +73,13 @@ def test_killed_training_resumes_bit_identical(tiny):
         time.sleep(0.005)
     os.kill(victim.pid, signal.SIGKILL)  # mid-epoch 2: epoch 1's checkpoint was just written
     victim.wait()
-    log = victim.stdout.read()
+    log = victim.output()
     assert "epoch 2:" not in log and "epoch 3:" not in log, "the kill must land before epoch 2 ends"
     assert not (tmp / "killed" / "model.pt").exists(), "a killed run must not leave a finished-looking output"
 
     resumed = _train(tmp, params_path, tmp / "killed")
     assert resumed.wait(timeout=300) == 0
-    assert "resuming from" in resumed.stdout.read()
+    assert "resuming from" in resumed.output()
     a = torch.load(tmp / "whole" / "model.pt", weights_only=False)["state_dict"]
     b = torch.load(tmp / "killed" / "model.pt", weights_only=False)["state_dict"]
     assert a.keys() == b.keys()
@@ -69,15 +96,15 @@ def test_checkpoint_from_other_settings_is_not_resumed(tiny):
     second = dict(params, train={**params["train"], "epochs": 1, "lr": 0.0005})
     run = _train(tmp, synthetic.write_params(tmp / "p2.yaml", second), tmp / "changed")
     assert run.wait(timeout=300) == 0
-    assert "resuming" not in run.stdout.read()
+    assert "resuming" not in run.output()
 
 
 def test_nan_loss_names_epoch_and_step(tiny):
     tmp, params = tiny
     bad = dict(params, train={**params["train"], "lr": 1e30, "warmup_epochs": 0})
     run = _train(tmp, synthetic.write_params(tmp / "nan.yaml", bad), tmp / "nan")
-    out, _ = run.communicate(timeout=300)
-    assert run.returncode == 2
+    assert run.wait(timeout=300) == 2
+    out = run.output()
     assert "lwpar train: error: loss is nan at epoch 1, step" in out or "loss is inf at epoch 1, step" in out
 
 
