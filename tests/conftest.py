@@ -27,3 +27,48 @@ def real_mirror() -> Path:
     if not (MIRROR / "PETA.zip").is_file():
         pytest.skip(f"the PETA mirror is not at {MIRROR}")
     return MIRROR
+
+
+BIN = Path(sys.executable).parent
+
+
+def run_command(args, cwd, timeout=900, env=None):
+    """Run a tool of this environment (snakemake, dvc, lwpar) with the venv first on PATH."""
+    import subprocess
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", **(env or {})}
+    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def scratch_workflow(work: Path, mirror: Path, edit=None) -> dict:
+    """A scratch copy of the workflow in `work` running the smoke params (as smoke.yaml) on `mirror`."""
+    import yaml
+    for name in ("Snakefile", "workflow", "src", "profiles"):
+        (work / name).symlink_to(ROOT / name)
+    params = yaml.safe_load((ROOT / "workflow/params/smoke.yaml").read_text())
+    params["paths"]["mirror"] = str(mirror)
+    if edit:
+        edit(params)
+    (work / "smoke.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return params
+
+
+@pytest.fixture(scope="session")
+def smoke_run(real_mirror, tmp_path_factory):
+    """The smoke configuration run locally by Snakemake in a scratch copy of the workflow (shared by the
+    pipeline tests and by the SLURM test, which compares its metrics with these)."""
+    work = tmp_path_factory.mktemp("smoke")
+    params = scratch_workflow(work, real_mirror)
+    run = run_command([str(BIN / "snakemake"), "--cores", "2", "--config", "params=smoke.yaml"], work, timeout=1200)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return work, params
+
+
+# Lines a test wants in CI's output even when it passes (for example the SLURM job ids).
+SUMMARY_LINES: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter):
+    if SUMMARY_LINES:
+        terminalreporter.section("lwpar")
+        for line in SUMMARY_LINES:
+            terminalreporter.write_line(line)

@@ -30,40 +30,47 @@ def test_default_params_are_valid():
     validate_params(copy.deepcopy(DEFAULT))
 
 
+@pytest.mark.fault
 def test_misspelled_key_is_named():
     def typo(p):
         p["train"]["lrr"] = p["train"].pop("lr")
     assert problem(typo).startswith("params.yaml: train.lrr: unknown key")
 
 
+@pytest.mark.fault
 def test_wrong_type_names_key_and_value():
     def fast(p):
         p["train"]["lr"] = "fast"
     assert problem(fast) == "params.yaml: train.lr: expected number, got 'fast'"
 
 
+@pytest.mark.fault
 def test_missing_key_is_named():
     assert problem(lambda p: p["train"].pop("epochs")) == "params.yaml: train.epochs: missing key"
 
 
+@pytest.mark.fault
 def test_negative_epochs_refused():
     def negative(p):
         p["train"]["epochs"] = -3
     assert problem(negative) == "params.yaml: train.epochs: expected a value >= 1, got -3"
 
 
+@pytest.mark.fault
 def test_nested_dataset_key_and_enum():
     def bad_split(p):
         p["datasets"]["peta"]["split"] = "random"
     assert problem(bad_split).startswith("params.yaml: datasets.peta.split: expected one of 'identity_disjoint'")
 
 
+@pytest.mark.fault
 def test_fractions_must_sum_to_one():
     def fractions(p):
         p["datasets"]["peta"]["fractions"] = [0.5, 0.2, 0.2]
     assert problem(fractions) == "params.yaml: datasets.peta.fractions: must sum to 1, got 0.9"
 
 
+@pytest.mark.fault
 def test_experiment_names_must_exist():
     def unknown(p):
         p["experiment"]["models"] = ["nope"]
@@ -93,6 +100,7 @@ def test_workflow_schema_is_the_package_schema():
     assert yaml.safe_load((ROOT / "workflow/schemas/params.schema.yaml").read_text()) == schema()
 
 
+@pytest.mark.fault
 def test_cli_reports_bad_params_in_one_line(tmp_path):
     params = copy.deepcopy(DEFAULT)
     params["runtime"]["devise"] = params["runtime"].pop("device")
@@ -106,6 +114,7 @@ def test_cli_reports_bad_params_in_one_line(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.fault
 def test_unreadable_yaml(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text("train: [unclosed\n")
@@ -120,6 +129,7 @@ def test_cli_help_lists_every_stage():
         assert stage in out
 
 
+@pytest.mark.fault
 def test_key_given_twice_is_refused(tmp_path):
     text = (ROOT / "params.yaml").read_text()
     start = text.index("  svd_r50:\n")
@@ -131,6 +141,7 @@ def test_key_given_twice_is_refused(tmp_path):
         load_params(path)
 
 
+@pytest.mark.fault
 def test_variant_names_and_budgets_are_checked():
     def unknown(p):
         p["experiment"]["variants"] = ["nope"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import zipfile
 
@@ -76,6 +75,7 @@ def test_standard_partition_from_mat(tmp_path):
     assert meta["split_method"] == "standard partition 2"
 
 
+@pytest.mark.fault
 def test_mat_disagreeing_with_labels_fails(tmp_path):
     members, truth = synthetic.make_release()
     mirror = tmp_path / "mirror"
@@ -89,6 +89,7 @@ def test_mat_disagreeing_with_labels_fails(tmp_path):
     assert not (tmp_path / "prepared").exists()
 
 
+@pytest.mark.fault
 def test_mat_of_wrong_layout_fails(tmp_path):
     import scipy.io
     params, _ = make(tmp_path, annotation="PETA.mat")
@@ -97,6 +98,7 @@ def test_mat_of_wrong_layout_fails(tmp_path):
         prepare(params, "peta", tmp_path / "prepared", tmp_path / "dl")
 
 
+@pytest.mark.fault
 def test_unknown_token_names_file_and_line(tmp_path):
     def hook(members):
         key = "PETA dataset/PRID/archive/Label.txt"
@@ -121,6 +123,7 @@ def test_documented_discarded_tokens_are_ignored(tmp_path):
     (lambda data: b"", "empty file"),
     (lambda data: b"this is not an image at all", "cannot decode"),
 ])
+@pytest.mark.fault
 def test_bad_images_fail_with_culprits_or_are_listed(tmp_path, damage, reason):
     victim = "PETA dataset/3DPeS/archive/0002_001.jpg"
 
@@ -136,12 +139,14 @@ def test_bad_images_fail_with_culprits_or_are_listed(tmp_path, damage, reason):
     assert f"images/{victim}" not in set(table.image)
 
 
+@pytest.mark.fault
 def test_missing_image_named_by_label_file(tmp_path):
     params, _ = make(tmp_path, members_hook=lambda m: m.pop("PETA dataset/CUHK/archive/0003.jpg"))
     with pytest.raises(LwparError, match=r"PETA dataset/CUHK/archive/Label.txt: '0003': no image file"):
         prepare(params, "peta", tmp_path / "prepared", tmp_path / "dl")
 
 
+@pytest.mark.fault
 def test_truncated_archive_fails_cleanly(tmp_path):
     params, _ = make(tmp_path)
     archive = tmp_path / "mirror" / "PETA.zip"
@@ -152,6 +157,7 @@ def test_truncated_archive_fails_cleanly(tmp_path):
     assert not list(tmp_path.glob(".prepared*"))
 
 
+@pytest.mark.fault
 def test_wrong_checksum_names_file_and_both_hashes(tmp_path):
     params, _ = make(tmp_path)
     params["datasets"]["peta"]["sha256"] = "0" * 64
@@ -162,6 +168,7 @@ def test_wrong_checksum_names_file_and_both_hashes(tmp_path):
 @pytest.mark.parametrize("name,why", [("../evil.txt", "escapes the target folder"),
                                       ("/etc/evil.txt", "absolute path"),
                                       ("PETA dataset/../../evil.txt", "escapes the target folder")])
+@pytest.mark.fault
 def test_archive_members_cannot_escape(tmp_path, name, why):
     archive = tmp_path / "evil.zip"
     with zipfile.ZipFile(archive, "w") as zf:
@@ -173,6 +180,7 @@ def test_archive_members_cannot_escape(tmp_path, name, why):
     assert not (tmp_path / "evil.txt").exists()
 
 
+@pytest.mark.fault
 def test_offline_without_mirror_says_where_to_put_archive(tmp_path):
     params, _ = make(tmp_path)
     params["paths"]["mirror"] = None

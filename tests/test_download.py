@@ -52,6 +52,7 @@ def server():
     httpd.shutdown()
 
 
+@pytest.mark.fault
 def test_download_resumes_after_dropped_connection(server, tmp_path):
     digest = hashlib.sha256(PAYLOAD).hexdigest()
     Handler.drop_after = 300_000
@@ -65,6 +66,7 @@ def test_download_resumes_after_dropped_connection(server, tmp_path):
     assert path.read_bytes() == PAYLOAD and sha == digest
 
 
+@pytest.mark.fault
 def test_wrong_checksum_after_download(server, tmp_path):
     with pytest.raises(LwparError, match=rf"PETA.zip: sha256 mismatch: expected {'a' * 64}, got "
                                          rf"{hashlib.sha256(PAYLOAD).hexdigest()}"):

@@ -52,6 +52,7 @@ def test_efficientnet_lite0_pretrained_weights_load_offline():
     assert not torch.equal(pretrained.state_dict()[first], scratch.state_dict()[first])
 
 
+@pytest.mark.fault
 def test_missing_weights_offline_fail_clearly(tmp_path, monkeypatch):
     import urllib.error
 
@@ -63,6 +64,7 @@ def test_missing_weights_offline_fail_clearly(tmp_path, monkeypatch):
         build_backbone("bn_inception", pretrained=True, weights_dir=tmp_path)
 
 
+@pytest.mark.fault
 def test_weights_with_wrong_hash_refused(tmp_path):
     (tmp_path / "resnet18-f37072fd.pth").write_bytes(b"not the weights")
     with pytest.raises(LwparError, match=r"resnet18-f37072fd.pth: sha256 [0-9a-f]+ does not start with f37072fd"):

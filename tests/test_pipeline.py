@@ -3,26 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 import sys
-from pathlib import Path
 
 import onnx
 import pandas as pd
 import pytest
 import yaml
 
-from conftest import ROOT
+from conftest import BIN, ROOT, run_command as _run
 from lwpar.report import COLUMNS
-
-BIN = Path(sys.executable).parent
-
-
-def _run(args, cwd, timeout=900, env=None):
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", **(env or {})}
-    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def test_dvc_yaml_is_generated_and_fresh():
@@ -55,6 +44,7 @@ def test_snakemake_lint_passes():
     assert run.returncode == 0, run.stdout + run.stderr
 
 
+@pytest.mark.fault
 def test_bad_params_refused_before_any_job(tmp_path):
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["train"]["epochs"] = -1
@@ -69,20 +59,6 @@ def test_slurm_profile_plans_the_whole_dag():
     run = _run([str(BIN / "snakemake"), "--profile", "profiles/slurm", "-n"], ROOT, timeout=300)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     assert "report" in run.stdout and "train" in run.stdout
-
-
-@pytest.fixture(scope="module")
-def smoke_run(real_mirror, tmp_path_factory):
-    """The smoke configuration run by Snakemake in a scratch copy of the workflow."""
-    work = tmp_path_factory.mktemp("smoke")
-    for name in ("Snakefile", "workflow", "src", "profiles"):
-        (work / name).symlink_to(ROOT / name)
-    params = yaml.safe_load((ROOT / "workflow/params/smoke.yaml").read_text())
-    params["paths"]["mirror"] = str(real_mirror)
-    (work / "smoke.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run = _run([str(BIN / "snakemake"), "--cores", "2", "--config", "params=smoke.yaml"], work, timeout=1200)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    return work, params
 
 
 @pytest.mark.slow

@@ -60,6 +60,7 @@ def _train(tmp, params_path, out):
     return Run(tmp, params_path, out)
 
 
+@pytest.mark.fault
 def test_killed_training_resumes_bit_identical(tiny):
     tmp, params = tiny
     params_path = synthetic.write_params(tmp / "params.yaml", params)
@@ -88,6 +89,7 @@ def test_killed_training_resumes_bit_identical(tiny):
     assert history["best_epoch"] in (1, 2, 3)
 
 
+@pytest.mark.fault
 def test_checkpoint_from_other_settings_is_not_resumed(tiny):
     tmp, params = tiny
     first = dict(params, train={**params["train"], "epochs": 1})
@@ -99,6 +101,7 @@ def test_checkpoint_from_other_settings_is_not_resumed(tiny):
     assert "resuming" not in run.output()
 
 
+@pytest.mark.fault
 def test_nan_loss_names_epoch_and_step(tiny):
     tmp, params = tiny
     bad = dict(params, train={**params["train"], "lr": 1e30, "warmup_epochs": 0})
@@ -122,6 +125,7 @@ def test_evaluate_writes_metrics(tiny):
     assert (tmp / "eval" / "per_attribute.csv").read_text().count("\n") == 36
 
 
+@pytest.mark.fault
 def test_truncated_model_file_is_a_clear_error(tiny, tmp_path):
     tmp, params = tiny
     source = tmp / "whole" / "model.pt"

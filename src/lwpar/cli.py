@@ -52,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     except LwparError as exc:
         print(f"lwpar {args.stage}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # anything not already turned into a named error: still one line, naming the file
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"lwpar {args.stage}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"lwpar {args.stage}: interrupted", file=sys.stderr)
         return 130

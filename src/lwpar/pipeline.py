@@ -270,13 +270,13 @@ def dvc_yaml(params: dict, params_file: str) -> dict:
         inputs = stage.inputs(params, wildcards)
         outputs = stage.job_outputs(wildcards)
         metric_keys = set(stage.metrics) | set(stage.plots)
-        entry = {
-            "cmd": stage.command(params_file, params, wildcards),
-            "deps": sorted({*inputs.values(), *stage.module_files()}),
-            "params": [{params_file: stage.param_keys(params, wildcards)}],
-            "outs": [outputs[k] if stage.cached else {outputs[k]: {"cache": False}}
-                     for k in outputs if k not in metric_keys],
-        }
+        entry = {"cmd": stage.command(params_file, params, wildcards),
+                 "deps": sorted({*inputs.values(), *stage.module_files()})}
+        keys = stage.param_keys(params, wildcards)
+        if keys:  # an empty list would make DVC depend on every key of the file
+            entry["params"] = [{params_file: keys}]
+        entry["outs"] = [outputs[k] if stage.cached else {outputs[k]: {"cache": False}}
+                         for k in outputs if k not in metric_keys]
         if stage.metrics:
             entry["metrics"] = [{outputs[k]: {"cache": False}} for k in stage.metrics]
         if stage.plots:

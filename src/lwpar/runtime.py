@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +66,16 @@ def save_torch(obj, path: str | Path) -> None:
             torch.save(obj, tmp)
     except OSError as exc:
         raise LwparError(f"{path}: cannot write ({exc.strerror or exc})") from None
+    except RuntimeError as exc:  # torch's zip writer reports a full disk as a RuntimeError
+        reason = os.strerror(errno.ENOSPC) if _disk_full(path) else str(exc).splitlines()[0]
+        raise LwparError(f"{path}: cannot write ({reason})") from None
+
+
+def _disk_full(path: Path) -> bool:
+    try:
+        return shutil.disk_usage(path.parent).free < 1 << 20
+    except OSError:
+        return False
 
 
 def load_torch(path: str | Path, what: str = "checkpoint") -> dict:

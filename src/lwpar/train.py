@@ -10,7 +10,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 from tqdm import tqdm
@@ -18,7 +17,7 @@ from tqdm import tqdm
 from lwpar import LwparError
 from lwpar.data.loader import Prepared, build_transform, make_loader
 from lwpar.evaluation import predict_torch
-from lwpar.io import write_csv, write_json
+from lwpar.io import write_csv
 from lwpar.losses import WeightedBCE
 from lwpar.metrics import pedestrian_metrics, summary
 from lwpar.runtime import load_torch, rng_state, save_torch, seed_everything, set_rng_state

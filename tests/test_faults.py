@@ -1,0 +1,214 @@
+"""Fault injection on small real runs: each case asserts the exact outcome, not just "no crash".
+
+The other fault cases live beside the code they exercise (bad params in test_config, downloads in
+test_download, corrupt inputs and archives in test_data_synthetic, corrupt artifacts in test_deploy and
+test_train); every one carries the `fault` marker, so `pytest -m fault` runs the whole suite.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import synthetic
+from conftest import BIN, run_command, scratch_workflow
+from lwpar.data.prepare import prepare
+
+pytestmark = pytest.mark.fault
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("faults")
+    members, _ = synthetic.make_release(persons_per_subset=12, images_per_person=3)
+    synthetic.write_zip(tmp / "mirror" / "PETA.zip", members)
+    params = synthetic.tiny_training_params(tmp, tmp / "mirror", epochs=1)
+    prepare(params, "peta", tmp / "prepared", tmp / "dl")
+    return tmp, synthetic.write_params(tmp / "params.yaml", params)
+
+
+def _lwpar(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "lwpar", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _train(tmp, params_path, out):
+    return _lwpar("train", "--params", params_path, "--dataset-dir", tmp / "prepared", "--model", "tiny", "--out", out)
+
+
+@contextlib.contextmanager
+def _tmpfs(path: Path, size: str, read_only: bool = False):
+    """A small (or read-only) filesystem at `path`: a real full disk, a real unwritable folder."""
+    path.mkdir(parents=True, exist_ok=True)
+    options = f"size={size}" + (",ro" if read_only else "")
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True, text=True)
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {mount.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def _one_error_line(stderr: str, stage: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert lines and lines[-1].startswith(f"lwpar {stage}: error: "), stderr[-2000:]
+    assert "Traceback" not in stderr, stderr[-2000:]
+    return lines[-1]
+
+
+def _files_under(path: Path) -> list[Path]:
+    return [p for p in path.rglob("*") if p.is_file()]
+
+
+def test_disk_full_during_training_fails_cleanly(tiny, tmp_path):
+    tmp, params_path = tiny
+    with _tmpfs(tmp_path / "full", "256k") as disk:
+        run = _train(tmp, params_path, disk / "run")
+        assert run.returncode == 2
+        line = _one_error_line(run.stderr, "train")
+        assert "No space left on device" in line and str(disk / "run") in line
+        assert _files_under(disk) == [], "a failed write must leave no partial file"
+
+
+def test_unwritable_output_directory_fails_cleanly(tiny, tmp_path):
+    tmp, params_path = tiny
+    with _tmpfs(tmp_path / "ro", "1m", read_only=True) as disk:
+        run = _train(tmp, params_path, disk / "run")
+        assert run.returncode == 2
+        line = _one_error_line(run.stderr, "train")
+        assert "Read-only file system" in line and str(disk / "run") in line
+        assert _files_under(disk) == []
+
+
+def test_unwritable_evaluation_output_leaves_nothing(tiny, tmp_path):
+    tmp, params_path = tiny
+    model = tmp_path / "model"
+    assert _train(tmp, params_path, model).returncode == 0
+    with _tmpfs(tmp_path / "ro", "1m", read_only=True) as disk:
+        run = _lwpar("evaluate", "--params", params_path, "--dataset-dir", tmp / "prepared",
+                     "--model", model / "model.pt", "--split", "test", "--out-dir", disk / "eval")
+        assert run.returncode == 2
+        assert "Read-only file system" in _one_error_line(run.stderr, "evaluate")
+
+
+def test_same_params_and_seed_give_the_same_metrics(tiny, tmp_path):
+    tmp, params_path = tiny
+    for name in ("a", "b"):
+        assert _train(tmp, params_path, tmp_path / name).returncode == 0
+        run = _lwpar("evaluate", "--params", params_path, "--dataset-dir", tmp / "prepared", "--model",
+                     tmp_path / name / "model.pt", "--split", "test", "--out-dir", tmp_path / name / "eval")
+        assert run.returncode == 0, run.stderr
+    a = torch.load(tmp_path / "a/model.pt", weights_only=False)["state_dict"]
+    b = torch.load(tmp_path / "b/model.pt", weights_only=False)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    metrics = [json.loads((tmp_path / n / "eval/metrics.json").read_text()) for n in ("a", "b")]
+    assert metrics[0].pop("model") != metrics[1].pop("model")  # the only field that may differ
+    assert metrics[0] == metrics[1]
+    assert (tmp_path / "a/eval/per_attribute.csv").read_text() == (tmp_path / "b/eval/per_attribute.csv").read_text()
+
+
+# --- the pipeline under faults: Snakemake and DVC on the smoke configuration -------------------------
+
+def _two_epoch_smoke(params):
+    params["train"].update(epochs=2)
+
+
+def _start(args, cwd, log: Path):
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    with open(log, "w") as handle:
+        return subprocess.Popen(args, cwd=cwd, stdout=handle, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
+
+
+def _kill_tree(process):
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def _wait_for(path: Path, process, log: Path, timeout=300):
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, f"the run ended before {path} appeared:\n{log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"{path} did not appear in {timeout} s"
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_killed_training_under_snakemake_is_rerun_and_resumes(real_mirror, tmp_path):
+    params = scratch_workflow(tmp_path, real_mirror, edit=_two_epoch_smoke)
+    run_dir = tmp_path / params["paths"]["results"] / "peta" / "alm_effl0" / "baseline"
+    snakemake = [str(BIN / "snakemake"), "--cores", "2", "--config", "params=smoke.yaml"]
+    first = _start([*snakemake, "--until", "train"], tmp_path, tmp_path / "first.log")
+    _wait_for(run_dir / "checkpoint.pt", first, tmp_path / "first.log")
+    _kill_tree(first)  # the whole process group: Snakemake and its training job, by SIGKILL
+    assert not (run_dir / "model.pt").exists()
+
+    plan = run_command([*snakemake, "-n", "--until", "train"], tmp_path)
+    assert "train" in plan.stdout and "Nothing to be done" not in plan.stdout, plan.stdout[-2000:]
+    # A SIGKILLed Snakemake cannot release its lock: the next run says so and names the way out.
+    locked = run_command([*snakemake, "--until", "train"], tmp_path)
+    assert locked.returncode != 0 and "--unlock" in locked.stderr, locked.stderr[-2000:]
+    assert run_command([*snakemake, "--unlock"], tmp_path).returncode == 0
+    rerun = run_command([*snakemake, "--until", "train"], tmp_path)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    log = (tmp_path / "logs/train/peta/alm_effl0.log").read_text()
+    assert "resuming from" in log and "after epoch 1" in log, log[-2000:]
+    assert (run_dir / "model.pt").is_file()
+
+
+@pytest.mark.slow
+def test_killed_training_under_dvc_is_rerun_and_resumes(real_mirror, tmp_path):
+    params = scratch_workflow(tmp_path, real_mirror, edit=_two_epoch_smoke)
+    (tmp_path / "params.yaml").write_text((tmp_path / "smoke.yaml").read_text())
+    generate = run_command([sys.executable, "-m", "lwpar.pipeline", "dvc", "--params", "params.yaml",
+                            "--out", "dvc.yaml"], tmp_path)
+    assert generate.returncode == 0, generate.stderr
+    for command in (["git", "init", "-q"], [str(BIN / "dvc"), "init", "-q"],
+                    [str(BIN / "dvc"), "config", "core.analytics", "false"]):
+        assert run_command(command, tmp_path).returncode == 0
+    stage = "train-peta-alm_effl0"
+    run_dir = tmp_path / params["paths"]["results"] / "peta" / "alm_effl0" / "baseline"
+    first = _start([str(BIN / "dvc"), "repro", stage], tmp_path, tmp_path / "first.log")
+    _wait_for(run_dir / "checkpoint.pt", first, tmp_path / "first.log")
+    _kill_tree(first)
+    assert not (run_dir / "model.pt").exists()
+
+    status = run_command([str(BIN / "dvc"), "status", stage], tmp_path)
+    assert stage in status.stdout, status.stdout + status.stderr
+    rerun = run_command([str(BIN / "dvc"), "repro", stage], tmp_path, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    assert "resuming from" in rerun.stdout + rerun.stderr
+    assert (run_dir / "model.pt").is_file()
+    clean = run_command([str(BIN / "dvc"), "status", stage], tmp_path)
+    assert "up to date" in clean.stdout.lower() or clean.stdout.strip() == "", clean.stdout
+
+
+@pytest.mark.slow
+def test_second_snakemake_in_the_same_directory_refuses(real_mirror, tmp_path):
+    scratch_workflow(tmp_path, real_mirror)
+    snakemake = [str(BIN / "snakemake"), "--cores", "1", "--config", "params=smoke.yaml"]
+    first = _start(snakemake, tmp_path, tmp_path / "first.log")
+    try:
+        locks = tmp_path / ".snakemake" / "locks"
+        deadline = time.monotonic() + 120
+        while not (locks.is_dir() and any(locks.iterdir())):
+            assert first.poll() is None, (tmp_path / "first.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, "the first run never took its lock"
+            time.sleep(0.1)
+        second = run_command(snakemake, tmp_path, timeout=300)
+        assert second.returncode != 0
+        assert "cannot be locked" in second.stdout + second.stderr, (second.stdout + second.stderr)[-2000:]
+        assert first.poll() is None, "the refused run must not disturb the first"
+    finally:
+        _kill_tree(first)

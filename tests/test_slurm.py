@@ -1,0 +1,140 @@
+"""The cluster profile on a real (one-node, loopback) SLURM cluster.
+
+The smoke configuration runs through `profiles/slurm` twice. The first run has a target whose command
+prefix fails, so the profile job fails on the cluster: the workflow must report it, retry it once with
+more memory, and stop without running the report. The second run, with the target repaired, must
+submit only the profile job: everything that finished is kept. All other jobs must have gone through
+the scheduler (their ids in its job-completion records), and the metrics must equal a local run's.
+
+Overrides beyond the profile are only what this cluster needs: its partition, no account, squeue for
+status (no accounting daemon here), a short first status check, and this node's 2 CPUs and no GPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import BIN, ROOT, SUMMARY_LINES, run_command, scratch_workflow
+from lwpar import pipeline
+from slurm_cluster import LocalSlurm, Unavailable
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+LOCAL_RULES = {"data", "report"}
+SUBMITTED = re.compile(r"SLURM jobid (\d+) \(log: (\S+)\)")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    cluster = LocalSlurm(tmp_path_factory.mktemp("slurm"), memory_mb=20000)
+    try:
+        cluster.start()
+    except Unavailable as exc:
+        if os.environ.get("LWPAR_REQUIRE_SLURM"):
+            pytest.fail(f"the SLURM test must run here (LWPAR_REQUIRE_SLURM is set): {exc}")
+        pytest.skip(f"no SLURM cluster: {exc}")
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def _snakemake_on_cluster(work: Path, cluster: LocalSlurm, params_file: str):
+    profile = yaml.safe_load((ROOT / "profiles/slurm/config.yaml").read_text())
+    cores = os.cpu_count() or 1
+    # this node's CPUs cap the profile's per-rule requests; it has no GPU
+    capped = {rule: min(n, cores) for rule, n in profile["set-threads"].items()}
+    args = [
+        str(BIN / "snakemake"), "--profile", "profiles/slurm", "--config", f"params={params_file}",
+        # this cluster, not the profile's business
+        "--default-resources", f"slurm_partition={cluster.partition}",
+        "--slurm-no-account", "--slurm-status-command", "squeue",
+        "--slurm-init-seconds-before-status-checks", "5",
+        "--set-threads", *[f"{rule}={n}" for rule, n in capped.items()],
+        "--set-resources", *[f"{rule}:cpus_per_task={n}" for rule, n in capped.items()],
+        "train:gpu=0", "finetune:gpu=0",
+    ]
+    return run_command(args, work, timeout=1500)
+
+
+def _submitted(output: str) -> dict[str, str]:
+    """SLURM job id -> rule, as the executor announced each submission."""
+    jobs = {}
+    for job_id, log in SUBMITTED.findall(output):
+        rule = re.search(r"rule_(\w+?)/", log)
+        jobs[job_id] = rule.group(1) if rule else log
+    return jobs
+
+
+def _mem_mb(tres: str) -> float:
+    value = re.search(r"mem=([\d.]+)([MG])", tres)
+    return float(value.group(1)) * (1024 if value.group(2) == "G" else 1)
+
+
+def test_smoke_pipeline_on_slurm(cluster, smoke_run, tmp_path):
+    local_work, params = smoke_run
+    work = tmp_path / "cluster"
+    work.mkdir()
+
+    def broken_target(p):
+        p["profile"]["targets"]["local_cpu"]["command_prefix"] = "false"
+
+    # Same params file name in both runs: it is part of every job's command.
+    scratch_workflow(work, Path(params["paths"]["mirror"]), edit=broken_target)
+
+    # Run 1: every job but the profile succeeds; the profile fails, is retried with more memory, fails.
+    started = time.monotonic()
+    first = _snakemake_on_cluster(work, cluster, "smoke.yaml")
+    first_seconds = time.monotonic() - started
+    out1 = first.stdout + first.stderr
+    assert first.returncode != 0, out1[-3000:]
+    assert "Error in rule profile" in out1, out1[-3000:]
+    assert not (work / params["paths"]["results"] / "comparison.csv").exists(), "the report must not run"
+    submitted1 = _submitted(out1)
+    records = {job["JobId"]: job for job in cluster.completed_jobs()}
+    assert set(submitted1) <= set(records), f"jobs missing from the scheduler's records: {set(submitted1) - set(records)}"
+    profile_attempts = sorted((job_id for job_id, rule in submitted1.items() if rule == "profile"), key=int)
+    assert len(profile_attempts) == 2, submitted1
+    assert all(records[j]["JobState"] == "FAILED" for j in profile_attempts)
+    first_mem, retry_mem = (_mem_mb(records[j]["Tres"]) for j in profile_attempts)
+    assert retry_mem == 2 * first_mem, (first_mem, retry_mem)
+    others = [j for j, rule in submitted1.items() if rule != "profile"]
+    assert others and all(records[j]["JobState"] == "COMPLETED" for j in others)
+
+    # Run 2: the target repaired; only the profile job goes to the cluster again, then the local report.
+    (work / "smoke.yaml").write_text((local_work / "smoke.yaml").read_text())
+    started = time.monotonic()
+    second = _snakemake_on_cluster(work, cluster, "smoke.yaml")
+    second_seconds = time.monotonic() - started
+    out2 = second.stdout + second.stderr
+    assert second.returncode == 0, out2[-3000:]
+    submitted2 = _submitted(out2)
+    assert sorted(submitted2.values()) == ["profile"], submitted2
+    records = {job["JobId"]: job for job in cluster.completed_jobs()}
+    assert all(records[j]["JobState"] == "COMPLETED" for j in submitted2)
+
+    # Every non-local job of the DAG went through the scheduler, exactly once successfully.
+    from lwpar.config import load_params
+    expected = sorted(stage.name for stage, _ in pipeline.grid(load_params(work / "smoke.yaml"))
+                      if stage.name not in LOCAL_RULES)
+    done = sorted(rule for j, rule in {**submitted1, **submitted2}.items() if records[j]["JobState"] == "COMPLETED")
+    assert done == expected
+    ids = ", ".join(f"{j} {rule} {records[j]['JobState']}" for j, rule in
+                    sorted({**submitted1, **submitted2}.items(), key=lambda item: int(item[0])))
+    SUMMARY_LINES.append(f"SLURM test: scheduler job ids: {ids}; run 1 (profile fails) {first_seconds:.0f} s, "
+                         f"run 2 (profile only) {second_seconds:.0f} s")
+
+    # Same seed, same metrics as the local run, for every scored artifact.
+    results = Path(params["paths"]["results"])
+    for metrics in sorted((local_work / results).rglob("eval/metrics.json")):
+        relative = metrics.relative_to(local_work)
+        assert json.loads((work / relative).read_text()) == json.loads(metrics.read_text()), relative
+    assert (work / results / "comparison.csv").is_file()
+    assert (work / results / "comparison.md").is_file()
