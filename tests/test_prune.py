@@ -30,10 +30,24 @@ def test_structured_pruning_meets_budget_and_keeps_shapes(pruned):
         assert small.eval()(torch.randn(2, 3, 64, 32)).shape == (2, 2)
     small.train()
     assert all(o.shape == (2, 2) for o in small(torch.randn(2, 3, 64, 32)))
-    heads = small.st_3b
-    assert heads.head == "fused", "the model goes back to the fused head after pruning"
-    assert heads.att_list[0].conv1.in_channels == small.latlayer_3b.out_channels * 3 or \
-        heads.att_list[0].conv1.in_channels < 768, "the heads' coupled channels follow the pyramid"
+    assert small.st_3b.head == "fused"
+
+
+def test_heads_follow_the_pruned_pyramid(pruned):
+    _, small, _, _ = pruned
+    c5, c4, c3 = (small.latlayer_5b.out_channels, small.latlayer_4d.out_channels, small.latlayer_3b.out_channels)
+    assert c5 + c4 + c3 < 3 * 256, "the pyramid channels are pruned, not ignored"
+    for level, width in ((small.st_3b, c5 + c4 + c3), (small.st_4d, c5 + c4), (small.st_5b, c5)):
+        for att, stn, fc in zip(level.att_list, level.stn_list, level.fc_list):
+            assert att.conv1.in_channels == att.conv2.out_channels == stn.in_features == fc.in_features == width
+    x = torch.randn(2, 3, 64, 32)
+    small.eval()
+    with torch.no_grad():
+        fused = small(x)
+        small.set_head("reference")
+        reference = small(x)
+        small.set_head("fused")
+    torch.testing.assert_close(fused, reference, rtol=1e-5, atol=1e-5)
 
 
 def test_pruned_model_exports_and_reloads(pruned, tmp_path):

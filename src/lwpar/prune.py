@@ -2,9 +2,12 @@
 unstructured magnitude pruning (torch.nn.utils.prune, made permanent) as the reference that shows
 zeros alone do not make a dense model faster.
 
-The ALM is pruned through its reference head, whose per-attribute modules DepGraph traces like any
-other layer, so the channels coupled across the concatenated pyramid and into every attention
-block are removed together; the fused head computes the same function on the pruned modules.
+The ALM's pyramid channels are coupled across the concatenation into all 3 x M attribute modules.
+DepGraph traced over those 105 consumers spends minutes per pruning (its index mapping grows with
+the fan-out), so it traces a proxy instead: the real backbone, laterals and main classifier, and per
+level the attribute modules stacked into four layers with the same coupling (and, stacked, the
+same magnitude importance summed over attributes). Each pruning the proxy's stacked layers receive
+is replayed on every attribute's own module, so the heads follow the pyramid exactly.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import copy
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lwpar import LwparError
@@ -38,39 +42,84 @@ def _first_output(outputs):
     return outputs[0] if isinstance(outputs, (tuple, list)) else outputs
 
 
-def _with_reference_head(model: nn.Module):
-    heads = [m for m in model.modules() if hasattr(m, "head") and m.head in ("fused", "reference")]
-    saved = [m.head for m in heads]
-    for m in heads:
-        m.head = "reference"
-    return heads, saved
+class _StackedLevel(nn.Module):
+    """One level's attribute modules as four stacked layers, for tracing only."""
+
+    def __init__(self, level: nn.Module):
+        super().__init__()
+        self.level = [level]  # a list, so that DepGraph neither registers nor traces the real modules
+        atts, stns, fcs = level.att_list, level.stn_list, level.fc_list
+        self.conv1 = self._stacked(nn.Conv2d, [a.conv1 for a in atts], 0)
+        self.conv2 = self._stacked(nn.Conv2d, [a.conv2 for a in atts], 1)
+        self.stn = self._stacked(nn.Linear, list(stns), 0)
+        self.fc = self._stacked(nn.Linear, list(fcs), 0)
+        self.replay = {self.conv1: [a.conv1 for a in atts], self.conv2: [a.conv2 for a in atts],
+                       self.stn: list(stns), self.fc: list(fcs)}
+
+    @staticmethod
+    def _stacked(kind, layers, dim):
+        weight = torch.cat([m.weight.detach() for m in layers], dim)
+        bias = torch.cat([m.bias.detach() for m in layers]) if dim == 0 else layers[0].bias.detach()
+        shape = (weight.shape[1], weight.shape[0])
+        layer = nn.Conv2d(*shape, 1) if kind is nn.Conv2d else nn.Linear(*shape)
+        layer.weight.data, layer.bias.data = weight.clone(), bias.clone()
+        return layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = F.adaptive_avg_pool2d(x, 1)
+        weighted = x * torch.sigmoid(self.conv2(torch.relu(self.conv1(pooled)))) + x
+        statistic = F.adaptive_avg_pool2d(weighted, 1).flatten(1)
+        return torch.cat([self.stn(statistic), self.fc(statistic)], 1)
+
+
+class _AlmProxy(nn.Module):
+    """The ALM's backbone, laterals and main branch (the real modules) with stacked heads."""
+
+    def __init__(self, alm: nn.Module):
+        super().__init__()
+        self.alm = [alm]
+        self.main_branch, self.finalfc = alm.main_branch, alm.finalfc
+        self.latlayers = nn.ModuleList([alm.latlayer_3b, alm.latlayer_4d, alm.latlayer_5b])
+        self.levels = nn.ModuleList(_StackedLevel(level) for level in (alm.st_3b, alm.st_4d, alm.st_5b))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        *maps, main = self.alm[0].pyramid(x)
+        return torch.cat([level(m) for level, m in zip(self.levels, maps)] + [main], 1)
+
+    def replay(self) -> dict:
+        return {proxy: real for level in self.levels for proxy, real in level.replay.items()}
 
 
 def structured_prune(model: nn.Module, input_size, ratio: float, cfg: dict, calibration=None) -> nn.Module:
     """Prune `model` in place by channel ratio `ratio` (global or per layer), rounding to `round_to`."""
     import torch_pruning as tp
 
+    if cfg["importance"] == "taylor" and calibration is None:
+        raise LwparError("taylor importance needs calibration batches (gradients)")
     example = torch.zeros(1, 3, *input_size)
-    heads, saved = _with_reference_head(model)
-    ignored = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features <= 4]  # stn and unit fc
-    ignored += [getattr(model, "finalfc", None) or getattr(model, "classifier")]
-    first_conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
     model.eval()
+    is_alm = hasattr(model, "st_3b")
+    traced = _AlmProxy(model) if is_alm else model
+    replay = traced.replay() if is_alm else {}
+    ignored = [getattr(model, "finalfc", None) or getattr(model, "classifier")]
+    if is_alm:  # attention hidden units and the transform / unit outputs are per attribute, never pruned
+        ignored += [m for level in traced.levels for m in (level.conv1, level.stn, level.fc)]
+    first_conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
     pruner = tp.pruner.MetaPruner(
-        model, example, importance=_importance(cfg["importance"]), global_pruning=cfg["global_pruning"],
+        traced, example, importance=_importance(cfg["importance"]), global_pruning=cfg["global_pruning"],
         pruning_ratio=ratio, iterative_steps=cfg["iterative_steps"], ignored_layers=[*ignored, first_conv],
         round_to=cfg["round_to"], output_transform=_first_output)
     for _ in range(cfg["iterative_steps"]):
         if cfg["importance"] == "taylor":
-            if calibration is None:
-                raise LwparError("taylor importance needs calibration batches (gradients)")
-            model.zero_grad()
+            traced.zero_grad()
             images, targets = calibration
-            outputs = model(images)
-            torch.nn.functional.binary_cross_entropy_with_logits(_first_output(outputs), targets).backward()
-        pruner.step()
-    for m, head in zip(heads, saved):
-        m.head = head
+            outputs = _first_output(traced(images))[:, -targets.shape[1]:]  # the ALM proxy ends with the main logits
+            torch.nn.functional.binary_cross_entropy_with_logits(outputs, targets).backward()
+        for group in pruner.step(interactive=True):
+            for dep, idxs in group:
+                for real in replay.get(dep.target.module, ()):
+                    dep.handler(real, idxs)
+            group.prune()
     return model
 
 

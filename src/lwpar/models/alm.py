@@ -144,12 +144,17 @@ class ALM(nn.Module):
         for level in (self.st_3b, self.st_4d, self.st_5b):
             level.head = head
 
-    def forward(self, x: torch.Tensor):
+    def pyramid(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The fused pyramid maps (3b, 4d, 5b) and the main branch's logits."""
         feat_3b, feat_4d, feat_5b = self.main_branch(x)
         main = self.finalfc(feat_5b.mean((2, 3)))
         fusion_5b = self.latlayer_5b(feat_5b)
         fusion_4d = self._upsample_cat(fusion_5b, self.latlayer_4d(feat_4d))
         fusion_3b = self._upsample_cat(fusion_4d, self.latlayer_3b(feat_3b))
+        return fusion_3b, fusion_4d, fusion_5b, main
+
+    def forward(self, x: torch.Tensor):
+        fusion_3b, fusion_4d, fusion_5b, main = self.pyramid(x)
         outputs = (self.st_3b(fusion_3b), self.st_4d(fusion_4d), self.st_5b(fusion_5b), main)
         if self.training:
             return outputs
