@@ -35,6 +35,7 @@ def test_export_has_one_output_dynamic_batch_and_plain_ops(tiny_onnx):
     for batch in (1, 3):
         report = parity(model, session, torch.randn(batch, 3, 64, 32))
         assert report["max_abs_diff"] < 1e-4
+        assert report["bound"] == max(1e-4, 4 * report["torch_float32_error"]) and report["torch_float32_error"] < 1e-5
 
 
 @pytest.mark.fault
@@ -45,7 +46,8 @@ def test_parity_failure_is_detected_on_a_broken_export(tiny_onnx, tmp_path):
     array = onnx.numpy_helper.to_array(initializer) * 1.5  # a wrong weight, as a faulty export would leave
     initializer.CopyFrom(onnx.numpy_helper.from_array(array, initializer.name))
     onnx.save(broken, str(tmp_path / "broken.onnx"))
-    with pytest.raises(LwparError, match=r"ONNX parity failed: max \|logit difference\| [0-9.e+-]+ > 0.0001"):
+    with pytest.raises(LwparError, match=r"ONNX parity failed: max \|logit difference\| [0-9.e+-]+ > 0.0001 on 4 images "
+                                         r"\(PyTorch float32 vs float64: [0-9.e+-]+\)"):
         parity(model, onnx_session(tmp_path / "broken.onnx"), torch.randn(4, 3, 64, 32))
 
 

@@ -75,17 +75,30 @@ def check_onnx(path: str | Path) -> None:
 
 
 def parity(model: torch.nn.Module, session, images: torch.Tensor, tolerance: float = PARITY_TOLERANCE) -> dict:
-    """Max absolute logit difference between PyTorch and ONNX Runtime on `images`; error above tolerance."""
+    """Max absolute logit difference between PyTorch and ONNX Runtime on `images`; error above the bound.
+
+    The bound is `tolerance`, unless float32 itself is that far from exact arithmetic on this model
+    (low-rank factors and recalibrated BatchNorm amplify rounding): then it is four times PyTorch's
+    own float32 error against a float64 run, measured here and reported, because ONNX Runtime's
+    kernels (blocked layouts, other summation orders) round differently by a few times that. A
+    broken export is off by orders of magnitude more.
+    """
+    import copy
+
     model = model.eval().to("cpu")
     with torch.no_grad():
-        expected = model(images).numpy()
+        expected = model(images)
+        exact = copy.deepcopy(model).double()(images.double())
+    float32_error = float((expected.double() - exact).abs().max())
+    expected = expected.numpy()
     got = session.run(None, {session.get_inputs()[0].name: images.numpy()})[0]
     if got.shape != expected.shape:
         raise LwparError(f"ONNX output shape {got.shape} differs from PyTorch's {expected.shape}")
     diff = float(np.abs(got - expected).max())
-    result = {"max_abs_diff": diff, "tolerance": tolerance, "images": int(images.shape[0]),
-              "max_abs_logit": float(np.abs(expected).max())}
-    if not diff <= tolerance:
-        raise LwparError(f"ONNX parity failed: max |logit difference| {diff:.3g} > {tolerance:g} on "
-                         f"{images.shape[0]} images")
+    bound = max(tolerance, 4 * float32_error)
+    result = {"max_abs_diff": diff, "tolerance": tolerance, "bound": bound, "torch_float32_error": float32_error,
+              "images": int(images.shape[0]), "max_abs_logit": float(np.abs(expected).max())}
+    if not diff <= bound:
+        raise LwparError(f"ONNX parity failed: max |logit difference| {diff:.3g} > {bound:.3g} on "
+                         f"{images.shape[0]} images (PyTorch float32 vs float64: {float32_error:.3g})")
     return result
