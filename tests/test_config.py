@@ -155,3 +155,26 @@ def test_variant_names_and_budgets_are_checked():
     def unknown_method(p):
         p["variants"]["svd_r50"]["decompose"]["methods"]["kxk"] = "magic"
     assert problem(unknown_method).startswith("params.yaml: variants.svd_r50.decompose.methods.kxk: expected one of")
+
+
+@pytest.mark.fault
+def test_remote_targets_and_shared_sensitivity_are_checked():
+    def half_remote(p):
+        p["profile"]["targets"]["local_cpu"]["copy_command"] = "scp {src} dev:{dst}"
+    assert problem(half_remote) == ("params.yaml: profile.targets.local_cpu.remote_dir: "
+                                    "copy_command and remote_dir go together (both set or both null)")
+
+    def copy_without_placeholders(p):
+        p["profile"]["targets"]["local_cpu"].update(copy_command="scp model dev:", remote_dir="/tmp/x")
+    assert problem(copy_without_placeholders).startswith("params.yaml: profile.targets.local_cpu.copy_command: ")
+
+    def from_formula_variant(p):
+        p["variants"]["svd_greedy50"]["decompose"]["rank"]["search"]["sensitivity_from"] = "svd_r50"
+    assert problem(from_formula_variant) == (
+        "params.yaml: variants.svd_greedy50.decompose.rank.search.sensitivity_from: 'svd_r50' is not a "
+        "decomposition variant with a measured rank policy (search or greedy)")
+
+    def from_other_layers(p):
+        p["variants"]["svd_greedy50"]["decompose"]["rank"]["search"]["sensitivity_from"] = "lwalm"
+    assert problem(from_other_layers).endswith("'lwalm' factorizes other layers or by other methods: "
+                                               "its measurements do not apply")

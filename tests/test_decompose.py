@@ -131,6 +131,33 @@ def test_budget_policy_reaches_target_within_two_percent():
     assert abs(count_macs(model, (128, 64)) / total - 0.5) < 0.02
 
 
+@pytest.mark.parametrize("rows,cols,rank,noise", [(64, 288, 5, 0.1), (100, 100, 10, 0.5), (40, 240, 3, 1.0)])
+def test_evbmf_recovers_the_rank_under_noise_and_finds_none_in_noise(rows, cols, rank, noise):
+    from lwpar.decompose._evbmf import evbmf_rank
+
+    rng = np.random.default_rng(0)
+    signal = rng.standard_normal((rows, rank)) @ rng.standard_normal((rank, cols))
+    observed = signal + noise * rng.standard_normal((rows, cols))
+    assert evbmf_rank(observed) == evbmf_rank(observed.T) == rank
+    assert evbmf_rank(noise * rng.standard_normal((rows, cols))) == 0
+
+
+def test_evbmf_policy_gives_low_rank_layers_their_rank():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 48, 1), nn.Conv2d(48, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 96, 1))
+    with torch.no_grad():  # kernels of rank 12 in both channel modes, plus a little noise
+        for conv in (model[1], model[3]):
+            out_channels, in_channels, kh, kw = conv.weight.shape
+            core = torch.randn(12, 12, kh, kw)
+            low = torch.einsum("oa,abhw,ib->oihw", torch.randn(out_channels, 12), core, torch.randn(in_channels, 12))
+            conv.weight.copy_(low + 0.01 * torch.randn_like(low))
+    from lwpar.decompose.search import plan as plan_any
+
+    plan = plan_any(model, ["1", "3"], {"kxk": "tucker2", "pointwise": "svd"}, (16, 16),
+                    {"policy": "evbmf", "multiple": 8}, total_macs=0)
+    assert [entry["rank"] for entry in plan] == [16, 16]  # 12, rounded up to a multiple of 8
+
+
 def _kernel_tensor(cin=64, cout=64, seed=0):
     torch.manual_seed(seed)
     weight = nn.Conv2d(cin, cout, 3).weight.detach()

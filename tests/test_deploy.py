@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import onnx
@@ -110,3 +111,32 @@ def test_profile_result_holds_every_field(tiny_onnx, tmp_path):
                     "speedup_per_mac_reduction"):
             assert key in row
         assert row["speedup"] == 1.0 and row["median_ms"] > 0
+
+
+def test_profile_on_a_target_behind_a_prefix_copies_artifacts_and_worker(tiny_onnx, tmp_path):
+    """A remote target as a device would be reached (`ssh dev` + `scp`), here a prefix that runs the
+    command in a clean environment and `cp`: the artifacts and the standalone worker are copied to
+    remote_dir, the worker runs from there, and the timings come back."""
+    from lwpar.profile import benchmark
+
+    _, path = tiny_onnx
+    remote = tmp_path / "device"
+    target = {"providers": ["CPUExecutionProvider"], "command_prefix": f"env -i PATH={os.environ['PATH']}",
+              "copy_command": "cp {src} {dst}", "remote_dir": str(remote)}
+    cfg = {"batch_sizes": [1], "threads": [1], "warmup": 1, "rounds": 2, "iters_per_round": 1}
+    result = benchmark({"baseline": path, "again": path}, target, cfg)
+    copied = sorted(p.name for p in remote.iterdir())
+    assert "lwpar_bench_worker.py" in copied and sum(name.endswith(".onnx") for name in copied) == 2
+    assert all(result[name]["latency"][0]["median_ms"] > 0 for name in ("baseline", "again"))
+
+
+@pytest.mark.fault
+def test_failing_copy_to_a_target_is_a_clear_error(tiny_onnx, tmp_path):
+    from lwpar.profile import benchmark
+
+    _, path = tiny_onnx
+    target = {"providers": ["CPUExecutionProvider"], "command_prefix": None,
+              "copy_command": "false {src} {dst}", "remote_dir": str(tmp_path / "device")}
+    cfg = {"batch_sizes": [1], "threads": [1], "warmup": 1, "rounds": 1, "iters_per_round": 1}
+    with pytest.raises(LwparError, match=r"copying .*bench_worker.py to the target failed \(false "):
+        benchmark({"baseline": path}, target, cfg)

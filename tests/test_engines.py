@@ -106,6 +106,11 @@ def test_both_engines_agree(repo):
     all_jobs = sorted(stage.job_name(w) for stage, w in pipeline.grid(load_params(work / "params.yaml")))
     assert _run_by_dvc(first.stdout) == all_jobs
     assert _planned_by_snakemake(work) == []
+    # DVC sees the metrics and plots the stages declare.
+    metrics = _dvc(work, "metrics", "show")
+    assert metrics.returncode == 0 and "summary.json" in metrics.stdout and "mA" in metrics.stdout, metrics.stdout
+    plots = _dvc(work, "plots", "show", "--out", "dvc_plots")
+    assert plots.returncode == 0 and (work / "dvc_plots/index.html").stat().st_size > 1000, plots.stderr
 
     # Hand-over to Snakemake: it records which params made the outputs (it judges parameter changes by
     # its own records, and DVC keeps none for it). Nothing is recomputed; DVC stays clean.

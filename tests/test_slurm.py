@@ -59,7 +59,7 @@ def _snakemake_on_cluster(work: Path, cluster: LocalSlurm, params_file: str):
         "--slurm-init-seconds-before-status-checks", "5",
         "--set-threads", *[f"{rule}={n}" for rule, n in capped.items()],
         "--set-resources", *[f"{rule}:cpus_per_task={n}" for rule, n in capped.items()],
-        "train:gpu=0", "finetune:gpu=0",
+        "train:gpu=0", "finetune:gpu=0", "sensitivity:gpu=0",
     ]
     return run_command(args, work, timeout=1500)
 

@@ -161,6 +161,21 @@ def _semantic_problems(params: dict):
     for i, name in enumerate(params["experiment"]["models"]):
         if name not in params["models"]:
             yield f"experiment.models[{i}]", f"unknown model {name!r} (defined: {', '.join(params['models'])})"
+    for name, target in params["profile"]["targets"].items():
+        if bool(target["copy_command"]) != bool(target["remote_dir"]):
+            yield f"profile.targets.{name}.remote_dir", "copy_command and remote_dir go together (both set or both null)"
+    for name, variant in params["variants"].items():
+        rank = variant.get("decompose", {}).get("rank", {})
+        source = rank.get("search", {}).get("sensitivity_from")
+        if source is None:
+            continue
+        other = params["variants"].get(source, {}).get("decompose", {})
+        if other.get("rank", {}).get("policy") not in ("search", "greedy"):
+            yield (f"variants.{name}.decompose.rank.search.sensitivity_from",
+                   f"{source!r} is not a decomposition variant with a measured rank policy (search or greedy)")
+        elif any(other[k] != variant["decompose"][k] for k in ("kinds", "methods", "include_first", "include_heads", "epc")):
+            yield (f"variants.{name}.decompose.rank.search.sensitivity_from",
+                   f"{source!r} factorizes other layers or by other methods: its measurements do not apply")
 
 
 def mirror_dir(params: dict) -> Path | None:

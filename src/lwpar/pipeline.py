@@ -69,6 +69,15 @@ MODELS = ["models/__init__.py", "models/alm.py", "models/backbones.py", "models/
           "runtime.py", "decompose/__init__.py", "decompose/_cp.py", "decompose/factorize.py", "decompose/layers.py",
           "prune.py", "complexity.py"]
 LOADER = ["data/loader.py"]
+SEARCH = ["decompose/search.py", "decompose/_evbmf.py"]
+
+
+def _decompose_inputs(params: dict, w: dict) -> dict[str, str]:
+    inputs = {"model": f"{_run(params, w, 'baseline')}/model.pt"}
+    source = sensitivity_source(params, w["variant"])
+    if source:
+        inputs["sensitivity"] = f"{_run(params, w, source)}/sensitivity.json"
+    return inputs
 
 
 def _source_model(params: dict, w: dict) -> str:
@@ -122,13 +131,24 @@ def stages(params: dict) -> dict[str, Stage]:
             metrics=("summary",), plots=("history",),
         ),
         Stage(
+            name="sensitivity", wildcards=("dataset", "model", "variant"),
+            outputs={"cache": f"{run}/{{variant}}/sensitivity.json"},
+            inputs=lambda p, w: {"model": f"{_run(p, w, 'baseline')}/model.pt", "data": _prepared(p, w["dataset"])},
+            param_keys=lambda p, w: ["seed", "runtime.amp", "evaluate", "train.batch_size",
+                                     f"variants.{w['variant']}.decompose"],
+            args=lambda i, o, w: ["--model", i["model"], "--dataset-dir", i["data"], "--variant", w["variant"],
+                                  "--out", o["cache"]],
+            modules=["stages/sensitivity.py", *SEARCH, "train.py", "losses.py", "evaluation.py", "metrics.py",
+                     *LOADER, *MODELS],
+        ),
+        Stage(
             name="decompose", wildcards=("dataset", "model", "variant"),
             outputs={"model": f"{run}/{{variant}}/compressed.pt", "table": f"{run}/{{variant}}/layers.csv"},
-            inputs=lambda p, w: {"model": f"{_run(p, w, 'baseline')}/model.pt"},
+            inputs=lambda p, w: _decompose_inputs(p, w),
             param_keys=lambda p, w: ["seed", f"variants.{w['variant']}.decompose"],
             args=lambda i, o, w: ["--model", i["model"], "--variant", w["variant"], "--out", o["model"],
-                                  "--table", o["table"]],
-            modules=["stages/decompose.py", "complexity.py", *MODELS],
+                                  "--table", o["table"], *(["--sensitivity", i["sensitivity"]] if "sensitivity" in i else [])],
+            modules=["stages/decompose.py", "stages/sensitivity.py", *SEARCH, "complexity.py", *MODELS],
         ),
         Stage(
             name="prune", wildcards=("dataset", "model", "variant"),
@@ -235,6 +255,7 @@ def grid(params: dict, upto: str | None = None) -> list[tuple[Stage, dict]]:
     pairs = [{"dataset": d, "model": m} for d in experiment["datasets"] for m in experiment["models"]]
     jobs = [(all_stages["data"], {"dataset": d}) for d in experiment["datasets"]]
     jobs += [(all_stages["train"], w) for w in pairs]
+    jobs += [(all_stages["sensitivity"], {**w, "variant": v}) for w in pairs for v in measured_variants(params)]
     for kind in ("decompose", "prune"):
         jobs += [(all_stages[kind], {**w, "variant": v}) for w in pairs for v in variants_of(params, kind)]
     jobs += [(all_stages["finetune"], {**w, "variant": v}) for w in pairs for v in experiment["variants"]]
@@ -253,9 +274,24 @@ def variants_of(params: dict, kind: str) -> list[str]:
     return [v for v in params["experiment"]["variants"] if kind in params["variants"][v]]
 
 
+def sensitivity_source(params: dict, variant: str) -> str | None:
+    """The variant whose sensitivity cache a measured rank policy plans from (itself unless it names
+    another in `rank.search.sensitivity_from`); None for formula policies."""
+    rank = params["variants"][variant].get("decompose", {}).get("rank", {})
+    if rank.get("policy") not in ("search", "greedy"):
+        return None
+    return rank["search"]["sensitivity_from"] or variant
+
+
+def measured_variants(params: dict) -> list[str]:
+    """Variants whose sensitivity is measured: the sources of every decomposition variant in the experiment."""
+    sources = {sensitivity_source(params, v) for v in variants_of(params, "decompose")}
+    return sorted(s for s in sources if s)
+
+
 def variant_pattern(params: dict, kind: str) -> str:
     """A wildcard constraint matching exactly those variants (never matching when there are none)."""
-    names = variants_of(params, kind)
+    names = measured_variants(params) if kind == "sensitivity" else variants_of(params, kind)
     return "|".join(names) if names else "(?!)"
 
 

@@ -1,7 +1,9 @@
 """Latency, throughput and memory of ONNX artifacts on a target, measured honestly.
 
-Each artifact runs in its own fresh worker process (optionally behind a command prefix, e.g. ssh to a
-small device). After warm-up, variants are measured interleaved, round by round, so that slow
+Each artifact runs in its own fresh worker process, optionally on another machine: behind a command
+prefix (e.g. `ssh pi@device`), with the artifacts and the standalone worker copied there first by
+the target's copy command (e.g. `scp {src} pi@device:{dst}`); the results come back over the
+worker's stdout. After warm-up, variants are measured interleaved, round by round, so that slow
 drifts of a noisy machine hit all of them alike; the median, p90 and interquartile range of the
 per-call times are reported per batch size and thread count, and speed-ups are ratios measured in
 the same run.
@@ -42,11 +44,40 @@ def machine_info() -> dict:
     return info
 
 
+def _copy(src: Path, dst: str, target: dict) -> None:
+    command = shlex.split(target["copy_command"].format(src=shlex.quote(str(src)), dst=shlex.quote(dst)))
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise LwparError(f"copying {src} to the target failed ({shlex.join(command)}): "
+                         f"{(done.stderr or done.stdout).strip()[-300:]}")
+
+
+def stage_on_target(artifacts: dict[str, Path], target: dict) -> dict[str, str]:
+    """Where each artifact is on the target. With `copy_command`, the artifacts and the standalone
+    benchmark worker (it needs only numpy and onnxruntime there) are copied to `remote_dir` first."""
+    if not target["copy_command"]:
+        return {name: str(path) for name, path in artifacts.items()}
+    remote = target["remote_dir"].rstrip("/")
+    prefix = shlex.split(target["command_prefix"]) if target["command_prefix"] else []
+    made = subprocess.run([*prefix, "mkdir", "-p", remote], capture_output=True, text=True)
+    if made.returncode != 0:
+        raise LwparError(f"cannot create {remote} on the target: {made.stderr.strip()[-300:]}")
+    _copy(Path(__file__).with_name("bench_worker.py"), f"{remote}/lwpar_bench_worker.py", target)
+    placed = {}
+    for index, (name, path) in enumerate(artifacts.items()):
+        placed[name] = f"{remote}/{index:02d}-{Path(path).parent.name}-{Path(path).name}"
+        _copy(Path(path), placed[name], target)
+    return placed
+
+
 class Worker:
-    def __init__(self, path: Path, target: dict):
+    def __init__(self, path: Path, target: dict, placed: str | None = None):
         prefix = shlex.split(target["command_prefix"]) if target["command_prefix"] else []
-        command = [*prefix, sys.executable if not prefix else "python3", "-m", "lwpar.bench_worker", str(path),
-                   ",".join(target["providers"])]
+        if target["copy_command"]:  # the copied standalone worker, with the target's own python
+            program = ["python3", f"{target['remote_dir'].rstrip('/')}/lwpar_bench_worker.py"]
+        else:
+            program = [sys.executable if not prefix else "python3", "-m", "lwpar.bench_worker"]
+        command = [*prefix, *program, placed or str(path), ",".join(target["providers"])]
         self.path = path
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.peak_rss_mb = self._read()["rss_mb"]
@@ -77,7 +108,8 @@ def benchmark(artifacts: dict[str, Path], target: dict, cfg: dict) -> dict:
     """{name: {"peak_rss_mb", "latency": [{batch, threads, median_ms, p90_ms, iqr_ms, images_per_s}]}}."""
     threads_all = os.cpu_count() or 1
     thread_counts = sorted({threads_all if t == 0 else t for t in cfg["threads"]})
-    workers = {name: Worker(path, target) for name, path in artifacts.items()}
+    placed = stage_on_target(artifacts, target)
+    workers = {name: Worker(path, target, placed[name]) for name, path in artifacts.items()}
     results = {name: {"latency": []} for name in artifacts}
     try:
         for batch in cfg["batch_sizes"]:

@@ -1,3 +1,30 @@
+rule sensitivity:
+    """Score the baseline with one layer at a time factorized (measured rank policies)."""
+    input:
+        unpack(job_inputs("sensitivity")),
+        modules=STAGES["sensitivity"].module_files(),
+    output:
+        **outputs("sensitivity"),
+    params:
+        values=param_values("sensitivity"),
+        cmd=command("sensitivity"),
+    conda:
+        "../envs/lwpar.yaml"
+    wildcard_constraints:
+        variant=pipeline.variant_pattern(P, "sensitivity"),
+    log:
+        "logs/sensitivity/{dataset}/{model}/{variant}.log",
+    benchmark:
+        "logs/benchmarks/sensitivity/{dataset}/{model}/{variant}.tsv"
+    threads: 2
+    resources:
+        mem_mb=lambda wildcards, attempt: 8000 * attempt,
+        runtime=lambda wildcards, attempt: 240 * attempt,
+        gpu=1,  # hundreds of validation passes
+    shell:
+        "{params.cmd} > {log} 2>&1"
+
+
 rule decompose:
     """Factorize the baseline's layers as the variant's recipe says."""
     input:

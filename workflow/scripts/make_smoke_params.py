@@ -16,6 +16,8 @@ EDITS = {
     "    input_size: [128, 64]         #": "    input_size: [64, 32]          #",
     "\n  batch_size: 64\n  lr": "\n  batch_size: 32\n  lr",
     "  calibration_images: 256 ": "  calibration_images: 64  ",
+    "val_images: 512, calibration_batches: 4, fractions: [0.1, 0.2, 0.3, 0.5, 0.7]":
+        "val_images: 64, calibration_batches: 2, fractions: [0.1, 0.3, 0.5]",
 
 }
 

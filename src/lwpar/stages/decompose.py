@@ -15,6 +15,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--variant", required=True, help="variant name in params variants")
     parser.add_argument("--out", required=True, type=Path, help="decomposed model file to write")
     parser.add_argument("--table", required=True, type=Path, help="per-layer table (CSV) to write")
+    parser.add_argument("--sensitivity", type=Path, help="sensitivity cache (measured rank policies: search, greedy)")
 
 
 def run(args, params) -> None:
@@ -24,7 +25,9 @@ def run(args, params) -> None:
 
     from lwpar import LwparError
     from lwpar.complexity import count_macs, count_params
-    from lwpar.decompose.factorize import apply_plan, factorized_macs, original_macs, plan_ranks, select_layers
+    from lwpar.decompose.factorize import apply_plan, factorized_macs, original_macs, select_layers
+    from lwpar.decompose.search import MEASURED, SensitivityProbe, load_cache, plan
+    from lwpar.stages.sensitivity import cache_settings
     from lwpar.io import write_csv
     from lwpar.runtime import load_model, save_model
 
@@ -41,9 +44,17 @@ def run(args, params) -> None:
     names = select_layers(model, recipe["kinds"], recipe["include_first"], recipe["include_heads"])
     if not names:
         raise LwparError(f"variant {args.variant}: no layer of kinds {recipe['kinds']} to factorize in this model")
-    plan = plan_ranks(model, names, recipe["methods"], size, recipe["rank"], total_macs=macs_before)
-    bar = tqdm(total=len(plan), desc=f"decompose {args.variant}", disable=None)
-    rows = apply_plan(model, plan, seed=params["seed"], epc=recipe["epc"], progress=lambda *_: bar.update())
+    probe = None
+    if recipe["rank"]["policy"] in MEASURED:
+        if args.sensitivity is None:
+            raise LwparError(f"variant {args.variant}: rank policy {recipe['rank']['policy']!r} needs --sensitivity")
+        # the baseline the cache was measured on, and the settings, must be this plan's
+        probe = SensitivityProbe(model, cache=load_cache(args.sensitivity, cache_settings(params, recipe, args.model)))
+    chosen = plan(model, names, recipe["methods"], size, recipe["rank"], macs_before, probe)
+    if not chosen:
+        raise LwparError(f"variant {args.variant}: the rank policy leaves every layer as it is")
+    bar = tqdm(total=len(chosen), desc=f"decompose {args.variant}", disable=None)
+    rows = apply_plan(model, chosen, seed=params["seed"], epc=recipe["epc"], progress=lambda *_: bar.update())
     bar.close()
     for row in rows:
         shape = row.pop("shape")

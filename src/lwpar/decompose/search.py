@@ -1,0 +1,189 @@
+"""Rank selection beyond fixed formulas: EVBMF estimates, the LWALM per-layer search and an
+AIMET-style greedy allocation of a global MAC budget.
+
+The two measured policies score the model with one layer at a time replaced by its rank-r
+factorization, BatchNorm statistics re-estimated on training batches, on a fixed validation subset
+(never the test split). Every measurement lands in one sensitivity cache, keyed by layer, method
+and rank, that is written as an artifact: a later plan (another budget, another eps) replays from
+it and measures only what it lacks.
+
+- `search` (LWALM, Jha et al. 2023): per layer, a binary search over ranks (multiples of
+  `multiple` up to the rank whose factors cost as much as the layer) for the smallest rank that
+  loses at most `eps` of the metric against the unmodified model, BatchNorm re-estimated the same
+  way; a layer that loses more than `eps` even at that rank is left alone.
+- `greedy` (as AIMET's greedy compression-ratio selection): per layer, scores at a grid of
+  parameter fractions; then one accuracy threshold for all layers, each taking its cheapest rank
+  that scores at least the threshold, with the threshold lowered until the model's MACs reach
+  `macs_fraction` of the original.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+from torch import nn
+
+from lwpar import LwparError
+from lwpar.decompose import layers as L
+from lwpar.decompose._evbmf import evbmf_rank
+from lwpar.decompose.factorize import _replace, factorize_layer, factorized_macs, original_macs, plan_ranks
+
+MEASURED = ("search", "greedy")
+BASELINE = "baseline"
+
+
+class SensitivityProbe:
+    """Scores of the model with one layer factorized; `score(model)` and `recalibrate(model)` are
+    supplied by the caller (validation subset, training batches). Without them the probe only
+    replays its cache and names what is missing."""
+
+    def __init__(self, model: nn.Module, score=None, recalibrate=None, seed: int = 0, epc: dict | None = None,
+                 cache: dict | None = None):
+        self.model, self.score, self.recalibrate, self.seed, self.epc = model, score, recalibrate, seed, epc
+        self.cache = dict(cache or {})
+        self.measured = 0
+
+    @staticmethod
+    def key(layer: str, method: str, rank: int) -> str:
+        return f"{layer}|{method}|{rank}"
+
+    def _measure(self, key: str, prepare=None) -> float:
+        if key in self.cache:
+            return self.cache[key]
+        if self.score is None:
+            raise LwparError(f"sensitivity cache has no score for {key}: run the sensitivity stage for this variant")
+        norms = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        saved = [copy.deepcopy(m.state_dict()) for m in norms]
+        restore = prepare() if prepare else None
+        try:
+            if self.recalibrate:
+                self.recalibrate(self.model)
+            value = float(self.score(self.model.eval()))
+        finally:
+            if restore:
+                restore()
+            for m, state in zip(norms, saved):
+                m.load_state_dict(state)
+            self.model.eval()
+        self.cache[key] = value
+        self.measured += 1
+        return value
+
+    def baseline(self) -> float:
+        """The unmodified model's score, BatchNorm re-estimated like every probe's."""
+        return self._measure(BASELINE)
+
+    def __call__(self, entry: dict, rank: int) -> float:
+        name = entry["layer"]
+
+        def prepare():
+            original = self.model.get_submodule(name)
+            replacement, _ = factorize_layer(original, entry["method"], rank, self.seed, self.epc)
+            _replace(self.model, name, replacement.to(next(original.parameters()).device))
+            return lambda: _replace(self.model, name, original)
+        return self._measure(self.key(name, entry["method"], rank), prepare)
+
+
+def candidate_ranks(entry: dict, multiple: int) -> list[int]:
+    """Multiples of `multiple` up to the rank whose factors cost as much as the layer itself."""
+    top = L.rank_for_fraction(entry["method"], entry["shape"], 1.0, multiple)
+    return list(range(multiple, top + 1, multiple)) or [top]
+
+
+def lwalm_search(probe: SensitivityProbe, info: list[dict], eps: float, multiple: int) -> list[dict]:
+    reference = probe.baseline()
+    plan = []
+    for entry in info:
+        ranks = candidate_ranks(entry, multiple)
+        if reference - probe(entry, ranks[-1]) > eps:
+            continue  # even the costliest factorization loses too much: the layer stays as it is
+        lo, hi = 0, len(ranks) - 1
+        while lo < hi:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if reference - probe(entry, ranks[mid]) <= eps else (mid + 1, hi)
+        plan.append({**entry, "rank": ranks[lo], "val_drop": reference - probe(entry, ranks[lo])})
+    return plan
+
+
+def greedy_allocation(probe: SensitivityProbe, info: list[dict], fractions: list[float], multiple: int,
+                      macs_fraction: float, total_macs: int) -> list[dict]:
+    reference = probe.baseline()
+    curves = []  # per layer: (rank, MACs, score), cheapest first
+    for entry in info:
+        ranks = sorted({L.rank_for_fraction(entry["method"], entry["shape"], f, multiple) for f in fractions})
+        curves.append([(r, factorized_macs(entry["method"], entry["shape"], r, entry["io"]), probe(entry, r))
+                       for r in ranks])
+    fixed = total_macs - sum(original_macs(e["shape"], e["io"]) for e in info)
+    target = macs_fraction * total_macs
+
+    def choose(threshold):
+        picks = []
+        for entry, curve in zip(info, curves):
+            good = [(macs, rank, score) for rank, macs, score in curve
+                    if score >= threshold and macs < original_macs(entry["shape"], entry["io"])]
+            picks.append(min(good) if good else None)
+        cost = fixed + sum(p[0] if p else original_macs(e["shape"], e["io"]) for e, p in zip(info, picks))
+        return cost, picks
+
+    thresholds = sorted({s for curve in curves for *_, s in curve} | {reference}, reverse=True)
+    for threshold in thresholds:  # the highest accuracy floor whose cheapest choices meet the budget
+        cost, picks = choose(threshold)
+        if cost <= target:
+            break
+    else:
+        raise LwparError(f"MAC budget {macs_fraction:g} is out of reach with parameter fractions {fractions}: "
+                         f"the cheapest ranks still cost {cost / total_macs:.3f} of the model's MACs")
+    return [{**e, "rank": p[1], "val_drop": reference - p[2]} for e, p in zip(info, picks) if p]
+
+
+def evbmf_ranks(model: nn.Module, info: list[dict], multiple: int) -> list[dict]:
+    """The largest EVBMF rank of the kernel's output- and input-channel unfoldings, rounded up."""
+    plan = []
+    for entry in info:
+        weight = model.get_submodule(entry["layer"]).weight.detach().double().cpu()
+        out_channels, in_channels = weight.shape[:2]
+        unfoldings = (weight.reshape(out_channels, -1), weight.transpose(0, 1).reshape(in_channels, -1))
+        keep = max(1, *(evbmf_rank(u.numpy()) for u in unfoldings))
+        rounded = int(np.ceil(keep / multiple)) * multiple if multiple else keep
+        plan.append({**entry, "rank": min(rounded, max(min(out_channels, in_channels), 1))})
+    return plan
+
+
+def plan(model: nn.Module, names: list[str], methods: dict, input_size, policy: dict, total_macs: int,
+         probe: SensitivityProbe | None = None) -> list[dict]:
+    """Ranks per layer under any policy: the formula policies of `plan_ranks`, or evbmf / search / greedy."""
+    name = policy["policy"]
+    if name not in ("evbmf", *MEASURED):
+        return plan_ranks(model, names, methods, input_size, policy, total_macs=total_macs)
+    info = plan_ranks(model, names, methods, input_size, {**policy, "policy": "ratio", "fraction": 1.0},
+                      total_macs=total_macs)  # layer, kind, method, shape and I/O sizes; ranks replaced below
+    multiple = policy["multiple"]
+    if name == "evbmf":
+        return evbmf_ranks(model, info, multiple)
+    if probe is None:
+        raise LwparError(f"rank policy {name!r} measures accuracy: it needs a sensitivity probe")
+    settings = policy["search"]
+    if name == "search":
+        return lwalm_search(probe, info, settings["eps"], multiple)
+    return greedy_allocation(probe, info, settings["fractions"], multiple, policy["macs_fraction"], total_macs)
+
+
+def save_cache(path: Path, probe: SensitivityProbe, meta: dict) -> None:
+    from lwpar.io import write_json
+
+    write_json(path, {**meta, "scores": probe.cache})
+
+
+def load_cache(path: Path, meta: dict) -> dict:
+    """Scores from a sensitivity artifact, refused when it was measured under other settings."""
+    try:
+        blob = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise LwparError(f"{path}: unreadable sensitivity cache ({error})") from None
+    for key, value in meta.items():
+        if blob.get(key) != value:
+            raise LwparError(f"{path}: measured with {key}={blob.get(key)!r}, this plan needs {value!r}")
+    return blob["scores"]

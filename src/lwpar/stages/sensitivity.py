@@ -1,0 +1,93 @@
+"""Measure per-layer sensitivity for a variant whose rank policy is measured (`search`, the LWALM
+binary search, or `greedy`, the AIMET-style budget allocation): the validation score of the
+baseline with one layer at a time factorized at a given rank, BatchNorm re-estimated on training
+batches. Never touches the test split.
+
+Writes the sensitivity cache (JSON): the scores, keyed by layer, method and rank, and the settings
+they were measured under. The decompose stage plans from it, for this variant or for any variant
+that names it in `rank.search.sensitivity_from`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--model", required=True, type=Path, help="trained model.pt")
+    parser.add_argument("--dataset-dir", required=True, type=Path, help="prepared dataset (train and val splits)")
+    parser.add_argument("--variant", required=True, help="variant name in params variants")
+    parser.add_argument("--out", required=True, type=Path, help="sensitivity cache (JSON) to write")
+
+
+def cache_settings(params: dict, recipe: dict, model_file: Path) -> dict:
+    """What the scores depend on besides layer, method and rank; a cache is reused only if they match."""
+    from lwpar.io import sha256_file
+
+    search = recipe["rank"]["search"]
+    return {"baseline_sha256": sha256_file(model_file), "seed": params["seed"], "epc": recipe["epc"],
+            "metric": search["metric"], "val_images": search["val_images"],
+            "calibration_batches": search["calibration_batches"]}
+
+
+def run(args, params) -> None:
+    import time
+
+    from tqdm import tqdm
+
+    from lwpar import LwparError
+    from lwpar.complexity import count_macs
+    import torch
+
+    from lwpar.data.loader import ImageTable, Prepared, build_transform, make_loader
+    from lwpar.decompose.factorize import select_layers
+    from lwpar.decompose.search import MEASURED, SensitivityProbe, plan, save_cache
+    from lwpar.metrics import pedestrian_metrics
+    from lwpar.runtime import configure, load_model, seed_everything
+    from lwpar.train import recalibrate_batchnorm
+
+    recipe = params["variants"].get(args.variant, {}).get("decompose")
+    if recipe is None or recipe["rank"]["policy"] not in MEASURED:
+        raise LwparError(f"--variant {args.variant!r}: not a decomposition variant with a measured rank policy "
+                         f"({' or '.join(MEASURED)})")
+    search = recipe["rank"]["search"]
+    device = configure(params)
+    seed_everything(params["seed"])
+    model, blob = load_model(args.model)
+    if blob.get("structure"):
+        raise LwparError(f"{args.model}: already compressed; measure a trained baseline")
+    model.to(device).eval()
+    size = blob["model_cfg"]["input_size"]
+    data = Prepared(args.dataset_dir)
+    plain = build_transform(size, False)
+    batch, threshold = params["evaluate"]["batch_size"], params["evaluate"]["threshold"]
+    # Decoded once: every probe sees the same validation images and calibration batches.
+    val_paths, val_labels = data.split("val", limit=search["val_images"])
+    val_images = torch.stack([ImageTable(val_paths, val_labels, plain)[i][0] for i in range(len(val_paths))])
+    train_paths, train_labels = data.split("train")
+    loader = make_loader(train_paths, train_labels, plain, params["train"]["batch_size"], 0, shuffle=True,
+                         seed=params["seed"])
+    calibration = [b for _, b in zip(range(search["calibration_batches"]), loader)]
+    bar = tqdm(desc=f"sensitivity {args.variant}", unit="probe", disable=None)
+
+    @torch.no_grad()
+    def score(m):
+        bar.update()
+        probs = torch.cat([torch.sigmoid(m(chunk.to(device)).float()).cpu() for chunk in val_images.split(batch)])
+        return pedestrian_metrics(val_labels, probs.numpy(), threshold)[search["metric"]]
+
+    def recalibrate(m):
+        recalibrate_batchnorm(m, calibration, device, max_batches=len(calibration))
+
+    started = time.time()
+    probe = SensitivityProbe(model, score, recalibrate if calibration else None, seed=params["seed"], epc=recipe["epc"])
+    names = select_layers(model, recipe["kinds"], recipe["include_first"], recipe["include_heads"])
+    if not names:
+        raise LwparError(f"variant {args.variant}: no layer of kinds {recipe['kinds']} to factorize in this model")
+    chosen = plan(model, names, recipe["methods"], size, recipe["rank"], count_macs(model, size), probe)
+    bar.close()
+    save_cache(args.out, probe, {**cache_settings(params, recipe, args.model), "variant": args.variant,
+                                 "seconds": round(time.time() - started, 1),
+                                 "plan": [{"layer": e["layer"], "rank": e["rank"]} for e in chosen]})
+    print(f"{args.variant}: {probe.measured} probes in {time.time() - started:.0f} s; "
+          f"{len(chosen)} of {len(names)} layers get a rank")

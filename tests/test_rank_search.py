@@ -1,0 +1,109 @@
+"""Measured rank selection: the LWALM per-layer binary search, the greedy budget allocation, and the
+sensitivity cache they share (replayed without measuring, refused when measured otherwise)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from lwpar import LwparError
+from lwpar.complexity import count_macs
+from lwpar.decompose.factorize import apply_plan, select_layers
+from lwpar.decompose.search import SensitivityProbe, candidate_ranks, load_cache, plan, save_cache
+
+SIZE = (16, 16)
+SETTINGS = {"eps": 0.02, "metric": "mA", "val_images": None, "calibration_batches": 0,
+            "fractions": [0.1, 0.25, 0.5, 0.75], "sensitivity_from": None}
+
+
+def _model():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+                          nn.Conv2d(32, 48, 3, padding=1), nn.BatchNorm2d(48), nn.ReLU(),
+                          nn.Conv2d(48, 64, 1), nn.ReLU(), nn.Conv2d(64, 40, 1))
+    with torch.no_grad():  # trained kernels are far from full rank: rank 12 in both channel modes, plus noise
+        for conv in (model[3], model[6], model[8]):
+            out_channels, in_channels, kh, kw = conv.weight.shape
+            core = torch.randn(12, 12, kh, kw)
+            low = torch.einsum("oa,abhw,ib->oihw", torch.randn(out_channels, 12), core, torch.randn(in_channels, 12))
+            conv.weight.copy_(low / low.norm() * conv.weight.norm() + 0.02 * conv.weight)
+    return model.eval()
+
+
+def _probe(model, cache=None):
+    """Score: 1 - relative output error against the unmodified model, on fixed inputs."""
+    x = torch.randn(8, 3, *SIZE, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        reference = model(x)
+    calls = []
+
+    def score(m):
+        with torch.no_grad():
+            return 1 - float((m(x) - reference).norm() / reference.norm())
+
+    def recalibrate(m):
+        calls.append(m)
+
+    probe = SensitivityProbe(model, score, recalibrate, cache=cache)
+    probe.recalibrations = calls
+    return probe
+
+
+def _policy(name, **extra):
+    return {"policy": name, "fraction": 0.5, "energy": 0.9, "macs_fraction": 0.6, "multiple": 8,
+            "search": {**SETTINGS, **extra}}
+
+
+def _plan(model, policy, probe):
+    names = select_layers(model, ["kxk", "pointwise"])
+    return plan(model, names, {"kxk": "tucker2", "pointwise": "svd"}, SIZE, policy, count_macs(model, SIZE), probe)
+
+
+def test_search_picks_the_smallest_rank_within_eps_for_each_layer():
+    model = _model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    probe = _probe(model)
+    chosen = _plan(model, _policy("search"), probe)
+    assert chosen, "some layer must be compressible within eps"
+    reference = probe.baseline()
+    for entry in chosen:
+        ranks = candidate_ranks(entry, 8)
+        drops = [reference - probe(entry, r) for r in ranks]  # every candidate, measured (or cached)
+        within = [r for r, d in zip(ranks, drops) if d <= 0.02]
+        assert entry["rank"] == min(within), (entry["layer"], list(zip(ranks, drops)))
+    # probing leaves the model, its BatchNorm statistics included, exactly as it was
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert probe.recalibrations, "every probe re-estimates BatchNorm first"
+
+
+def test_greedy_meets_the_mac_budget_and_a_tighter_budget_replays_from_the_cache():
+    model = _model()
+    total = count_macs(model, SIZE)
+    probe = _probe(model)
+    chosen = _plan(model, _policy("greedy"), probe)
+    measured = probe.measured
+    trial = _model()
+    apply_plan(trial, chosen, decompose=False)
+    assert count_macs(trial, SIZE) <= 0.6 * total
+
+    replay = SensitivityProbe(model, cache=probe.cache)  # no score function: cache only
+    tighter = _plan(model, _policy("greedy") | {"macs_fraction": 0.3}, replay)
+    assert replay.measured == 0 and measured > 0
+    trial = _model()
+    apply_plan(trial, tighter, decompose=False)
+    assert count_macs(trial, SIZE) <= 0.3 * total
+
+
+def test_cache_round_trips_and_is_refused_under_other_settings(tmp_path):
+    model = _model()
+    probe = _probe(model)
+    chosen = _plan(model, _policy("search"), probe)
+    meta = {"baseline_sha256": "abc", "seed": 0, "metric": "mA"}
+    save_cache(tmp_path / "s.json", probe, meta)
+    replayed = _plan(model, _policy("search"), SensitivityProbe(model, cache=load_cache(tmp_path / "s.json", meta)))
+    assert [(e["layer"], e["rank"]) for e in replayed] == [(e["layer"], e["rank"]) for e in chosen]
+    with pytest.raises(LwparError, match=r"s.json: measured with metric='mA', this plan needs 'f1'"):
+        load_cache(tmp_path / "s.json", {**meta, "metric": "f1"})
+    with pytest.raises(LwparError, match=r"sensitivity cache has no score for .*: run the sensitivity stage"):
+        _plan(model, _policy("search", eps=0.004), SensitivityProbe(model, cache=load_cache(tmp_path / "s.json", meta)))
