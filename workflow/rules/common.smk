@@ -14,6 +14,12 @@ except ParamsError as exc:
 config.clear()
 config.update(P)
 STAGES = pipeline.stages(P)
+
+# Training, evaluation and compression jobs use every core of the machine (PyTorch and ONNX Runtime
+# thread pools), so each claims every core granted to Snakemake: they run one at a time, and never
+# oversubscribe the CPU (on 2 cores, four concurrent 2-thread jobs ran several times slower than
+# the same jobs in turn). Cluster profiles set their threads per rule instead.
+HEAVY_THREADS = workflow.cores
 final_targets = pipeline.final_targets
 
 wildcard_constraints:

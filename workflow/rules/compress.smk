@@ -16,7 +16,7 @@ rule sensitivity:
         "logs/sensitivity/{dataset}/{model}/{variant}.log",
     benchmark:
         "logs/benchmarks/sensitivity/{dataset}/{model}/{variant}.tsv"
-    threads: 2
+    threads: HEAVY_THREADS
     resources:
         mem_mb=lambda wildcards, attempt: 8000 * attempt,
         runtime=lambda wildcards, attempt: 240 * attempt,
@@ -43,7 +43,7 @@ rule decompose:
         "logs/decompose/{dataset}/{model}/{variant}.log",
     benchmark:
         "logs/benchmarks/decompose/{dataset}/{model}/{variant}.tsv"
-    threads: 2
+    threads: HEAVY_THREADS
     resources:
         mem_mb=lambda wildcards, attempt: 8000 * attempt,
         runtime=lambda wildcards, attempt: 60 * attempt,
@@ -69,7 +69,7 @@ rule prune:
         "logs/prune/{dataset}/{model}/{variant}.log",
     benchmark:
         "logs/benchmarks/prune/{dataset}/{model}/{variant}.tsv"
-    threads: 2
+    threads: HEAVY_THREADS
     resources:
         mem_mb=lambda wildcards, attempt: 8000 * attempt,
         runtime=lambda wildcards, attempt: 60 * attempt,
@@ -93,7 +93,7 @@ rule finetune:
         "logs/finetune/{dataset}/{model}/{variant}.log",
     benchmark:
         "logs/benchmarks/finetune/{dataset}/{model}/{variant}.tsv"
-    threads: 2
+    threads: HEAVY_THREADS
     resources:
         mem_mb=lambda wildcards, attempt: 8000 * attempt,
         runtime=lambda wildcards, attempt: 120 * attempt,

@@ -42,7 +42,7 @@ rule quantize:
         "logs/benchmarks/quantize/{dataset}/{model}/{name}.tsv"
     wildcard_constraints:
         name="[A-Za-z0-9_]+",
-    threads: 2
+    threads: HEAVY_THREADS
     resources:
         mem_mb=lambda wildcards, attempt: 4000 * attempt,
         runtime=lambda wildcards, attempt: 30 * attempt,
@@ -68,7 +68,7 @@ rule evaluate:
         "logs/benchmarks/evaluate/{dataset}/{model}/{name}.tsv"
     wildcard_constraints:
         name="[A-Za-z0-9_+]+",
-    threads: 2
+    threads: HEAVY_THREADS
     resources:
         mem_mb=lambda wildcards, attempt: 4000 * attempt,
         runtime=lambda wildcards, attempt: 30 * attempt,

@@ -14,7 +14,7 @@ rule train:
         "logs/train/{dataset}/{model}.log",
     benchmark:
         "logs/benchmarks/train/{dataset}/{model}.tsv"
-    threads: 2
+    threads: HEAVY_THREADS
     resources:
         mem_mb=lambda wildcards, attempt: 8000 * attempt,
         runtime=lambda wildcards, attempt: 120 * attempt,
