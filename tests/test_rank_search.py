@@ -9,7 +9,7 @@ from torch import nn
 
 from lwpar import LwparError
 from lwpar.complexity import count_macs
-from lwpar.decompose.factorize import apply_plan, select_layers
+from lwpar.decompose.factorize import apply_plan, factorized_macs, original_macs, select_layers
 from lwpar.decompose.search import SensitivityProbe, candidate_ranks, load_cache, plan, save_cache
 
 SIZE = (16, 16)
@@ -69,6 +69,8 @@ def test_search_picks_the_smallest_rank_within_eps_for_each_layer():
     reference = probe.baseline()
     for entry in chosen:
         ranks = candidate_ranks(entry, 8)
+        assert all(factorized_macs(entry["method"], entry["shape"], r, entry["io"]) <
+                   original_macs(entry["shape"], entry["io"]) for r in ranks), "no candidate may cost more"
         drops = [reference - probe(entry, r) for r in ranks]  # every candidate, measured (or cached)
         within = [r for r, d in zip(ranks, drops) if d <= 0.02]
         assert entry["rank"] == min(within), (entry["layer"], list(zip(ranks, drops)))

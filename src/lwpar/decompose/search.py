@@ -88,9 +88,12 @@ class SensitivityProbe:
 
 
 def candidate_ranks(entry: dict, multiple: int) -> list[int]:
-    """Multiples of `multiple` up to the rank whose factors cost as much as the layer itself."""
+    """Multiples of `multiple` whose factorized layer costs fewer MACs than the layer itself (rounding
+    the break-even rank up to a multiple could otherwise make a "compressed" layer dearer)."""
     top = L.rank_for_fraction(entry["method"], entry["shape"], 1.0, multiple)
-    return list(range(multiple, top + 1, multiple)) or [top]
+    before = original_macs(entry["shape"], entry["io"])
+    return [r for r in range(multiple, top + 1, multiple)
+            if factorized_macs(entry["method"], entry["shape"], r, entry["io"]) < before]
 
 
 def lwalm_search(probe: SensitivityProbe, info: list[dict], eps: float, multiple: int) -> list[dict]:
@@ -98,7 +101,7 @@ def lwalm_search(probe: SensitivityProbe, info: list[dict], eps: float, multiple
     plan = []
     for entry in info:
         ranks = candidate_ranks(entry, multiple)
-        if reference - probe(entry, ranks[-1]) > eps:
+        if not ranks or reference - probe(entry, ranks[-1]) > eps:
             continue  # even the costliest factorization loses too much: the layer stays as it is
         lo, hi = 0, len(ranks) - 1
         while lo < hi:
