@@ -108,7 +108,7 @@ def test_both_engines_agree(repo):
     assert _planned_by_snakemake(work) == []
     # DVC sees the metrics and plots the stages declare.
     metrics = _dvc(work, "metrics", "show")
-    assert metrics.returncode == 0 and "summary.json" in metrics.stdout and "mA" in metrics.stdout, metrics.stdout
+    assert metrics.returncode == 0 and "train.json" in metrics.stdout and "mA" in metrics.stdout, metrics.stdout
     plots = _dvc(work, "plots", "show", "--out", "dvc_plots")
     assert plots.returncode == 0 and (work / "dvc_plots/index.html").stat().st_size > 1000, plots.stderr
 
