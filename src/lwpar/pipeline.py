@@ -148,7 +148,7 @@ def stages(params: dict) -> dict[str, Stage]:
             param_keys=lambda p, w: ["seed", f"variants.{w['variant']}.decompose"],
             args=lambda i, o, w: ["--model", i["model"], "--variant", w["variant"], "--out", o["model"],
                                   "--table", o["table"], *(["--sensitivity", i["sensitivity"]] if "sensitivity" in i else [])],
-            modules=["stages/decompose.py", "stages/sensitivity.py", *SEARCH, "complexity.py", *MODELS],
+            modules=["stages/decompose.py", *SEARCH, "complexity.py", *MODELS],
         ),
         Stage(
             name="prune", wildcards=("dataset", "model", "variant"),

@@ -174,6 +174,16 @@ def plan(model: nn.Module, names: list[str], methods: dict, input_size, policy: 
     return greedy_allocation(probe, info, settings["fractions"], multiple, policy["macs_fraction"], total_macs)
 
 
+def cache_settings(params: dict, recipe: dict, model_file: Path) -> dict:
+    """What the scores depend on besides layer, method and rank; a cache is reused only if they match."""
+    from lwpar.io import sha256_file
+
+    search = recipe["rank"]["search"]
+    return {"baseline_sha256": sha256_file(model_file), "seed": params["seed"], "epc": recipe["epc"],
+            "metric": search["metric"], "val_images": search["val_images"],
+            "calibration_batches": search["calibration_batches"]}
+
+
 def save_cache(path: Path, probe: SensitivityProbe, meta: dict) -> None:
     from lwpar.io import write_json
 

@@ -26,8 +26,7 @@ def run(args, params) -> None:
     from lwpar import LwparError
     from lwpar.complexity import count_macs, count_params
     from lwpar.decompose.factorize import apply_plan, factorized_macs, original_macs, select_layers
-    from lwpar.decompose.search import MEASURED, SensitivityProbe, load_cache, plan
-    from lwpar.stages.sensitivity import cache_settings
+    from lwpar.decompose.search import MEASURED, SensitivityProbe, cache_settings, load_cache, plan
     from lwpar.io import write_csv
     from lwpar.runtime import load_model, save_model
 

@@ -20,16 +20,6 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="sensitivity cache (JSON) to write")
 
 
-def cache_settings(params: dict, recipe: dict, model_file: Path) -> dict:
-    """What the scores depend on besides layer, method and rank; a cache is reused only if they match."""
-    from lwpar.io import sha256_file
-
-    search = recipe["rank"]["search"]
-    return {"baseline_sha256": sha256_file(model_file), "seed": params["seed"], "epc": recipe["epc"],
-            "metric": search["metric"], "val_images": search["val_images"],
-            "calibration_batches": search["calibration_batches"]}
-
-
 def run(args, params) -> None:
     import time
 
@@ -41,7 +31,7 @@ def run(args, params) -> None:
 
     from lwpar.data.loader import ImageTable, Prepared, build_transform, make_loader
     from lwpar.decompose.factorize import select_layers
-    from lwpar.decompose.search import MEASURED, SensitivityProbe, plan, save_cache
+    from lwpar.decompose.search import MEASURED, SensitivityProbe, cache_settings, plan, save_cache
     from lwpar.metrics import pedestrian_metrics
     from lwpar.runtime import configure, load_model, seed_everything
     from lwpar.train import recalibrate_batchnorm
