@@ -212,3 +212,20 @@ def test_sidecar_records_sources_and_rates(tmp_path):
     train = table[table.split == "train"]
     for attribute, rate in saved["positive_rate_train"].items():
         assert rate == pytest.approx(train[attribute].mean())
+
+
+def test_manifest_opens_the_folder_and_refuses_a_changed_one(tmp_path):
+    from lwpar.data.loader import Prepared
+
+    params, _ = make(tmp_path)
+    out = tmp_path / "prepared"
+    manifest = tmp_path / "prepared.manifest.json"
+    prepare(params, "peta", out, tmp_path / "downloads", manifest)
+    record = json.loads(manifest.read_text())
+    table = pd.read_csv(out / "samples.csv")
+    assert record["folder"] == "prepared" and record["images"] == len(table)
+    assert record["images_bytes"] == sum((out / p).stat().st_size for p in table.image)
+    assert Prepared(manifest).split("train")[0] == Prepared(out).split("train")[0]
+    (out / "samples.csv").write_text((out / "samples.csv").read_text().replace(",train,", ",test,", 1))
+    with pytest.raises(LwparError, match=r"prepared.manifest.json: does not match .*samples.csv .*rerun `lwpar data`"):
+        Prepared(manifest)

@@ -57,7 +57,9 @@ class Stage:
 
 
 def _prepared(params: dict, dataset: str) -> str:
-    return f"{params['paths']['data']}/prepared/{dataset}"
+    """What stages that read a dataset depend on: the prepared folder's manifest, not the folder
+    (DVC would hash the folder's every image once per dependent stage on each `dvc status`)."""
+    return f"{params['paths']['data']}/prepared/{dataset}.manifest.json"
 
 
 def _run(params: dict, w: dict, name: str) -> str:
@@ -109,11 +111,12 @@ def stages(params: dict) -> dict[str, Stage]:
     return {s.name: s for s in [
         Stage(
             name="data", wildcards=("dataset",),
-            outputs={"prepared": f"{data_dir}/prepared/{{dataset}}"},
+            outputs={"prepared": f"{data_dir}/prepared/{{dataset}}",
+                     "manifest": f"{data_dir}/prepared/{{dataset}}.manifest.json"},
             directories=("prepared",),
             inputs=lambda p, w: {},
             param_keys=lambda p, w: ["seed", f"datasets.{w['dataset']}"],
-            args=lambda i, o, w: ["--dataset", w["dataset"], "--out", o["prepared"],
+            args=lambda i, o, w: ["--dataset", w["dataset"], "--out", o["prepared"], "--manifest", o["manifest"],
                                   "--download-dir", f"{data_dir}/downloads"],
             modules=["stages/data.py", "data/__init__.py", "data/prepare.py", "data/download.py",
                      "data/archive.py", "data/parsers.py", "data/peta.py"],

@@ -11,17 +11,22 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from lwpar import LwparError
-from lwpar.io import read_json
+from lwpar.io import read_json, sha256_file
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class Prepared:
-    """A prepared dataset folder: `samples.csv` + `dataset.json` + images."""
+    """A prepared dataset folder: `samples.csv` + `dataset.json` + images.
 
-    def __init__(self, folder: str | Path):
-        self.folder = Path(folder)
+    Opened from the folder or from the manifest `lwpar data` writes beside it (what pipeline stages
+    get); a manifest must still match the folder's table and sidecar.
+    """
+
+    def __init__(self, path: str | Path):
+        path = Path(path)
+        self.folder = _folder_of_manifest(path) if path.is_file() else path
         self.meta = read_json(self.folder / "dataset.json")
         table = self.folder / "samples.csv"
         if not table.is_file():
@@ -41,6 +46,19 @@ class Prepared:
 
     def positive_rates(self) -> np.ndarray:
         return np.array([self.meta["positive_rate_train"][a] for a in self.attributes], dtype=np.float32)
+
+
+def _folder_of_manifest(manifest: Path) -> Path:
+    record = read_json(manifest)
+    if not isinstance(record, dict) or "folder" not in record:
+        raise LwparError(f"{manifest}: not a dataset manifest (expected a prepared folder or its .manifest.json)")
+    folder = manifest.parent / record["folder"]
+    for name, key in (("samples.csv", "samples_sha256"), ("dataset.json", "dataset_sha256")):
+        if not (folder / name).is_file():
+            raise LwparError(f"{folder / name}: file not found (run `lwpar data` first)")
+        if sha256_file(folder / name) != record[key]:
+            raise LwparError(f"{manifest}: does not match {folder / name} (prepared folder changed; rerun `lwpar data`)")
+    return folder
 
 
 def build_transform(input_size, train: bool, hflip: bool = False, pad: int = 0):

@@ -1,7 +1,8 @@
 """Download (or take from the mirror), extract safely, parse, check and split one dataset.
 
 Output folder: samples.csv (image, person, split, label columns), dataset.json (attributes,
-positive rates, split sizes, overlap check, checksums, skipped files) and images/.
+positive rates, split sizes, overlap check, checksums, skipped files) and images/; with --manifest,
+also the folder's fingerprint, the file downstream stages depend on.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from pathlib import Path
 def add_arguments(parser) -> None:
     parser.add_argument("--dataset", required=True, help="dataset name in params datasets")
     parser.add_argument("--out", required=True, type=Path, help="prepared dataset folder to write")
+    parser.add_argument("--manifest", type=Path, default=None,
+                        help="fingerprint of the prepared folder to write beside it (what pipeline stages read)")
     parser.add_argument("--download-dir", type=Path, default=None,
                         help="where downloads go (default: <paths.data>/downloads)")
 
@@ -20,7 +23,7 @@ def run(args, params) -> None:
     from lwpar.data.prepare import prepare
 
     download_dir = args.download_dir or Path(params["paths"]["data"]) / "downloads"
-    meta = prepare(params, args.dataset, args.out, download_dir)
+    meta = prepare(params, args.dataset, args.out, download_dir, args.manifest)
     sizes = meta["split_sizes"]
     print(f"{args.dataset}: {meta['num_images']} images, {meta['num_persons']} persons, "
           f"{len(meta['attributes'])} attributes; train/val/test {sizes['train']}/{sizes['val']}/{sizes['test']} "

@@ -10,7 +10,8 @@ from pathlib import Path
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--dataset-dir", required=True, type=Path, help="prepared dataset folder")
+    parser.add_argument("--dataset-dir", required=True, type=Path,
+                        help="prepared dataset: its folder or its manifest")
     parser.add_argument("--model", required=True, type=Path, help="model.pt or model.onnx")
     parser.add_argument("--split", default="test", choices=["train", "val", "test"])
     parser.add_argument("--out-dir", required=True, type=Path, help="folder for metrics.json and per_attribute.csv")

@@ -11,7 +11,8 @@ from pathlib import Path
 
 def add_arguments(parser) -> None:
     parser.add_argument("--model", required=True, type=Path, help="model.pt to export")
-    parser.add_argument("--dataset-dir", required=True, type=Path, help="prepared dataset (parity images)")
+    parser.add_argument("--dataset-dir", required=True, type=Path,
+                        help="prepared dataset (parity images): its folder or its manifest")
     parser.add_argument("--out", required=True, type=Path, help="ONNX file to write")
     parser.add_argument("--parity-out", required=True, type=Path, help="parity report (JSON)")
     parser.add_argument("--backbone-out", type=Path, default=None,

@@ -13,7 +13,8 @@ from pathlib import Path
 def add_arguments(parser) -> None:
     parser.add_argument("--model", required=True, type=Path, help="compressed model file")
     parser.add_argument("--teacher", type=Path, default=None, help="baseline model.pt (for distillation)")
-    parser.add_argument("--dataset-dir", required=True, type=Path, help="prepared dataset folder")
+    parser.add_argument("--dataset-dir", required=True, type=Path,
+                        help="prepared dataset: its folder or its manifest")
     parser.add_argument("--variant", required=True, help="variant name in params variants")
     parser.add_argument("--out", required=True, type=Path, help="output folder")
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 def add_arguments(parser) -> None:
     parser.add_argument("--model", required=True, type=Path, help="trained model.pt")
-    parser.add_argument("--dataset-dir", required=True, type=Path, help="prepared dataset (Taylor importance)")
+    parser.add_argument("--dataset-dir", required=True, type=Path,
+                        help="prepared dataset (Taylor importance): its folder or its manifest")
     parser.add_argument("--variant", required=True, help="variant name in params variants")
     parser.add_argument("--out", required=True, type=Path, help="pruned model file to write")
     parser.add_argument("--summary", required=True, type=Path, help="summary JSON to write")

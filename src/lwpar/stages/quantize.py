@@ -12,7 +12,8 @@ from pathlib import Path
 
 def add_arguments(parser) -> None:
     parser.add_argument("--model", required=True, type=Path, help="FP32 ONNX model")
-    parser.add_argument("--dataset-dir", required=True, type=Path, help="prepared dataset (calibration images)")
+    parser.add_argument("--dataset-dir", required=True, type=Path,
+                        help="prepared dataset (calibration images): its folder or its manifest")
     parser.add_argument("--out", required=True, type=Path, help="INT8 ONNX model to write")
 
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 def add_arguments(parser) -> None:
     parser.add_argument("--model", required=True, type=Path, help="trained model.pt")
-    parser.add_argument("--dataset-dir", required=True, type=Path, help="prepared dataset (train and val splits)")
+    parser.add_argument("--dataset-dir", required=True, type=Path,
+                        help="prepared dataset (train and val splits): its folder or its manifest")
     parser.add_argument("--variant", required=True, help="variant name in params variants")
     parser.add_argument("--out", required=True, type=Path, help="sensitivity cache (JSON) to write")
 

@@ -14,7 +14,8 @@ from pathlib import Path
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--dataset-dir", required=True, type=Path, help="prepared dataset folder (lwpar data)")
+    parser.add_argument("--dataset-dir", required=True, type=Path,
+                        help="prepared dataset (lwpar data): its folder or its manifest")
     parser.add_argument("--model", required=True, help="model name in params models")
     parser.add_argument("--out", required=True, type=Path, help="output folder")
 
