@@ -39,6 +39,17 @@ def test_export_has_one_output_dynamic_batch_and_plain_ops(tiny_onnx):
         assert report["bound"] == max(1e-4, 4 * report["torch_float32_error"]) and report["torch_float32_error"] < 1e-5
 
 
+def test_reference_head_exports_with_a_dynamic_batch(tmp_path):
+    """The published head's per-attribute zeros must follow the batch, not be folded at export's."""
+    torch.manual_seed(0)
+    model = build_model("alm", "resnet18", 3, alm_head="reference").eval()
+    export_onnx(model, (64, 32), tmp_path / "reference.onnx")
+    session = onnx_session(tmp_path / "reference.onnx")
+    for batch in (1, 3):
+        assert parity(model, session, torch.randn(batch, 3, 64, 32))["max_abs_diff"] < 1e-4
+    assert "Resize" not in {n.op_type for n in onnx.load(str(tmp_path / "reference.onnx")).graph.node}
+
+
 @pytest.mark.fault
 def test_parity_failure_is_detected_on_a_broken_export(tiny_onnx, tmp_path):
     model, path = tiny_onnx

@@ -114,3 +114,27 @@ def test_checkpoint_interchangeable_between_heads():
     reference = build_model("alm", "resnet18", 4, alm_head="reference")
     assert list(fused.state_dict()) == list(reference.state_dict())
     reference.load_state_dict(fused.state_dict())
+
+
+@pytest.mark.parametrize("sizes", [((4, 2), (8, 4)), ((8, 4), (16, 8)), ((3, 5), (7, 6)), ((1, 1), (4, 2)), ((5, 3), (5, 3))])
+def test_exported_pyramid_upsampling_matches_interpolate(sizes):
+    from lwpar.models.alm import bilinear_upsample
+
+    (h, w), out = sizes
+    coarse = torch.randn(2, 6, h, w, dtype=torch.float64)
+    expected = torch.nn.functional.interpolate(coarse, size=out, mode="bilinear", align_corners=False)
+    torch.testing.assert_close(bilinear_upsample(coarse, out), expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_levels_sharing_one_kernel_computation_equal_levels_alone(align_corners):
+    torch.manual_seed(1)
+    model = build_model("alm", "resnet18", 5, alm_head="fused", align_corners=align_corners).double().eval()
+    for level in (model.st_3b, model.st_4d, model.st_5b):
+        _randomize_transforms(level, 1.0)
+    x = torch.randn(2, 3, 96, 48, dtype=torch.float64)
+    with torch.no_grad():
+        shared = model(x)
+        *maps, main = model.pyramid(x)
+        alone = torch.stack([level(f) for level, f in zip((model.st_3b, model.st_4d, model.st_5b), maps)] + [main]).amax(0)
+    torch.testing.assert_close(shared, alone, rtol=1e-12, atol=1e-12)

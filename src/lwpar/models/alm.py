@@ -16,6 +16,8 @@ Two computations of the same modules, with identical parameters and state-dict k
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -41,6 +43,64 @@ def theta_from(raw: torch.Tensor) -> tuple[torch.Tensor, ...]:
     return torch.sigmoid(raw[..., 0]), torch.sigmoid(raw[..., 1]), torch.tanh(raw[..., 2]), torch.tanh(raw[..., 3])
 
 
+@functools.lru_cache(maxsize=64)
+def _constant(rows: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A constant tensor, built once per shape/dtype/device (export bakes it in as an initializer)."""
+    return torch.tensor(rows, dtype=dtype, device=device)
+
+
+def _axis_grid(size: int, align_corners: bool) -> tuple[list[float], float, float]:
+    """Normalized output coordinates of one axis, and the (half, offset) taking them to pixels."""
+    if align_corners:
+        grid = [j * 2.0 / (size - 1) - 1 if size > 1 else 0.0 for j in range(size)]
+        return grid, (size - 1) / 2, (size - 1) / 2
+    return [(2 * j + 1) / size - 1 for j in range(size)], size / 2, (size - 1) / 2
+
+
+@functools.lru_cache(maxsize=32)
+def _kernel_plan(sizes: tuple, align_corners: bool) -> tuple:
+    """Python constants for `sampling_kernels`: one entry per output coordinate of every level's
+    y axis then x axis (block 2l is level l's y axis, 2l+1 its x axis)."""
+    scale_index, shift_index, spread, half, offset, upper, block = [], [], [], [], [], [], []
+    for level, (height, width) in enumerate(sizes):
+        for axis, size in ((1, height), (0, width)):    # theta is (sx, sy, tx, ty)
+            grid, axis_half, axis_offset = _axis_grid(size, align_corners)
+            scale_index += [4 * level + axis] * size
+            shift_index += [4 * level + 2 + axis] * size
+            spread += [g * axis_half for g in grid]
+            half += [axis_half] * size
+            offset += [axis_offset] * size
+            upper += [float(size - 1)] * size
+            block += [2 * level + (axis == 0)] * size
+    longest = max(max(s) for s in sizes)
+    average = tuple(tuple(1.0 / block.count(b) if blk == b else 0.0 for blk in block) for b in range(2 * len(sizes)))
+    return (tuple(scale_index), tuple(shift_index), tuple(spread), tuple(half), tuple(offset), tuple(upper),
+            tuple(float(j) for j in range(longest)), average)
+
+
+def sampling_kernels(raws: list[torch.Tensor], sizes: list[tuple[int, int]], align_corners: bool) -> list[torch.Tensor]:
+    """Per level, B x M x (H*W): the mean over the output grid of the bilinear tent weights at the
+    clamped source coordinate, separable as k_y (x) k_x.
+
+    The source pixel of output j is affine in (scale, shift): scale * g_j * half + shift * half +
+    offset, with g_j, half and offset fixed by the size and the align_corners convention. All axes
+    of all levels go through one set of operations: the tensors are tiny, so the cost is per
+    operation, not per element.
+    """
+    sizes = tuple((int(h), int(w)) for h, w in sizes)
+    raw = torch.cat(raws, -1)                                                       # B x M x 4L
+    scale_index, shift_index, *vectors, average = _kernel_plan(sizes, align_corners)
+    spread, half, offset, upper, steps = (_constant(v, raw.dtype, raw.device) for v in vectors)
+    device = raw.device
+    scale = torch.sigmoid(raw.index_select(-1, _constant(scale_index, torch.long, device)))
+    shift = torch.tanh(raw.index_select(-1, _constant(shift_index, torch.long, device)))
+    pixel = (scale * spread + shift * half + offset).clamp(min=0).minimum(upper)  # B x M x n
+    tent = torch.relu(1 - (pixel[..., None] - steps).abs())                        # B x M x n x longest
+    axes = torch.matmul(_constant(average, raw.dtype, device), tent)               # B x M x 2L x longest
+    outer = axes[..., 0::2, :, None] * axes[..., 1::2, None, :]                     # B x M x L x longest x longest
+    return [outer[..., level, :height, :width].flatten(-2) for level, (height, width) in enumerate(sizes)]
+
+
 class LocalizationLevel(nn.Module):
     """All attribute-localization modules of one pyramid level.
 
@@ -59,7 +119,10 @@ class LocalizationLevel(nn.Module):
         self.fc_list = nn.ModuleList(nn.Linear(channels, 1) for _ in range(num_attributes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._fused(x) if self.head == "fused" else self._reference(x)
+        if self.head == "reference":
+            return self._reference(x)
+        scale, raw = self.attend(x)
+        return self.localize(x, scale, sampling_kernels([raw], [x.shape[-2:]], self.align_corners)[0])
 
     def _reference(self, x: torch.Tensor) -> torch.Tensor:
         logits = []
@@ -80,46 +143,57 @@ class LocalizationLevel(nn.Module):
         b2 = torch.stack([a.conv2.bias for a in self.att_list])                         # M x C
         ws = torch.stack([s.weight.t() for s in self.stn_list])                         # M x C x 4
         bs = torch.stack([s.bias for s in self.stn_list])                               # M x 4
+        return w1, b1, w2, b2, ws, bs
+
+    def attend(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fused, first half: each attribute's 1 + a_i (M x B x C) and raw transform (B x M x 4).
+
+        Plain batched matrix products with the attribute axis leading, so each attribute's weights
+        are read once and never broadcast over the batch (an expanded M x R x C copy per image made
+        training 15 % slower). They export to MatMul/Gemm, which every runtime and quantizer handles
+        well (ONNX Runtime's Einsum kernel is several times slower). Reshapes use -1 for the batch so
+        that the exported graph computes no shapes.
+        """
+        w1, b1, w2, b2, ws, bs = self._stacked()
+        attributes, reduced = w2.shape[0], w2.shape[1]
+        pooled = x.mean((2, 3))                                                          # B x C
+        hidden = torch.relu(F.linear(pooled, w1, b1)).reshape(-1, attributes, reduced).transpose(0, 1)  # M x B x R
+        scale = 1 + torch.sigmoid(torch.matmul(hidden, w2) + b2[:, None])               # M x B x C
+        raw = torch.matmul(scale * pooled, ws) + bs[:, None]                             # M x B x 4
+        return scale, raw.transpose(0, 1)
+
+    def localize(self, x: torch.Tensor, scale: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+        """Fused, second half: logits (B x M) from the map, 1 + a_i and the sampling kernel."""
         wf = torch.cat([f.weight for f in self.fc_list])                                # M x C
         bf = torch.cat([f.bias for f in self.fc_list])                                  # M
-        return w1, b1, w2, b2, ws, bs, wf, bf
-
-    def _fused(self, x: torch.Tensor) -> torch.Tensor:
-        # Plain batched matrix products with the attribute axis leading, so each attribute's weights
-        # are read once and never broadcast over the batch (an expanded M x R x C copy per image made
-        # training 15 % slower). They export to MatMul/Gemm, which every runtime and quantizer handles
-        # well (ONNX Runtime's Einsum kernel is several times slower).
-        batch, channels, height, width = x.shape
-        w1, b1, w2, b2, ws, bs, wf, bf = self._stacked()
-        attributes = w2.shape[0]
-        pooled = x.mean((2, 3))                                                          # B x C
-        hidden = torch.relu(F.linear(pooled, w1, b1)).view(batch, attributes, -1).transpose(0, 1)  # M x B x R
-        scale = 1 + torch.sigmoid(torch.matmul(hidden, w2) + b2[:, None])               # M x B x C: 1 + a_i
-        raw = torch.matmul(scale * pooled, ws) + bs[:, None]                             # M x B x 4
-        sx, sy, tx, ty = theta_from(raw.transpose(0, 1))                                 # B x M each
-        kernel = (self._kernel(sy, ty, height)[..., None] * self._kernel(sx, tx, width)[..., None, :])
-        contracted = torch.matmul(kernel.flatten(2), x.flatten(2).transpose(1, 2))       # B x M x C
+        contracted = torch.matmul(kernel, x.flatten(2).transpose(1, 2))                 # B x M x C
         return (scale.transpose(0, 1) * contracted * wf).sum(-1) + bf
 
-    def _kernel(self, scale: torch.Tensor, shift: torch.Tensor, size: int) -> torch.Tensor:
-        """Mean over the output grid of the bilinear tent weights at the clamped source coordinate.
 
-        The source pixel of output j is affine in (scale, shift): scale * g_j + shift * h + c, with
-        g_j, h, c fixed by the size and the align_corners convention. They are built from Python
-        numbers so that export bakes them in as constants (no Shape/Range arithmetic per call).
-        """
-        size = int(size)
-        if self.align_corners:
-            half, offset = (size - 1) / 2, (size - 1) / 2
-            grid = [j * 2.0 / (size - 1) - 1 if size > 1 else 0.0 for j in range(size)]
-        else:
-            half, offset = size / 2, (size - 1) / 2
-            grid = [(2 * j + 1) / size - 1 for j in range(size)]
-        spread = torch.tensor([g * half for g in grid], dtype=scale.dtype, device=scale.device)
-        steps = torch.tensor([float(j) for j in range(size)], dtype=scale.dtype, device=scale.device)
-        pixel = (scale[..., None] * spread + (shift * half + offset)[..., None]).clamp(0, size - 1)  # B x M x out
-        tent = torch.relu(1 - (pixel[..., None] - steps).abs())                                      # B x M x out x in
-        return tent.mean(-2)
+@functools.lru_cache(maxsize=32)
+def _bilinear_matrix(height: int, width: int, out_h: int, out_w: int) -> tuple:
+    """(height*width) x (out_h*out_w) weights of bilinear resizing with half-pixel centres, as
+    PyTorch's F.interpolate(align_corners=False) computes them (source clamped at 0 and n-1)."""
+    def axis(size: int, out: int) -> list[list[float]]:
+        weights = [[0.0] * out for _ in range(size)]
+        for j in range(out):
+            source = max((j + 0.5) * size / out - 0.5, 0.0)
+            low = min(int(source), size - 1)
+            high = min(low + 1, size - 1)
+            frac = source - low
+            weights[low][j] += 1 - frac
+            weights[high][j] += frac
+        return weights
+    rows, cols = axis(height, out_h), axis(width, out_w)
+    return tuple(tuple(rows[i][j] * cols[k][m] for j in range(out_h) for m in range(out_w))
+                 for i in range(height) for k in range(width))
+
+
+def bilinear_upsample(coarse: torch.Tensor, size) -> torch.Tensor:
+    """F.interpolate(mode="bilinear", align_corners=False) as one product with a constant matrix."""
+    (height, width), (out_h, out_w) = coarse.shape[-2:], size
+    matrix = _constant(_bilinear_matrix(int(height), int(width), int(out_h), int(out_w)), coarse.dtype, coarse.device)
+    return torch.matmul(coarse.flatten(2), matrix).reshape(-1, coarse.shape[1], int(out_h), int(out_w))
 
 
 class ALM(nn.Module):
@@ -137,7 +211,13 @@ class ALM(nn.Module):
 
     @staticmethod
     def _upsample_cat(coarse: torch.Tensor, fine: torch.Tensor) -> torch.Tensor:
-        up = F.interpolate(coarse, size=fine.shape[-2:], mode="bilinear", align_corners=False)
+        if torch.onnx.is_in_onnx_export():
+            # ONNX Runtime's Resize took 0.11 ms for the 8x4 -> 16x8 map, the same weights as one
+            # product with a constant matrix 0.04 ms. PyTorch keeps F.interpolate, which
+            # torch-pruning's dependency graph follows channel by channel; export parity checks both.
+            up = bilinear_upsample(coarse, fine.shape[-2:])
+        else:
+            up = F.interpolate(coarse, size=fine.shape[-2:], mode="bilinear", align_corners=False)
         return torch.cat([up, fine], 1)
 
     def set_head(self, head: str) -> None:
@@ -154,8 +234,17 @@ class ALM(nn.Module):
         return fusion_3b, fusion_4d, fusion_5b, main
 
     def forward(self, x: torch.Tensor):
-        fusion_3b, fusion_4d, fusion_5b, main = self.pyramid(x)
-        outputs = (self.st_3b(fusion_3b), self.st_4d(fusion_4d), self.st_5b(fusion_5b), main)
+        *maps, main = self.pyramid(x)
+        levels = (self.st_3b, self.st_4d, self.st_5b)
+        if all(level.head == "fused" for level in levels) and len({level.align_corners for level in levels}) == 1:
+            # the three levels share one sampling-kernel computation (fewer tiny operations)
+            attended = [level.attend(feature) for level, feature in zip(levels, maps)]
+            kernels = sampling_kernels([raw for _, raw in attended], [f.shape[-2:] for f in maps],
+                                       levels[0].align_corners)
+            heads = [level.localize(f, scale, k) for level, f, (scale, _), k in zip(levels, maps, attended, kernels)]
+        else:
+            heads = [level(feature) for level, feature in zip(levels, maps)]
+        outputs = (*heads, main)
         if self.training:
             return outputs
         return torch.stack(outputs).amax(0)
