@@ -91,6 +91,18 @@ def original_macs(shape: dict, io: tuple) -> int:
     return ho * wo * shape["in"] * shape["out"] * shape["kh"] * shape["kw"]
 
 
+def layer_info(model: nn.Module, names: list[str], methods: dict, input_size) -> list[dict]:
+    """Per selected layer: name, kind, method, kernel shape and I/O sizes (what every rank policy needs)."""
+    modules = dict(model.named_modules())
+    io = layer_io_sizes(model, names, input_size)
+    info = []
+    for name in names:
+        kind = L.eligible(modules[name])
+        info.append({"layer": name, "kind": kind, "method": method_for(kind, methods),
+                     "shape": _kernel_shape(modules[name]), "io": io[name]})
+    return info
+
+
 def plan_ranks(model: nn.Module, names: list[str], methods: dict, input_size, policy: dict,
                total_macs: int | None = None) -> list[dict]:
     """Ranks per layer.
@@ -102,13 +114,7 @@ def plan_ranks(model: nn.Module, names: list[str], methods: dict, input_size, po
       model's MACs come to `macs_fraction` of the original.
     """
     modules = dict(model.named_modules())
-    io = layer_io_sizes(model, names, input_size)
-    info = []
-    for name in names:
-        layer = modules[name]
-        kind = L.eligible(layer)
-        info.append({"layer": name, "kind": kind, "method": method_for(kind, methods), "shape": _kernel_shape(layer),
-                     "io": io[name]})
+    info = layer_info(model, names, methods, input_size)
     multiple = policy.get("multiple", 8)
     if policy["policy"] == "ratio":
         for entry in info:

@@ -29,7 +29,7 @@ from torch import nn
 from lwpar import LwparError
 from lwpar.decompose import layers as L
 from lwpar.decompose._evbmf import evbmf_rank
-from lwpar.decompose.factorize import _replace, factorize_layer, factorized_macs, original_macs, plan_ranks
+from lwpar.decompose.factorize import _replace, factorize_layer, factorized_macs, layer_info, original_macs, plan_ranks
 
 MEASURED = ("search", "greedy")
 BASELINE = "baseline"
@@ -119,16 +119,16 @@ def greedy_allocation(probe: SensitivityProbe, info: list[dict], fractions: list
         ranks = sorted({L.rank_for_fraction(entry["method"], entry["shape"], f, multiple) for f in fractions})
         curves.append([(r, factorized_macs(entry["method"], entry["shape"], r, entry["io"]), probe(entry, r))
                        for r in ranks])
-    fixed = total_macs - sum(original_macs(e["shape"], e["io"]) for e in info)
+    before = [original_macs(e["shape"], e["io"]) for e in info]
+    fixed = total_macs - sum(before)
     target = macs_fraction * total_macs
 
     def choose(threshold):
         picks = []
-        for entry, curve in zip(info, curves):
-            good = [(macs, rank, score) for rank, macs, score in curve
-                    if score >= threshold and macs < original_macs(entry["shape"], entry["io"])]
+        for layer_macs, curve in zip(before, curves):
+            good = [(macs, rank, score) for rank, macs, score in curve if score >= threshold and macs < layer_macs]
             picks.append(min(good) if good else None)
-        cost = fixed + sum(p[0] if p else original_macs(e["shape"], e["io"]) for e, p in zip(info, picks))
+        cost = fixed + sum(p[0] if p else layer_macs for layer_macs, p in zip(before, picks))
         return cost, picks
 
     thresholds = sorted({s for curve in curves for *_, s in curve} | {reference}, reverse=True)
@@ -161,8 +161,7 @@ def plan(model: nn.Module, names: list[str], methods: dict, input_size, policy: 
     name = policy["policy"]
     if name not in ("evbmf", *MEASURED):
         return plan_ranks(model, names, methods, input_size, policy, total_macs=total_macs)
-    info = plan_ranks(model, names, methods, input_size, {**policy, "policy": "ratio", "fraction": 1.0},
-                      total_macs=total_macs)  # layer, kind, method, shape and I/O sizes; ranks replaced below
+    info = layer_info(model, names, methods, input_size)
     multiple = policy["multiple"]
     if name == "evbmf":
         return evbmf_ranks(model, info, multiple)
