@@ -229,3 +229,6 @@ def test_manifest_opens_the_folder_and_refuses_a_changed_one(tmp_path):
     (out / "samples.csv").write_text((out / "samples.csv").read_text().replace(",train,", ",test,", 1))
     with pytest.raises(LwparError, match=r"prepared.manifest.json: does not match .*samples.csv .*rerun `lwpar data`"):
         Prepared(manifest)
+    manifest.write_text(json.dumps({"folder": "prepared"}))
+    with pytest.raises(LwparError, match=r"prepared.manifest.json: not a dataset manifest"):
+        Prepared(manifest)

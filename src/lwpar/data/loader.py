@@ -50,7 +50,7 @@ class Prepared:
 
 def _folder_of_manifest(manifest: Path) -> Path:
     record = read_json(manifest)
-    if not isinstance(record, dict) or "folder" not in record:
+    if not isinstance(record, dict) or not {"folder", "samples_sha256", "dataset_sha256"} <= set(record):
         raise LwparError(f"{manifest}: not a dataset manifest (expected a prepared folder or its .manifest.json)")
     folder = manifest.parent / record["folder"]
     for name, key in (("samples.csv", "samples_sha256"), ("dataset.json", "dataset_sha256")):
