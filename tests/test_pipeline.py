@@ -126,9 +126,15 @@ def test_snakemake_html_report_shows_the_tables_and_plots(smoke_run, tmp_path):
         assert caption in html, caption
 
 
-def test_published_lwalm_configuration_plans_its_dag():
-    """workflow/params/lwalm_gpu.yaml (LWALM as published, for GPU machines) stays valid and plans."""
-    run = _run([str(BIN / "snakemake"), "-n", "--config", "params=workflow/params/lwalm_gpu.yaml"], ROOT, timeout=300)
+@pytest.mark.parametrize("config, jobs", [
+    # LWALM as published, for GPU machines
+    ("lwalm_gpu.yaml", ("sensitivity", "decompose", "finetune", "quantize", "profile", "report")),
+    # ALM-BN-Inception on the CPU: the dense k x k comparison (CP-ALS, CPD-EPC, Tucker-2, SVD, pruning)
+    ("bninception_cpu.yaml", ("decompose", "prune", "finetune", "quantize", "profile", "report")),
+])
+def test_documented_configuration_plans_its_dag(config, jobs):
+    """The documented configurations in workflow/params stay valid and plan their DAG."""
+    run = _run([str(BIN / "snakemake"), "-n", "--config", f"params=workflow/params/{config}"], ROOT, timeout=300)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
-    for job in ("sensitivity", "decompose", "finetune", "quantize", "profile", "report"):
+    for job in jobs:
         assert f"rule {job}:" in run.stdout, job
