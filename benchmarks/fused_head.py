@@ -9,7 +9,13 @@ Measures, in one run on this machine:
 Targets (issue 9): fused >= 20x faster than reference, within 2x of the backbone alone; training
 throughput >= 3x the reference's.
 
+With `--svd-heads F [F ...]`, also the fused ALM whose attention convs (every attribute's C -> C/16
+and C/16 -> C) are replaced by their truncated SVD keeping fraction F of their parameters (the
+decompose stage's `include_heads`): the heads' weights, read once per image, are what batch-1 time
+is spent on.
+
     .venv/bin/python benchmarks/fused_head.py --height 128 --width 64
+    .venv/bin/python benchmarks/fused_head.py --height 128 --width 64 --svd-heads 0.5 0.25
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ def onnx_latency(models: dict, size, rounds: int, per_round: int) -> dict:
             session.run(None, {"images": x})
     for _ in range(rounds):
         for name, session in sessions.items():
-            for _ in range(per_round if name != "reference" else 1):
+            for _ in range(per_round if name != "reference" else 1):  # the reference is ~25x slower
                 started = time.perf_counter()
                 session.run(None, {"images": x})
                 times[name].append(time.perf_counter() - started)
@@ -70,6 +76,22 @@ def train_throughput(model, size, batch: int, steps: int) -> float:
     return batch * steps / (time.perf_counter() - started)
 
 
+def with_svd_heads(model, fraction: float):
+    """A copy whose attention convs are factorized by truncated SVD at a parameter fraction."""
+    import copy
+
+    from lwpar.decompose.factorize import apply_plan, layer_info, select_layers
+    from lwpar.decompose.layers import rank_for_fraction
+
+    model = copy.deepcopy(model)
+    names = [n for n in select_layers(model, ["pointwise"], include_heads=True) if ".att_list." in n]
+    plan = layer_info(model, names, {"kxk": "cp", "pointwise": "svd"}, (64, 32))
+    for entry in plan:
+        entry["rank"] = rank_for_fraction("svd", entry["shape"], fraction, 8)
+    apply_plan(model, plan)
+    return model.eval()
+
+
 def main() -> None:
     from lwpar.export import PooledBackbone
     from lwpar.models import build_model
@@ -82,25 +104,31 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--svd-heads", type=float, nargs="*", default=[],
+                        help="also time the fused ALM with its attention convs SVD-factorized at these parameter fractions")
+    parser.add_argument("--skip-training", action="store_true", help="latency only")
     args = parser.parse_args()
     size = (args.height, args.width)
     torch.manual_seed(0)
     fused = build_model("alm", args.backbone, args.attributes, pretrained=False).eval()
     reference = build_model("alm", args.backbone, args.attributes, pretrained=False, alm_head="reference").eval()
     reference.load_state_dict(fused.state_dict())
-    latency = onnx_latency({"backbone": PooledBackbone(fused.main_branch), "fused": fused, "reference": reference},
-                           size, args.rounds, per_round=5)
-    fused_train = train_throughput(fused, size, args.batch, args.steps)
-    reference_train = train_throughput(reference, size, args.batch, max(2, args.steps // 2))
+    models = {"backbone": PooledBackbone(fused.main_branch), "fused": fused, "reference": reference}
+    models.update({f"fused_svd_heads_{f:g}": with_svd_heads(fused, f) for f in args.svd_heads})
+    latency = onnx_latency(models, size, args.rounds, per_round=5)
     result = {
         "input": list(size), "backbone": args.backbone, "attributes": args.attributes,
         "onnx_ms_batch1_1thread": latency,
         "reference_over_fused": latency["reference"] / latency["fused"],
         "fused_over_backbone": latency["fused"] / latency["backbone"],
-        "train_images_per_s": {"fused": fused_train, "reference": reference_train},
-        "train_fused_over_reference": fused_train / reference_train,
+        **{f"{name}_over_backbone": latency[name] / latency["backbone"] for name in latency if "svd_heads" in name},
         "torch_threads": torch.get_num_threads(),
     }
+    if not args.skip_training:
+        fused_train = train_throughput(fused, size, args.batch, args.steps)
+        reference_train = train_throughput(reference, size, args.batch, max(2, args.steps // 2))
+        result.update({"train_images_per_s": {"fused": fused_train, "reference": reference_train},
+                       "train_fused_over_reference": fused_train / reference_train})
     print(json.dumps(result, indent=2))
 
 

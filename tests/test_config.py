@@ -178,3 +178,21 @@ def test_remote_targets_and_shared_sensitivity_are_checked():
         p["variants"]["svd_greedy50"]["decompose"]["rank"]["search"]["sensitivity_from"] = "lwalm"
     assert problem(from_other_layers).endswith("'lwalm' factorizes other layers or by other methods: "
                                                "its measurements do not apply")
+
+
+@pytest.mark.fault
+def test_multi_stage_bases_are_checked():
+    def circle(p):
+        p["variants"]["lwalm"]["base"] = "lwalm_heads"
+    assert problem(circle).startswith("params.yaml: variants.")
+    assert "start from each other in a circle" in problem(circle)
+
+    def base_outside_experiment(p):
+        p["experiment"]["variants"] = ["lwalm_heads"]
+        p["experiment"]["int8"] = ["baseline"]
+    assert problem(base_outside_experiment) == (
+        "params.yaml: variants.lwalm_heads.base: 'lwalm' must be a variant of the experiment (it is built first)")
+
+    def heads_maybe(p):
+        p["variants"]["lwalm_heads"]["decompose"]["include_heads"] = "maybe"
+    assert problem(heads_maybe).startswith("params.yaml: variants.lwalm_heads.decompose.include_heads: expected one of")

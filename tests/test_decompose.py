@@ -198,3 +198,51 @@ def test_decomposed_model_round_trips_through_model_file(tmp_path):
     x = torch.randn(2, 3, 64, 32)
     with torch.no_grad():
         torch.testing.assert_close(loaded.eval()(x), model(x))
+
+
+def test_second_stage_factorizes_only_the_heads_and_round_trips(tmp_path):
+    """A multi-stage variant (base: another variant): the second decomposition sees the first's
+    structure, factorizes only the attention convs (include_heads: only), never re-factorizes a piece
+    of an earlier factorized layer, and its model file rebuilds both stages."""
+    from lwpar.decompose.factorize import apply_plan, factorized_layers
+    from lwpar.models import build_model
+    from lwpar.runtime import load_model, save_model
+
+    torch.manual_seed(0)
+    model = build_model("alm", "resnet18", 3).eval()
+    body = [n for n in select_layers(model, ["pointwise"]) if "att_list" not in n]
+    first = plan_ranks(model, body, {"kxk": "cp", "pointwise": "svd"}, (64, 32),
+                       {"policy": "ratio", "fraction": 0.5, "multiple": 8})
+    apply_plan(model, first)
+    structure = [{"op": "decompose", "plan": [{k: p[k] for k in ("layer", "method", "rank")} for p in first]}]
+    heads = select_layers(model, ["pointwise", "linear"], include_heads="only", factorized=factorized_layers(structure))
+    assert heads and all(".att_list." in n for n in heads)  # the transform and linear units have < 8 outputs
+    assert len(heads) == 3 * 3 * 2  # three levels, three attributes, conv1 and conv2
+    again = select_layers(model, ["pointwise"], include_heads=True, factorized=factorized_layers(structure))
+    assert not any(n.startswith(f"{done}.") for n in again for done in factorized_layers(structure))
+    second = plan_ranks(model, heads, {"kxk": "cp", "pointwise": "svd"}, (64, 32),
+                        {"policy": "ratio", "fraction": 0.25, "multiple": 8})
+    apply_plan(model, second)
+    structure.append({"op": "decompose", "plan": [{k: p[k] for k in ("layer", "method", "rank")} for p in second]})
+    cfg = {"arch": "alm", "backbone": "resnet18", "pretrained": False, "alm_head": "fused", "align_corners": False,
+           "input_size": [64, 32]}
+    save_model(tmp_path / "m.pt", model, cfg, list("abc"), structure=structure)
+    loaded, _ = load_model(tmp_path / "m.pt")
+    assert isinstance(loaded.st_3b.att_list[0].conv1, nn.Sequential)
+    x = torch.randn(2, 3, 64, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(x), model(x))
+
+
+@pytest.mark.fault
+def test_start_model_must_match_the_variants_base():
+    from lwpar import LwparError
+    from lwpar.runtime import check_start_model
+
+    compressed = {"structure": [{"op": "decompose", "plan": []}]}
+    assert check_start_model("m.pt", {}, "svd_r50", None) == []
+    assert check_start_model("m.pt", compressed, "lwalm_heads", "lwalm") == compressed["structure"]
+    with pytest.raises(LwparError, match=r"^m.pt: already compressed, but variant svd_r50 starts from the trained baseline"):
+        check_start_model("m.pt", compressed, "svd_r50", None)
+    with pytest.raises(LwparError, match=r"^m.pt: not compressed, but variant lwalm_heads starts from variant lwalm's"):
+        check_start_model("m.pt", {"structure": []}, "lwalm_heads", "lwalm")

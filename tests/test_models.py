@@ -138,3 +138,34 @@ def test_levels_sharing_one_kernel_computation_equal_levels_alone(align_corners)
         *maps, main = model.pyramid(x)
         alone = torch.stack([level(f) for level, f in zip((model.st_3b, model.st_4d, model.st_5b), maps)] + [main]).amax(0)
     torch.testing.assert_close(shared, alone, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_fused_head_runs_factorized_attention_exactly(align_corners):
+    """The heads' attention convs and transform units stay open to compression: after per-attribute
+    SVD (ranks differing between attributes, one attribute left dense, as a measured rank policy may
+    leave them) the fused head still equals the published computation, values and gradients."""
+    import numpy as np
+
+    from lwpar.decompose.factorize import factorize_layer
+
+    torch.manual_seed(3)
+    level = LocalizationLevel(4, 64, "reference", align_corners).double()
+    _randomize_transforms(level, 1.0)
+    for index in (0, 2, 3):  # attribute 1 keeps dense attention convs: two groups, put back in order
+        att, rank = level.att_list[index], 2 + index  # a different rank per attribute: zero-padded
+        att.conv1 = factorize_layer(att.conv1, "svd", rank)[0]
+        att.conv2 = factorize_layer(att.conv2, "svd", rank + 1)[0]
+    level.stn_list[1] = factorize_layer(level.stn_list[1], "svd", 2)[0]
+    level.fc_list[2] = factorize_layer(level.fc_list[2], "svd", 1)[0]
+    assert isinstance(level.att_list[0].conv1, torch.nn.Sequential)
+    x = torch.randn(3, 64, 6, 4, dtype=torch.float64, requires_grad=True)
+    reference = level(x)
+    grads_ref = torch.autograd.grad(reference.sum(), [x, *level.parameters()])
+    level.head = "fused"
+    fused = level(x)
+    grads_fused = torch.autograd.grad(fused.sum(), [x, *level.parameters()])
+    torch.testing.assert_close(fused, reference, rtol=1e-9, atol=1e-9)
+    for a, b in zip(grads_fused, grads_ref):
+        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9)
+    assert np.isfinite(fused.detach().numpy()).all()

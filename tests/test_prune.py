@@ -76,3 +76,18 @@ def test_unstructured_pruning_zeros_weights_not_macs():
     unstructured_prune(model, 0.6)
     assert sparsity(model) == pytest.approx(0.6, abs=0.01)
     assert count_macs(model, (64, 32)) == before
+
+
+@pytest.mark.fault
+def test_structured_pruning_refuses_factorized_heads():
+    """Pruning traces the heads stacked per level; after their attention convs were factorized (a
+    multi-stage variant) that is not possible, and the error says which order works."""
+    from lwpar import LwparError
+    from lwpar.decompose.factorize import factorize_layer
+
+    model = build_model("alm", "resnet18", 2).eval()
+    for att in model.st_5b.att_list:
+        att.conv1 = factorize_layer(att.conv1, "svd", 4)[0]
+    cfg = {"importance": "l2", "global_pruning": False, "round_to": 8, "iterative_steps": 1}
+    with pytest.raises(LwparError, match="prune first, then decompose the heads"):
+        prune_to_budget(model, (64, 32), 0.5, cfg)

@@ -164,6 +164,16 @@ def _semantic_problems(params: dict):
     for name, target in params["profile"]["targets"].items():
         if bool(target["copy_command"]) != bool(target["remote_dir"]):
             yield f"profile.targets.{name}.remote_dir", "copy_command and remote_dir go together (both set or both null)"
+    for name in params["experiment"]["variants"]:
+        chain, step = [name], params["variants"].get(name, {}).get("base")
+        while step is not None and step not in chain:
+            chain.append(step)
+            step = params["variants"].get(step, {}).get("base")
+        if step is not None:
+            yield f"variants.{name}.base", f"variants start from each other in a circle: {' -> '.join([*chain, step])}"
+        elif len(chain) > 1 and any(v not in params["experiment"]["variants"] for v in chain[1:]):
+            missing = next(v for v in chain[1:] if v not in params["experiment"]["variants"])
+            yield f"variants.{name}.base", f"{missing!r} must be a variant of the experiment (it is built first)"
     for name, variant in params["variants"].items():
         rank = variant.get("decompose", {}).get("rank", {})
         source = rank.get("search", {}).get("sensitivity_from")
@@ -173,7 +183,8 @@ def _semantic_problems(params: dict):
         if other.get("rank", {}).get("policy") not in ("search", "greedy"):
             yield (f"variants.{name}.decompose.rank.search.sensitivity_from",
                    f"{source!r} is not a decomposition variant with a measured rank policy (search or greedy)")
-        elif any(other[k] != variant["decompose"][k] for k in ("kinds", "methods", "include_first", "include_heads", "epc")):
+        elif (any(other[k] != variant["decompose"][k] for k in ("kinds", "methods", "include_first", "include_heads", "epc"))
+              or params["variants"][source]["base"] != variant["base"]):
             yield (f"variants.{name}.decompose.rank.search.sensitivity_from",
                    f"{source!r} factorizes other layers or by other methods: its measurements do not apply")
 

@@ -74,8 +74,15 @@ LOADER = ["data/loader.py"]
 SEARCH = ["decompose/search.py", "decompose/_evbmf.py"]
 
 
+def start_model(params: dict, w: dict) -> str:
+    """The model a variant compresses: the trained baseline, or with `base` another variant's
+    fine-tuned model (multi-stage schedules: compress, fine-tune, compress further, fine-tune)."""
+    base = params["variants"][w["variant"]]["base"]
+    return f"{_run(params, w, base or 'baseline')}/model.pt"
+
+
 def _decompose_inputs(params: dict, w: dict) -> dict[str, str]:
-    inputs = {"model": f"{_run(params, w, 'baseline')}/model.pt"}
+    inputs = {"model": start_model(params, w)}
     source = sensitivity_source(params, w["variant"])
     if source:
         inputs["sensitivity"] = f"{_run(params, w, source)}/sensitivity.json"
@@ -136,9 +143,9 @@ def stages(params: dict) -> dict[str, Stage]:
         Stage(
             name="sensitivity", wildcards=("dataset", "model", "variant"),
             outputs={"cache": f"{run}/{{variant}}/sensitivity.json"},
-            inputs=lambda p, w: {"model": f"{_run(p, w, 'baseline')}/model.pt", "data": _prepared(p, w["dataset"])},
+            inputs=lambda p, w: {"model": start_model(p, w), "data": _prepared(p, w["dataset"])},
             param_keys=lambda p, w: ["seed", "runtime.amp", "evaluate", "train.batch_size",
-                                     f"variants.{w['variant']}.decompose"],
+                                     f"variants.{w['variant']}.base", f"variants.{w['variant']}.decompose"],
             args=lambda i, o, w: ["--model", i["model"], "--dataset-dir", i["data"], "--variant", w["variant"],
                                   "--out", o["cache"]],
             modules=["stages/sensitivity.py", *SEARCH, "train.py", "losses.py", "evaluation.py", "metrics.py",
@@ -148,7 +155,7 @@ def stages(params: dict) -> dict[str, Stage]:
             name="decompose", wildcards=("dataset", "model", "variant"),
             outputs={"model": f"{run}/{{variant}}/compressed.pt", "table": f"{run}/{{variant}}/layers.csv"},
             inputs=lambda p, w: _decompose_inputs(p, w),
-            param_keys=lambda p, w: ["seed", f"variants.{w['variant']}.decompose"],
+            param_keys=lambda p, w: ["seed", f"variants.{w['variant']}.base", f"variants.{w['variant']}.decompose"],
             args=lambda i, o, w: ["--model", i["model"], "--variant", w["variant"], "--out", o["model"],
                                   "--table", o["table"], *(["--sensitivity", i["sensitivity"]] if "sensitivity" in i else [])],
             modules=["stages/decompose.py", *SEARCH, "complexity.py", *MODELS],
@@ -156,8 +163,8 @@ def stages(params: dict) -> dict[str, Stage]:
         Stage(
             name="prune", wildcards=("dataset", "model", "variant"),
             outputs={"model": f"{run}/{{variant}}/compressed.pt", "summary": f"{run}/{{variant}}/prune.json"},
-            inputs=lambda p, w: {"model": f"{_run(p, w, 'baseline')}/model.pt", "data": _prepared(p, w["dataset"])},
-            param_keys=lambda p, w: ["seed", f"variants.{w['variant']}.prune"],
+            inputs=lambda p, w: {"model": start_model(p, w), "data": _prepared(p, w["dataset"])},
+            param_keys=lambda p, w: ["seed", f"variants.{w['variant']}.base", f"variants.{w['variant']}.prune"],
             args=lambda i, o, w: ["--model", i["model"], "--dataset-dir", i["data"], "--variant", w["variant"],
                                   "--out", o["model"], "--summary", o["summary"]],
             modules=["stages/prune.py", "prune.py", "complexity.py", *LOADER, *MODELS],
@@ -229,7 +236,8 @@ def stages(params: dict) -> dict[str, Stage]:
         Stage(
             name="report", wildcards=(),
             outputs={"csv": f"{results}/comparison.csv", "markdown": f"{results}/comparison.md",
-                     "attributes": f"{results}/per_attribute_delta.csv",
+                     "attributes": f"{results}/per_attribute_delta.csv", "compression": f"{results}/compression.csv",
+                     "layers": f"{results}/decomposition_layers.csv",
                      "latency_png": f"{results}/plots/mA_vs_latency.png",
                      "latency_svg": f"{results}/plots/mA_vs_latency.svg",
                      "macs_png": f"{results}/plots/mA_vs_macs.png", "macs_svg": f"{results}/plots/mA_vs_macs.svg"},
@@ -248,6 +256,9 @@ def _report_inputs(params: dict) -> dict[str, str]:
         if stage.name in ("evaluate", "profile"):
             for key, path in stage.job_outputs(w).items():
                 inputs[f"{stage.job_name(w)}:{key}"] = path
+        elif stage.name in ("decompose", "finetune"):  # the per-layer tables; fine-tuning's before/after figures
+            key = "table" if stage.name == "decompose" else "summary"
+            inputs[f"{stage.job_name(w)}:{key}"] = stage.job_outputs(w)[key]
     return inputs
 
 

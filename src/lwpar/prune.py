@@ -49,6 +49,10 @@ class _StackedLevel(nn.Module):
         super().__init__()
         self.level = [level]  # a list, so that DepGraph neither registers nor traces the real modules
         atts, stns, fcs = level.att_list, level.stn_list, level.fc_list
+        if not all(isinstance(m, (nn.Conv2d, nn.Linear)) for a in atts for m in (a.conv1, a.conv2)) or \
+                not all(isinstance(m, nn.Linear) for m in (*stns, *fcs)):
+            raise LwparError("structured pruning of ALM needs the attribute heads unfactorized: "
+                             "prune first, then decompose the heads (a variant with base: the pruned one)")
         self.conv1 = self._stacked(nn.Conv2d, [a.conv1 for a in atts], 0)
         self.conv2 = self._stacked(nn.Conv2d, [a.conv2 for a in atts], 1)
         self.stn = self._stacked(nn.Linear, list(stns), 0)

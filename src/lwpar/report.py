@@ -53,6 +53,80 @@ def _per_attribute(folder: Path):
     return pd.read_csv(path) if path.exists() else None
 
 
+def _runs(results: Path):
+    """(dataset, model, run folder, profile) of every profiled run in the results tree, once per run."""
+    seen = set()
+    for profile_path in sorted(results.glob("*/*/profile-*.json")):
+        if profile_path.parent in seen:
+            continue
+        seen.add(profile_path.parent)
+        yield (profile_path.parent.parent.name, profile_path.parent.name, profile_path.parent,
+               json.loads(profile_path.read_text()))
+
+
+def compression(results: Path) -> pd.DataFrame:
+    """Per compressed variant: its method, MACs and parameters as fractions of the baseline's,
+    validation mA before fine-tuning, after BatchNorm recalibration and after fine-tuning, and the
+    test mA of its deployed artifact."""
+    rows = []
+    for dataset, model, run, profile in _runs(results):
+        measured = profile["variants"]
+        base = measured.get("baseline", {})
+        base_test = _metrics(run / "baseline")["mA"]
+        for summary_path in sorted(run.glob("*/finetune.json")):
+            summary = json.loads(summary_path.read_text())
+            variant = summary_path.parent.name
+            figures = measured.get(variant, {})
+
+            def fraction(key):
+                return figures[key] / base[key] if figures.get(key) and base.get(key) else np.nan
+            recalibrated = summary.get("val_after_bn_recalibration") or {}
+            test = _metrics(run / variant)["mA"]
+            rows.append({"dataset": dataset, "model": model, "variant": variant, "method": _method(run / variant),
+                         "macs_fraction": fraction("macs"), "params_fraction": fraction("params"),
+                         "val_mA_before_ft": summary["val_before"]["mA"],
+                         "val_mA_after_bn_recalibration": recalibrated.get("mA", np.nan),
+                         "val_mA_after_ft": summary["val_after"]["mA"], "ft_epochs": summary["epochs"],
+                         "ft_best_epoch": summary["best_epoch"], "ft_seconds": summary["seconds"],
+                         "test_mA": test, "test_delta_mA": test - base_test})
+    return pd.DataFrame(rows)
+
+
+def _method(folder: Path) -> str:
+    if (folder / "prune.json").exists():
+        return "prune-" + json.loads((folder / "prune.json").read_text())["kind"]
+    if (folder / "layers.csv").exists():
+        return "+".join(pd.read_csv(folder / "layers.csv")["method"].unique())
+    return ""
+
+
+def decomposition_layers(results: Path) -> pd.DataFrame:
+    """Every decomposition variant's per-layer table (the decompose stage's layers.csv), in one."""
+    frames = []
+    for dataset, model, run, _ in _runs(results):
+        for path in sorted(run.glob("*/layers.csv")):
+            table = pd.read_csv(path)
+            table.insert(0, "variant", path.parent.name)
+            table.insert(0, "model", model)
+            table.insert(0, "dataset", dataset)
+            frames.append(table)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def decomposition_summary(layers: pd.DataFrame) -> pd.DataFrame:
+    """Per variant and method: layers, MACs of those layers before and after, reconstruction error,
+    and for CP the sum of squared rank-one norms (||lambda||^2) before and after EPC."""
+    if layers.empty:
+        return layers
+    groups = layers.groupby(["dataset", "model", "variant", "method"], sort=False)
+    summary = groups.agg(layers=("layer", "size"), macs_before=("macs_before", "sum"),
+                         macs_after=("macs_after", "sum"), median_relative_error=("relative_error", "median"),
+                         max_relative_error=("relative_error", "max"), seconds=("seconds", "sum"))
+    for column in ("lambda_sq_before", "lambda_sq_after"):
+        summary[column] = groups[column].sum(min_count=1) if column in layers else np.nan
+    return summary.reset_index()
+
+
 def pareto_front(latency: np.ndarray, score: np.ndarray) -> np.ndarray:
     """Mask of points no other point beats on both lower latency and higher score."""
     front = np.ones(len(latency), dtype=bool)
@@ -76,7 +150,8 @@ def latency_split(results: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def markdown(table: pd.DataFrame, stamp: str, split: pd.DataFrame | None = None) -> str:
+def markdown(table: pd.DataFrame, stamp: str, split: pd.DataFrame | None = None,
+             compressed: pd.DataFrame | None = None, decomposed: pd.DataFrame | None = None) -> str:
     shown = table.copy()
     for column in ("mA", "accuracy", "precision", "recall", "f1", "delta_mA"):
         shown[column] = (shown[column] * 100).map(lambda v: "" if pd.isna(v) else f"{v:.2f}")
@@ -97,6 +172,31 @@ def markdown(table: pd.DataFrame, stamp: str, split: pd.DataFrame | None = None)
                  "|---|---|---|---|---|---|---|---|---|\n")
         text += "".join(f"| {r.dataset} | {r.model} | {r.variant} | {r.target} | {r.batch} | {r.threads} | "
                         f"{r.total_ms:.2f} | {r.backbone_ms:.2f} | {r.heads_ms:.2f} |\n" for r in split.itertuples())
+    if compressed is not None and len(compressed):
+        text += ("\n## Compression and fine-tuning\n\nValidation mA (%) of each compressed model before fine-tuning, "
+                 "after re-estimating BatchNorm statistics, and after fine-tuning (the kept epoch); test mA (%) of its "
+                 "deployed ONNX artifact and the change against the baseline's.\n\n"
+                 "| dataset | model | variant | method | MACs | params | val mA before FT | after BN recal. | after FT "
+                 "| FT epochs | FT seconds | test mA | delta_mA |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+        pct = lambda v: "" if pd.isna(v) else f"{v * 100:.2f}"  # noqa: E731
+        text += "".join(f"| {r.dataset} | {r.model} | {r.variant} | {r.method} | {r.macs_fraction:.3f} | "
+                        f"{r.params_fraction:.3f} | {pct(r.val_mA_before_ft)} | "
+                        f"{pct(r.val_mA_after_bn_recalibration)} | {pct(r.val_mA_after_ft)} | {r.ft_epochs} | "
+                        f"{r.ft_seconds:.0f} | {pct(r.test_mA)} | {pct(r.test_delta_mA)} |\n"
+                        for r in compressed.itertuples())
+    if decomposed is not None and len(decomposed):
+        text += ("\n## Decomposition\n\nPer variant and method, over the factorized layers only: their MACs before "
+                 "and after, the relative reconstruction error of their kernels, ||lambda||^2 (sum of squared "
+                 "rank-one norms; CP only) before and after Error Preserving Correction, and the seconds the "
+                 "decomposition took. Every layer's row is in `decomposition_layers.csv`.\n\n"
+                 "| dataset | model | variant | method | layers | MACs before | MACs after | median rel. error "
+                 "| max rel. error | ||lambda||^2 before | ||lambda||^2 after | seconds |\n"
+                 "|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+        num = lambda v, f: "" if pd.isna(v) else format(v, f)  # noqa: E731
+        text += "".join(f"| {r.dataset} | {r.model} | {r.variant} | {r.method} | {r.layers} | "
+                        f"{r.macs_before / 1e6:.1f} M | {r.macs_after / 1e6:.1f} M | {r.median_relative_error:.4f} | "
+                        f"{r.max_relative_error:.4f} | {num(r.lambda_sq_before, '.4g')} | {num(r.lambda_sq_after, '.4g')} | "
+                        f"{r.seconds:.1f} |\n" for r in decomposed.itertuples())
     return text
 
 

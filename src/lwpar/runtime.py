@@ -109,6 +109,18 @@ def load_model(path: str | Path) -> tuple[torch.nn.Module, dict]:
     return model, blob
 
 
+def check_start_model(path: str | Path, blob: dict, variant: str, base: str | None) -> list[dict]:
+    """The compression steps already in a variant's start model, refused when they contradict its
+    `base`: a variant with no base compresses the trained baseline, one with a base compresses
+    further what its base variant made (a wrong --model must not pass unnoticed)."""
+    structure = list(blob.get("structure") or [])
+    if base is None and structure:
+        raise LwparError(f"{path}: already compressed, but variant {variant} starts from the trained baseline (base: null)")
+    if base is not None and not structure:
+        raise LwparError(f"{path}: not compressed, but variant {variant} starts from variant {base}'s model (base: {base})")
+    return structure
+
+
 def apply_structure(model: torch.nn.Module, structure: list[dict]) -> None:
     """Re-create the compressed architecture recorded in a model file (no decomposition is run)."""
     from lwpar.decompose.factorize import apply_plan

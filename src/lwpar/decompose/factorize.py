@@ -22,11 +22,15 @@ def _kernel_shape(layer: nn.Module) -> dict:
     return {"in": layer.in_channels, "out": layer.out_channels, "kh": kh, "kw": kw}
 
 
+HEAD_PARTS = (".att_list.", ".stn_list.", ".fc_list.")
+
+
 def select_layers(model: nn.Module, kinds: list[str], include_first: bool = False,
-                  include_heads: bool = False, min_channels: int = 8) -> list[str]:
-    """Names of the layers to factorize: of the given kinds ('kxk', 'pointwise', 'linear'), outside
-    the ALM attribute heads unless asked, and never the first conv unless asked (factorizing a
-    3-channel input costs more than it saves)."""
+                  include_heads: bool | str = False, min_channels: int = 8, factorized: tuple[str, ...] = ()) -> list[str]:
+    """Names of the layers to factorize: of the given kinds ('kxk', 'pointwise', 'linear'); the ALM
+    attribute heads' layers with include_heads true, only them with 'only', none with false; never
+    the first conv unless asked (factorizing a 3-channel input costs more than it saves), and never
+    a piece of a layer that an earlier step factorized (`factorized`: those layers' names)."""
     names, first_seen = [], False
     for name, module in model.named_modules():
         kind = L.eligible(module)
@@ -36,12 +40,20 @@ def select_layers(model: nn.Module, kinds: list[str], include_first: bool = Fals
         first_seen = first_seen or isinstance(module, nn.Conv2d)
         if is_first and not include_first:
             continue
-        if not include_heads and (".att_list." in name or ".stn_list." in name or ".fc_list." in name):
+        in_head = any(part in name for part in HEAD_PARTS)
+        if (in_head and include_heads is False) or (not in_head and include_heads == "only"):
+            continue
+        if any(name.startswith(f"{done}.") for done in factorized):
             continue
         shape = _kernel_shape(module)
         if kind in kinds and min(shape["in"], shape["out"]) >= min_channels:
             names.append(name)
     return names
+
+
+def factorized_layers(structure: list[dict]) -> tuple[str, ...]:
+    """Names of the layers that earlier decomposition steps of a model file replaced."""
+    return tuple(entry["layer"] for step in structure if step["op"] == "decompose" for entry in step["plan"])
 
 
 def method_for(kind: str, methods: dict) -> str:
@@ -60,12 +72,21 @@ def layer_io_sizes(model: nn.Module, names: list[str], input_size) -> dict[str, 
                 sizes[name] = ((1, 1), (1, 1))
         hooks.append(modules[name].register_forward_hook(hook))
     was_training = model.training
+    # The fused ALM head reads its attention weights without calling the modules, so the hooks would
+    # miss them: the sizes come from one pass through the published computation.
+    levels = [m for m in model.modules() if getattr(m, "head", None) == "fused"]
+    for level in levels:
+        level.head = "reference"
     model.eval()
-    with torch.no_grad():
-        model(torch.zeros(1, 3, *input_size))
-    model.train(was_training)
-    for h in hooks:
-        h.remove()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, *input_size))
+    finally:
+        model.train(was_training)
+        for level in levels:
+            level.head = "fused"
+        for h in hooks:
+            h.remove()
     return sizes
 
 

@@ -101,6 +101,51 @@ def sampling_kernels(raws: list[torch.Tensor], sizes: list[tuple[int, int]], ali
     return [outer[..., level, :height, :width].flatten(-2) for level, (height, width) in enumerate(sizes)]
 
 
+def _chain(module: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """A 1x1 conv, a linear unit, or a Sequential of them (a factorized one) as (weight out x in,
+    bias) steps."""
+    if isinstance(module, nn.Sequential):
+        return [step for child in module for step in _chain(child)]
+    if isinstance(module, nn.Conv2d) and (module.kernel_size != (1, 1) or module.groups != 1):
+        raise TypeError(f"the fused ALM head takes 1x1 convs and linear units, got {module}")
+    return [(module.weight.flatten(1), module.bias)]
+
+
+def _collapse(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """The single (weight, bias) that a chain of linear steps amounts to."""
+    steps = _chain(module)
+    weight, bias = steps[0]
+    bias = bias if bias is not None else weight.new_zeros(weight.shape[0])
+    for w, b in steps[1:]:
+        weight, bias = w @ weight, w @ bias + (b if b is not None else 0)
+    return weight, bias
+
+
+def _stacked_chain(modules: list[nn.Module]) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """Chains of equal length stacked step by step (M x out x in weights, M x out biases), each
+    step zero-padded to its largest size: padded outputs are zero and padded inputs read nothing."""
+    chains = [_chain(m) for m in modules]
+    stacked = []
+    for steps in zip(*chains):
+        rows, cols = max(w.shape[0] for w, _ in steps), max(w.shape[1] for w, _ in steps)
+        weight = torch.stack([F.pad(w, (0, cols - w.shape[1], 0, rows - w.shape[0])) for w, _ in steps])
+        biases = [b for _, b in steps]
+        bias = None if all(b is None for b in biases) else torch.stack(
+            [F.pad(b, (0, rows - b.shape[0])) if b is not None else weight.new_zeros(rows) for b in biases])
+        stacked.append((weight, bias))
+    return stacked
+
+
+def _apply_chain(x: torch.Tensor, steps) -> torch.Tensor:
+    """M x B x in -> M x B x out through stacked steps: one batched product each, the attribute axis
+    leading so each attribute's weights are read once per batch."""
+    for weight, bias in steps:
+        x = torch.matmul(x, weight.transpose(1, 2))
+        if bias is not None:
+            x = x + bias[:, None]
+    return x
+
+
 class LocalizationLevel(nn.Module):
     """All attribute-localization modules of one pyramid level.
 
@@ -136,14 +181,30 @@ class LocalizationLevel(nn.Module):
             logits.append(fc(F.adaptive_avg_pool2d(sampled, 1).flatten(1)))
         return torch.cat(logits, 1)
 
-    def _stacked(self):
-        w1 = torch.cat([a.conv1.weight.flatten(1) for a in self.att_list])              # M*R x C
-        b1 = torch.cat([a.conv1.bias for a in self.att_list])                           # M*R
-        w2 = torch.stack([a.conv2.weight.flatten(1).t() for a in self.att_list])        # M x R x C
-        b2 = torch.stack([a.conv2.bias for a in self.att_list])                         # M x C
-        ws = torch.stack([s.weight.t() for s in self.stn_list])                         # M x C x 4
-        bs = torch.stack([s.bias for s in self.stn_list])                               # M x 4
-        return w1, b1, w2, b2, ws, bs
+    def _attention(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Every attribute's 1 + a_i (M x B x C) from the pooled map (B x C).
+
+        Attributes whose attention convs are factorized alike (the usual case: all of them) are
+        stacked and computed together; a 1x1 conv that compression factorized is a chain of steps
+        (SVD's two), stacked step by step and zero-padded to the largest rank, which is exact.
+        Attributes factorized differently (a measured rank policy may leave some dense) form
+        separate groups, put back in attribute order afterwards.
+        """
+        groups: dict[tuple, list[int]] = {}
+        for index, att in enumerate(self.att_list):
+            groups.setdefault((len(_chain(att.conv1)), len(_chain(att.conv2))), []).append(index)
+        parts, order = [], []
+        for members in groups.values():
+            (w1, b1), *rest = _stacked_chain([self.att_list[i].conv1 for i in members])
+            attributes, reduced = w1.shape[:2]
+            # the first product serves the group's attributes at once: one Gemm with M*R outputs
+            hidden = F.linear(pooled, w1.flatten(0, 1), b1.flatten() if b1 is not None else None)
+            hidden = _apply_chain(hidden.reshape(-1, attributes, reduced).transpose(0, 1), rest)  # M x B x R
+            parts.append(_apply_chain(torch.relu(hidden), _stacked_chain([self.att_list[i].conv2 for i in members])))
+            order += members
+        logits = parts[0] if len(parts) == 1 else torch.cat(parts).index_select(
+            0, _constant(tuple(order.index(i) for i in range(len(order))), torch.long, pooled.device))
+        return 1 + torch.sigmoid(logits)
 
     def attend(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Fused, first half: each attribute's 1 + a_i (M x B x C) and raw transform (B x M x 4).
@@ -154,18 +215,18 @@ class LocalizationLevel(nn.Module):
         well (ONNX Runtime's Einsum kernel is several times slower). Reshapes use -1 for the batch so
         that the exported graph computes no shapes.
         """
-        w1, b1, w2, b2, ws, bs = self._stacked()
-        attributes, reduced = w2.shape[0], w2.shape[1]
         pooled = x.mean((2, 3))                                                          # B x C
-        hidden = torch.relu(F.linear(pooled, w1, b1)).reshape(-1, attributes, reduced).transpose(0, 1)  # M x B x R
-        scale = 1 + torch.sigmoid(torch.matmul(hidden, w2) + b2[:, None])               # M x B x C
+        scale = self._attention(pooled)                                                  # M x B x C
+        # the transform (C -> 4) is tiny: a factorized one is multiplied out
+        ws = torch.stack([_collapse(s)[0].t() for s in self.stn_list])                  # M x C x 4
+        bs = torch.stack([_collapse(s)[1] for s in self.stn_list])                      # M x 4
         raw = torch.matmul(scale * pooled, ws) + bs[:, None]                             # M x B x 4
         return scale, raw.transpose(0, 1)
 
     def localize(self, x: torch.Tensor, scale: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
         """Fused, second half: logits (B x M) from the map, 1 + a_i and the sampling kernel."""
-        wf = torch.cat([f.weight for f in self.fc_list])                                # M x C
-        bf = torch.cat([f.bias for f in self.fc_list])                                  # M
+        wf = torch.cat([_collapse(f)[0] for f in self.fc_list])                         # M x C
+        bf = torch.cat([_collapse(f)[1] for f in self.fc_list])                         # M
         contracted = torch.matmul(kernel, x.flatten(2).transpose(1, 2))                 # B x M x C
         return (scale.transpose(0, 1) * contracted * wf).sum(-1) + bf
 

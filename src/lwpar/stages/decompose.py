@@ -25,22 +25,23 @@ def run(args, params) -> None:
 
     from lwpar import LwparError
     from lwpar.complexity import count_macs, count_params
-    from lwpar.decompose.factorize import apply_plan, factorized_macs, original_macs, select_layers
+    from lwpar.decompose.factorize import (apply_plan, factorized_layers, factorized_macs, original_macs,
+                                           select_layers)
     from lwpar.decompose.search import MEASURED, SensitivityProbe, cache_settings, load_cache, plan
     from lwpar.io import write_csv
-    from lwpar.runtime import load_model, save_model
+    from lwpar.runtime import check_start_model, load_model, save_model
 
     if "decompose" not in params["variants"].get(args.variant, {}):
         raise LwparError(f"--variant {args.variant!r}: not a decomposition variant in params variants")
     recipe = params["variants"][args.variant]["decompose"]
     model, blob = load_model(args.model)
-    if blob.get("structure"):
-        raise LwparError(f"{args.model}: already compressed; decompose a trained baseline")
+    earlier = check_start_model(args.model, blob, args.variant, params["variants"][args.variant]["base"])
     model.eval()
     size = blob["model_cfg"]["input_size"]
     torch.manual_seed(params["seed"])
     macs_before, params_before = count_macs(model, size), count_params(model)
-    names = select_layers(model, recipe["kinds"], recipe["include_first"], recipe["include_heads"])
+    names = select_layers(model, recipe["kinds"], recipe["include_first"], recipe["include_heads"],
+                          factorized=factorized_layers(earlier))
     if not names:
         raise LwparError(f"variant {args.variant}: no layer of kinds {recipe['kinds']} to factorize in this model")
     probe = None
@@ -61,7 +62,7 @@ def run(args, params) -> None:
         row["macs_before"] = original_macs(shape, row["io"])
         row["macs_after"] = factorized_macs(row["method"], shape, row["rank"], row.pop("io"))
     macs_after, params_after = count_macs(model, size), count_params(model)
-    structure = [{"op": "decompose", "variant": args.variant,
+    structure = [*earlier, {"op": "decompose", "variant": args.variant,
                   "plan": [{"layer": r["layer"], "method": r["method"], "rank": r["rank"]} for r in rows]}]
     table = pd.DataFrame(rows)
     write_csv(args.table, table)

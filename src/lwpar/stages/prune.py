@@ -30,20 +30,19 @@ def run(args, params) -> None:
     from lwpar.data.loader import ImageTable, Prepared, build_transform
     from lwpar.io import write_json
     from lwpar.prune import prune_to_budget, sparsity, unstructured_prune
-    from lwpar.runtime import load_model, save_model
+    from lwpar.runtime import check_start_model, load_model, save_model
 
     variant = params["variants"].get(args.variant)
     if variant is None or "prune" not in variant:
         raise LwparError(f"--variant {args.variant!r}: not a pruning variant in params variants")
     cfg = variant["prune"]
     model, blob = load_model(args.model)
-    if blob.get("structure"):
-        raise LwparError(f"{args.model}: already compressed; prune a trained baseline")
+    earlier = check_start_model(args.model, blob, args.variant, variant["base"])
     size = blob["model_cfg"]["input_size"]
     torch.manual_seed(params["seed"])
     macs_before, params_before = count_macs(model, size), count_params(model)
     started = time.time()
-    structure, extra = [], {}
+    structure, extra = earlier, {}
     if cfg["kind"] == "unstructured":
         unstructured_prune(model, cfg["amount"])
         extra = {"sparsity": sparsity(model)}
@@ -57,7 +56,7 @@ def run(args, params) -> None:
         import torch_pruning as tp
 
         model, ratio, fraction = prune_to_budget(model, size, cfg["macs_fraction"], cfg, calibration)
-        structure = [{"op": "prune", "variant": args.variant, "tp_state": tp.state_dict(model)}]
+        structure = [*earlier, {"op": "prune", "variant": args.variant, "tp_state": tp.state_dict(model)}]
         extra = {"channel_ratio": ratio, "macs_fraction": fraction}
     macs_after, params_after = count_macs(model, size), count_params(model)
     save_model(args.out, model, blob["model_cfg"], blob["attributes"], structure=structure,

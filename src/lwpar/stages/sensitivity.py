@@ -31,10 +31,10 @@ def run(args, params) -> None:
     import torch
 
     from lwpar.data.loader import ImageTable, Prepared, build_transform, make_loader
-    from lwpar.decompose.factorize import select_layers
+    from lwpar.decompose.factorize import factorized_layers, select_layers
     from lwpar.decompose.search import MEASURED, SensitivityProbe, cache_settings, plan, save_cache
     from lwpar.metrics import pedestrian_metrics
-    from lwpar.runtime import configure, load_model, seed_everything
+    from lwpar.runtime import check_start_model, configure, load_model, seed_everything
     from lwpar.train import recalibrate_batchnorm
 
     recipe = params["variants"].get(args.variant, {}).get("decompose")
@@ -45,8 +45,7 @@ def run(args, params) -> None:
     device = configure(params)
     seed_everything(params["seed"])
     model, blob = load_model(args.model)
-    if blob.get("structure"):
-        raise LwparError(f"{args.model}: already compressed; measure a trained baseline")
+    earlier = check_start_model(args.model, blob, args.variant, params["variants"][args.variant]["base"])
     model.to(device).eval()
     size = blob["model_cfg"]["input_size"]
     data = Prepared(args.dataset_dir)
@@ -72,7 +71,8 @@ def run(args, params) -> None:
 
     started = time.time()
     probe = SensitivityProbe(model, score, recalibrate if calibration else None, seed=params["seed"], epc=recipe["epc"])
-    names = select_layers(model, recipe["kinds"], recipe["include_first"], recipe["include_heads"])
+    names = select_layers(model, recipe["kinds"], recipe["include_first"], recipe["include_heads"],
+                          factorized=factorized_layers(earlier))
     if not names:
         raise LwparError(f"variant {args.variant}: no layer of kinds {recipe['kinds']} to factorize in this model")
     chosen = plan(model, names, recipe["methods"], size, recipe["rank"], count_macs(model, size), probe)

@@ -1,0 +1,75 @@
+"""The report's tables from a small results tree written here: the comparison rows, each compressed
+variant's validation mA before and after fine-tuning, and the per-layer decomposition tables."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lwpar.report import collect, compression, decomposition_layers, decomposition_summary, markdown
+
+
+def _write(path, data):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data) if not isinstance(data, str) else data)
+
+
+@pytest.fixture
+def results(tmp_path):
+    run = tmp_path / "peta" / "alm"
+    latency = lambda ms, speedup: [{"batch": 1, "threads": 1, "median_ms": ms, "p90_ms": ms * 1.1,  # noqa: E731
+                                    "speedup": speedup}]
+    _write(run / "profile-local_cpu.json", {"target": "local_cpu", "variants": {
+        "baseline": {"latency": latency(4.0, 1.0), "size_mb": 30.0, "params": 8e6, "macs": 100e6},
+        "cp_r50": {"latency": latency(2.0, 2.0), "size_mb": 15.0, "params": 4e6, "macs": 50e6},
+        "prune_r50": {"latency": latency(2.5, 1.6), "size_mb": 14.0, "params": 3e6, "macs": 49e6}}})
+    for name, mA in (("baseline", 0.70), ("cp_r50", 0.66), ("prune_r50", 0.64)):
+        _write(run / name / "eval/metrics.json", {"mA": mA, "accuracy": 0.5, "precision": 0.6, "recall": 0.7, "f1": 0.65})
+    for name, before, recal, after in (("cp_r50", 0.50, 0.55, 0.65), ("prune_r50", 0.48, 0.52, 0.63)):
+        _write(run / name / "finetune.json", {"variant": name, "val_before": {"mA": before},
+                                              "val_after_bn_recalibration": {"mA": recal}, "val_after": {"mA": after},
+                                              "best_epoch": 1, "epochs": 1, "seconds": 12.3})
+    _write(run / "prune_r50/prune.json", {"kind": "structured"})
+    pd.DataFrame([
+        {"layer": "a", "method": "cp", "rank": 8, "relative_error": 0.2, "seconds": 1.0, "lambda_sq_before": 9.0,
+         "lambda_sq_after": 3.0, "macs_before": 1000, "macs_after": 400},
+        {"layer": "b", "method": "cp", "rank": 16, "relative_error": 0.4, "seconds": 2.0, "lambda_sq_before": 1.0,
+         "lambda_sq_after": 1.0, "macs_before": 3000, "macs_after": 1000},
+        {"layer": "c", "method": "svd", "rank": 8, "relative_error": 0.1, "seconds": 0.5, "lambda_sq_before": np.nan,
+         "lambda_sq_after": np.nan, "macs_before": 500, "macs_after": 200},
+    ]).to_csv(run / "cp_r50/layers.csv", index=False)
+    return tmp_path
+
+
+def test_compression_table_holds_validation_before_and_after_fine_tuning(results):
+    table = compression(results).set_index("variant")
+    assert list(table.index) == ["cp_r50", "prune_r50"]
+    cp = table.loc["cp_r50"]
+    assert cp.method == "cp+svd"
+    assert cp.macs_fraction == pytest.approx(0.5) and cp.params_fraction == pytest.approx(0.5)
+    assert (cp.val_mA_before_ft, cp.val_mA_after_bn_recalibration, cp.val_mA_after_ft) == (0.50, 0.55, 0.65)
+    assert cp.test_mA == 0.66 and cp.test_delta_mA == pytest.approx(-0.04)
+    assert table.loc["prune_r50"].method == "prune-structured"
+    assert table.loc["prune_r50"].macs_fraction == pytest.approx(0.49)
+
+
+def test_decomposition_summary_sums_each_method_over_its_layers(results):
+    layers = decomposition_layers(results)
+    assert len(layers) == 3 and set(layers.variant) == {"cp_r50"}
+    summary = decomposition_summary(layers).set_index("method")
+    cp = summary.loc["cp"]
+    assert (cp.layers, cp.macs_before, cp.macs_after) == (2, 4000, 1400)
+    assert cp.median_relative_error == pytest.approx(0.3) and cp.max_relative_error == pytest.approx(0.4)
+    assert (cp.lambda_sq_before, cp.lambda_sq_after) == (10.0, 4.0)
+    assert np.isnan(summary.loc["svd"].lambda_sq_before)
+
+
+def test_markdown_shows_the_compression_and_decomposition_sections(results):
+    table, _ = collect(results)
+    text = markdown(table, "stamp", None, compression(results), decomposition_summary(decomposition_layers(results)))
+    assert "## Compression and fine-tuning" in text and "## Decomposition" in text
+    assert "| peta | alm | cp_r50 | cp+svd | 0.500 | 0.500 | 50.00 | 55.00 | 65.00 | 1 | 12 | 66.00 | -4.00 |" in text
+    assert "| peta | alm | cp_r50 | cp | 2 | 0.0 M | 0.0 M | 0.3000 | 0.4000 | 10 | 4 | 3.0 |" in text
