@@ -78,13 +78,9 @@ def _randomize_transforms(level: LocalizationLevel, scale: float) -> None:
         torch.nn.init.normal_(stn.bias, std=2 * scale)
 
 
-@pytest.mark.parametrize("align_corners", [False, True])
-@pytest.mark.parametrize("channels,size", [(768, (16, 8)), (512, (8, 4)), (256, (4, 2)), (32, (5, 3)), (32, (1, 1))])
-def test_fused_equals_reference(align_corners, channels, size):
-    torch.manual_seed(channels + size[0])
-    level = LocalizationLevel(5, channels, "reference", align_corners).double()
-    _randomize_transforms(level, 1.0)
-    x = torch.randn(3, channels, *size, dtype=torch.float64, requires_grad=True)
+def _assert_fused_equals_reference(level, x):
+    """A level's fused logits and gradients (input and every parameter) equal the published ones."""
+    level.head = "reference"
     reference = level(x)
     grads_ref = torch.autograd.grad(reference.sum(), [x, *level.parameters()])
     level.head = "fused"
@@ -93,6 +89,16 @@ def test_fused_equals_reference(align_corners, channels, size):
     torch.testing.assert_close(fused, reference, rtol=1e-9, atol=1e-9)
     for a, b in zip(grads_fused, grads_ref):
         torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize("channels,size", [(768, (16, 8)), (512, (8, 4)), (256, (4, 2)), (32, (5, 3)), (32, (1, 1))])
+def test_fused_equals_reference(align_corners, channels, size):
+    torch.manual_seed(channels + size[0])
+    level = LocalizationLevel(5, channels, "reference", align_corners).double()
+    _randomize_transforms(level, 1.0)
+    x = torch.randn(3, channels, *size, dtype=torch.float64, requires_grad=True)
+    _assert_fused_equals_reference(level, x)
 
 
 @pytest.mark.parametrize("align_corners", [False, True])
@@ -145,8 +151,6 @@ def test_fused_head_runs_factorized_attention_exactly(align_corners):
     """The heads' attention convs and transform units stay open to compression: after per-attribute
     SVD (ranks differing between attributes, one attribute left dense, as a measured rank policy may
     leave them) the fused head still equals the published computation, values and gradients."""
-    import numpy as np
-
     from lwpar.decompose.factorize import factorize_layer
 
     torch.manual_seed(3)
@@ -160,12 +164,4 @@ def test_fused_head_runs_factorized_attention_exactly(align_corners):
     level.fc_list[2] = factorize_layer(level.fc_list[2], "svd", 1)[0]
     assert isinstance(level.att_list[0].conv1, torch.nn.Sequential)
     x = torch.randn(3, 64, 6, 4, dtype=torch.float64, requires_grad=True)
-    reference = level(x)
-    grads_ref = torch.autograd.grad(reference.sum(), [x, *level.parameters()])
-    level.head = "fused"
-    fused = level(x)
-    grads_fused = torch.autograd.grad(fused.sum(), [x, *level.parameters()])
-    torch.testing.assert_close(fused, reference, rtol=1e-9, atol=1e-9)
-    for a, b in zip(grads_fused, grads_ref):
-        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9)
-    assert np.isfinite(fused.detach().numpy()).all()
+    _assert_fused_equals_reference(level, x)
