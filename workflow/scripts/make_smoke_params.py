@@ -18,6 +18,10 @@ EDITS = {
     "  calibration_images: 256 ": "  calibration_images: 64  ",
     "val_images: 512, calibration_batches: 4, fractions: [0.1, 0.2, 0.3, 0.5, 0.7]":
         "val_images: 64, calibration_batches: 2, fractions: [0.1, 0.3, 0.5]",
+    # the smoke run also covers the multi-stage variant (compress the heads of lwalm's model), which
+    # the default experiment defines but does not run
+    "  variants: [svd_r50, svd_greedy50, lwalm, prune_l2_r50]\n  int8: [baseline, svd_r50, svd_greedy50, lwalm, prune_l2_r50]":
+        "  variants: [svd_r50, svd_greedy50, lwalm, lwalm_heads, prune_l2_r50]\n  int8: [baseline, lwalm_heads]",
 
 }
 
