@@ -35,11 +35,14 @@ def results(tmp_path):
     _write(run / "prune_r50/prune.json", {"kind": "structured"})
     pd.DataFrame([
         {"layer": "a", "method": "cp", "rank": 8, "relative_error": 0.2, "seconds": 1.0, "lambda_sq_before": 9.0,
-         "lambda_sq_after": 3.0, "macs_before": 1000, "macs_after": 400},
+         "lambda_sq_after": 3.0, "sensitivity_before": 50.0, "sensitivity_after": 5.0, "macs_before": 1000,
+         "macs_after": 400},
         {"layer": "b", "method": "cp", "rank": 16, "relative_error": 0.4, "seconds": 2.0, "lambda_sq_before": 1.0,
-         "lambda_sq_after": 1.0, "macs_before": 3000, "macs_after": 1000},
+         "lambda_sq_after": 1.0, "sensitivity_before": 10.0, "sensitivity_after": 10.0, "macs_before": 3000,
+         "macs_after": 1000},
         {"layer": "c", "method": "svd", "rank": 8, "relative_error": 0.1, "seconds": 0.5, "lambda_sq_before": np.nan,
-         "lambda_sq_after": np.nan, "macs_before": 500, "macs_after": 200},
+         "lambda_sq_after": np.nan, "sensitivity_before": np.nan, "sensitivity_after": np.nan, "macs_before": 500,
+         "macs_after": 200},
     ]).to_csv(run / "cp_r50/layers.csv", index=False)
     return tmp_path
 
@@ -64,6 +67,7 @@ def test_decomposition_summary_sums_each_method_over_its_layers(results):
     assert (cp.layers, cp.macs_before, cp.macs_after) == (2, 4000, 1400)
     assert cp.median_relative_error == pytest.approx(0.3) and cp.max_relative_error == pytest.approx(0.4)
     assert (cp.lambda_sq_before, cp.lambda_sq_after) == (10.0, 4.0)
+    assert (cp.sensitivity_before, cp.sensitivity_after) == (60.0, 15.0)
     assert np.isnan(summary.loc["svd"].lambda_sq_before)
 
 
@@ -72,4 +76,4 @@ def test_markdown_shows_the_compression_and_decomposition_sections(results):
     text = markdown(table, "stamp", None, compression(results), decomposition_summary(decomposition_layers(results)))
     assert "## Compression and fine-tuning" in text and "## Decomposition" in text
     assert "| peta | alm | cp_r50 | cp+svd | 0.500 | 0.500 | 50.00 | 55.00 | 65.00 | 1 | 12 | 66.00 | -4.00 |" in text
-    assert "| peta | alm | cp_r50 | cp | 2 | 0.0 M | 0.0 M | 0.3000 | 0.4000 | 10 | 4 | 3.0 |" in text
+    assert "| peta | alm | cp_r50 | cp | 2 | 0.0 M | 0.0 M | 0.3000 | 0.4000 | 10 | 4 | 60 | 15 | 3.0 |" in text

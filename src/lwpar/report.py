@@ -115,14 +115,15 @@ def decomposition_layers(results: Path) -> pd.DataFrame:
 
 def decomposition_summary(layers: pd.DataFrame) -> pd.DataFrame:
     """Per variant and method: layers, MACs of those layers before and after, reconstruction error,
-    and for CP the sum of squared rank-one norms (||lambda||^2) before and after EPC."""
+    and for CP the sum of squared rank-one norms (||lambda||^2) and the sensitivity, summed over
+    the layers, before and after Error Preserving Correction."""
     if layers.empty:
         return layers
     groups = layers.groupby(["dataset", "model", "variant", "method"], sort=False)
     summary = groups.agg(layers=("layer", "size"), macs_before=("macs_before", "sum"),
                          macs_after=("macs_after", "sum"), median_relative_error=("relative_error", "median"),
                          max_relative_error=("relative_error", "max"), seconds=("seconds", "sum"))
-    for column in ("lambda_sq_before", "lambda_sq_after"):
+    for column in ("lambda_sq_before", "lambda_sq_after", "sensitivity_before", "sensitivity_after"):
         summary[column] = groups[column].sum(min_count=1) if column in layers else np.nan
     return summary.reset_index()
 
@@ -186,16 +187,18 @@ def markdown(table: pd.DataFrame, stamp: str, split: pd.DataFrame | None = None,
                         for r in compressed.itertuples())
     if decomposed is not None and len(decomposed):
         text += ("\n## Decomposition\n\nPer variant and method, over the factorized layers only: their MACs before "
-                 "and after, the relative reconstruction error of their kernels, ||lambda||^2 (sum of squared "
-                 "rank-one norms; CP only) before and after Error Preserving Correction, and the seconds the "
-                 "decomposition took. Every layer's row is in `decomposition_layers.csv`.\n\n"
+                 "and after, the relative reconstruction error of their kernels, and for CP, summed over the layers, "
+                 "||lambda||^2 (the squared norms of the rank-one terms) and the sensitivity before and after Error "
+                 "Preserving Correction (equal when EPC is off), and the seconds the decomposition took. Every "
+                 "layer's row is in `decomposition_layers.csv`.\n\n"
                  "| dataset | model | variant | method | layers | MACs before | MACs after | median rel. error "
-                 "| max rel. error | ||lambda||^2 before | ||lambda||^2 after | seconds |\n"
-                 "|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+                 "| max rel. error | ||lambda||^2 before | ||lambda||^2 after | sensitivity before | sensitivity after "
+                 "| seconds |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
         num = lambda v, f: "" if pd.isna(v) else format(v, f)  # noqa: E731
         text += "".join(f"| {r.dataset} | {r.model} | {r.variant} | {r.method} | {r.layers} | "
                         f"{r.macs_before / 1e6:.1f} M | {r.macs_after / 1e6:.1f} M | {r.median_relative_error:.4f} | "
                         f"{r.max_relative_error:.4f} | {num(r.lambda_sq_before, '.4g')} | {num(r.lambda_sq_after, '.4g')} | "
+                        f"{num(r.sensitivity_before, '.4g')} | {num(r.sensitivity_after, '.4g')} | "
                         f"{r.seconds:.1f} |\n" for r in decomposed.itertuples())
     return text
 
