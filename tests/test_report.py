@@ -77,3 +77,12 @@ def test_markdown_shows_the_compression_and_decomposition_sections(results):
     assert "## Compression and fine-tuning" in text and "## Decomposition" in text
     assert "| peta | alm | cp_r50 | cp+svd | 0.500 | 0.500 | 50.00 | 55.00 | 65.00 | 1 | 12 | 66.00 | -4.00 |" in text
     assert "| peta | alm | cp_r50 | cp | 2 | 0.0 M | 0.0 M | 0.3000 | 0.4000 | 10 | 4 | 60 | 15 | 3.0 |" in text
+
+
+def test_labels_of_nearby_points_do_not_overlap():
+    from lwpar.report import label_offsets
+
+    x, y = np.array([11.10, 11.29, 15.0, 11.10]), np.array([59.22, 59.22, 59.25, 59.06])
+    offsets = label_offsets(x, y, ["cpd_epc_r50", "cp_als_r50", "baseline", "svd_r50"])
+    assert offsets[0] != offsets[1]  # the two CP variants sit 0.2 ms apart at the same mA
+    assert offsets[2] == (3, 3)      # a point alone keeps the default place

@@ -203,6 +203,24 @@ def markdown(table: pd.DataFrame, stamp: str, split: pd.DataFrame | None = None,
     return text
 
 
+def label_offsets(x: np.ndarray, y: np.ndarray, names: list[str], width_pt: float = 504, height_pt: float = 324) -> list:
+    """Point-label offsets (points) that keep labels of nearby points apart: each label takes the first
+    of a few positions whose box (about 4 pt per character, 8 pt high, on a width_pt x height_pt
+    plot area) overlaps no label placed before it."""
+    span_x, span_y = (np.ptp(x) or 1.0), (np.ptp(y) or 1.0)
+    px, py = (x - x.min()) / span_x * width_pt, (y - y.min()) / span_y * height_pt
+    placed, offsets = [], []
+    for i in np.argsort(x, kind="stable"):
+        width = 4.0 * len(names[i])
+        for dx, dy in ((3, 3), (3, -10), (3, 12), (3, -19), (-width - 3, 3), (-width - 3, -10)):
+            box = (px[i] + dx, py[i] + dy, px[i] + dx + width, py[i] + dy + 8)
+            if not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in placed):
+                break
+        placed.append(box)
+        offsets.append((i, (dx, dy)))
+    return [offset for _, offset in sorted(offsets, key=lambda pair: pair[0])]
+
+
 def plots(table: pd.DataFrame, out_dir: Path) -> list[Path]:
     import matplotlib
 
@@ -220,8 +238,8 @@ def plots(table: pd.DataFrame, out_dir: Path) -> list[Path]:
             group = group.dropna(subset=[column])
             x, y = group[column].to_numpy(float), group["mA"].to_numpy(float) * 100
             ax.scatter(x, y, label=f"{dataset} / {model}")
-            for xi, yi, name in zip(x, y, group.variant):
-                ax.annotate(name, (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            for name, xi, yi, offset in zip(group.variant, x, y, label_offsets(x, y, list(group.variant))):
+                ax.annotate(name, (xi, yi), fontsize=7, xytext=offset, textcoords="offset points")
             if kind == "latency" and len(x):
                 front = pareto_front(x, y)
                 order = np.argsort(x[front])
