@@ -71,13 +71,15 @@ def test_truncated_onnx_is_a_clear_error(tiny_onnx, tmp_path):
         onnx_session(tmp_path / "cut.onnx")
 
 
-def test_static_int8_has_qdq_nodes_and_stays_close(tiny_onnx, tmp_path):
+@pytest.mark.parametrize("activations", ["uint8", "int8"])
+def test_static_int8_has_qdq_nodes_and_stays_close(tiny_onnx, tmp_path, activations):
     from lwpar.quantize import quantize_model
 
     model, path = tiny_onnx
     rng = np.random.default_rng(0)
     batches = [rng.standard_normal((4, 3, 64, 32), dtype=np.float32) for _ in range(4)]
-    cfg = {"mode": "static", "calibration": "minmax", "calibration_images": 16, "per_channel": True}
+    cfg = {"mode": "static", "calibration": "minmax", "calibration_images": 16, "per_channel": True,
+           "activations": activations}
     quantize_model(path, tmp_path / "int8.onnx", cfg, iter(batches))
     ops = [n.op_type for n in onnx.load(str(tmp_path / "int8.onnx")).graph.node]
     assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
@@ -85,6 +87,27 @@ def test_static_int8_has_qdq_nodes_and_stays_close(tiny_onnx, tmp_path):
     fp32 = onnx_session(path).run(None, {"images": x})[0]
     int8 = onnx_session(tmp_path / "int8.onnx").run(None, {"images": x})[0]
     assert np.abs(int8 - fp32).max() < 0.1 * np.abs(fp32).max() + 0.05
+
+
+def test_uint8_activations_run_every_conv_as_qlinearconv(tiny_onnx, tmp_path):
+    """What ONNX Runtime really executes: with uint8 activations no convolution is left in FP32
+    behind a per-run DequantizeLinear of its weights."""
+    import onnxruntime as ort
+
+    from lwpar.quantize import quantize_model
+
+    _, path = tiny_onnx
+    rng = np.random.default_rng(0)
+    batches = [rng.standard_normal((4, 3, 64, 32), dtype=np.float32) for _ in range(2)]
+    cfg = {"mode": "static", "calibration": "minmax", "calibration_images": 8, "per_channel": True,
+           "activations": "uint8"}
+    quantize_model(path, tmp_path / "int8.onnx", cfg, iter(batches))
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(tmp_path / "int8.onnx"), options, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
+    convs = [op for op in ops if "Conv" in op]
+    assert convs and all("QLinearConv" in op for op in convs), sorted(set(ops))
 
 
 def test_profile_result_holds_every_field(tiny_onnx, tmp_path):

@@ -165,3 +165,13 @@ def test_fused_head_runs_factorized_attention_exactly(align_corners):
     assert isinstance(level.att_list[0].conv1, torch.nn.Sequential)
     x = torch.randn(3, 64, 6, 4, dtype=torch.float64, requires_grad=True)
     _assert_fused_equals_reference(level, x)
+
+
+def test_bn_inception_stride_one_pools_export_without_ceil_mode():
+    """ceil_mode is a no-op at stride 1, and ONNX Runtime's AveragePool runs it on a slow path."""
+    from lwpar.models.bninception import BNInception
+
+    pools = [m for m in BNInception().modules() if isinstance(m, (torch.nn.AvgPool2d, torch.nn.MaxPool2d))]
+    stride_one = [m for m in pools if m.stride in (1, (1, 1))]
+    assert len(stride_one) == 8 and not any(m.ceil_mode for m in stride_one)
+    assert all(m.ceil_mode for m in pools if m not in stride_one)  # stride 2: the official output sizes

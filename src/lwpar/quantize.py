@@ -11,6 +11,9 @@ import numpy as np
 from lwpar.io import atomic_path
 
 METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+# uint8 activations with int8 weights (U8S8) is the form ONNX Runtime's x86 kernels fuse into
+# QLinearConv; with int8 activations some convs stay as DequantizeLinear + FP32 Conv at run time.
+ACTIVATIONS = {"uint8": "QUInt8", "int8": "QInt8"}
 
 
 class ImageCalibration:
@@ -47,6 +50,7 @@ def quantize_model(source: Path, target: Path, cfg: dict, batches=None) -> None:
 
         input_name = onnx.load(str(prepared), load_external_data=False).graph.input[0].name
         quantize_static(str(prepared), str(out), ImageCalibration(input_name, batches), quant_format=QuantFormat.QDQ,
-                        per_channel=cfg["per_channel"], activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                        per_channel=cfg["per_channel"], weight_type=QuantType.QInt8,
+                        activation_type=getattr(QuantType, ACTIVATIONS[cfg["activations"]]),
                         calibrate_method=getattr(CalibrationMethod, METHODS[cfg["calibration"]]),
                         extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})

@@ -29,5 +29,6 @@ def run(args, params) -> None:
     batches = calibration_batches(paths, build_transform(size, False), cfg["calibration_images"], params["seed"])
     quantize_model(args.model, args.out, cfg, batches)
     print(f"{args.out}: INT8 ({cfg['mode']}, {cfg['calibration']} calibration on {cfg['calibration_images']} "
-          f"training images, per-channel {cfg['per_channel']}), {args.out.stat().st_size / 1e6:.2f} MB "
+          f"training images, per-channel {cfg['per_channel']}, {cfg['activations']} activations), "
+          f"{args.out.stat().st_size / 1e6:.2f} MB "
           f"from {args.model.stat().st_size / 1e6:.2f} MB")
