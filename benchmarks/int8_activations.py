@@ -36,6 +36,7 @@ def main() -> None:
     import onnx
     import onnxruntime as ort
 
+    from lwpar.export import export_onnx
     from lwpar.models import build_model
     from lwpar.quantize import quantize_model
 
@@ -45,8 +46,7 @@ def main() -> None:
     result = {"backbone": args.backbone, "input": [args.height, args.width]}
     with tempfile.TemporaryDirectory() as tmp:
         paths = {"fp32": Path(tmp) / "fp32.onnx"}
-        torch.onnx.export(model, x, str(paths["fp32"]), input_names=["images"], output_names=["logits"],
-                          opset_version=18, dynamic_axes={"images": {0: "batch"}}, dynamo=False)
+        export_onnx(model, (args.height, args.width), paths["fp32"])  # the graph the pipeline deploys
         for activations in ["int8", "uint8"]:
             cfg = {"mode": "static", "calibration": "minmax", "calibration_images": 64, "per_channel": True,
                    "activations": activations}
