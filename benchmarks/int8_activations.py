@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 
 def main() -> None:
@@ -40,6 +41,7 @@ def main() -> None:
     from lwpar.models import build_model
     from lwpar.quantize import quantize_model
 
+    defaults = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())["quantize"]
     model = build_model("alm", args.backbone, args.attributes, pretrained=args.pretrained).eval()
     x = torch.rand(1, 3, args.height, args.width)
     rng = np.random.default_rng(0)
@@ -48,8 +50,7 @@ def main() -> None:
         paths = {"fp32": Path(tmp) / "fp32.onnx"}
         export_onnx(model, (args.height, args.width), paths["fp32"])  # the graph the pipeline deploys
         for activations in ["int8", "uint8"]:
-            cfg = {"mode": "static", "calibration": "minmax", "calibration_images": 64, "per_channel": True,
-                   "activations": activations}
+            cfg = {**defaults, "mode": "static", "calibration_images": 64, "activations": activations}
             batches = [rng.random((16, 3, args.height, args.width), dtype=np.float32) for _ in range(4)]
             paths[activations] = Path(tmp) / f"{activations}.onnx"
             quantize_model(paths["fp32"], paths[activations], cfg, iter(batches))

@@ -71,16 +71,38 @@ def test_truncated_onnx_is_a_clear_error(tiny_onnx, tmp_path):
         onnx_session(tmp_path / "cut.onnx")
 
 
-@pytest.mark.parametrize("activations", ["uint8", "int8"])
-def test_static_int8_has_qdq_nodes_and_stays_close(tiny_onnx, tmp_path, activations):
+def _quantize(source, target, batches, **overrides):
+    """Static INT8 with the default experiment's settings (params.yaml), `overrides` applied."""
+    import yaml
+
+    from conftest import ROOT
     from lwpar.quantize import quantize_model
 
-    model, path = tiny_onnx
+    cfg = {**yaml.safe_load((ROOT / "params.yaml").read_text())["quantize"], "mode": "static", **overrides}
+    quantize_model(source, target, cfg, iter(batches))
+    return target
+
+
+def _executed_ops(path, tmp_path) -> list[str]:
+    """The operators ONNX Runtime really runs: its optimized graph, not the QDQ file."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / f"{path.stem}.optimized.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
+
+
+def _random_batches(count, shape=(4, 3, 64, 32)):
     rng = np.random.default_rng(0)
-    batches = [rng.standard_normal((4, 3, 64, 32), dtype=np.float32) for _ in range(4)]
-    cfg = {"mode": "static", "calibration": "minmax", "calibration_images": 16, "per_channel": True,
-           "activations": activations}
-    quantize_model(path, tmp_path / "int8.onnx", cfg, iter(batches))
+    return [rng.standard_normal(shape, dtype=np.float32) for _ in range(count)]
+
+
+@pytest.mark.parametrize("activations", ["uint8", "int8"])
+def test_static_int8_has_qdq_nodes_and_stays_close(tiny_onnx, tmp_path, activations):
+    _, path = tiny_onnx
+    batches = _random_batches(4)
+    _quantize(path, tmp_path / "int8.onnx", batches, activations=activations)
     ops = [n.op_type for n in onnx.load(str(tmp_path / "int8.onnx")).graph.node]
     assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
     x = batches[0]
@@ -90,24 +112,65 @@ def test_static_int8_has_qdq_nodes_and_stays_close(tiny_onnx, tmp_path, activati
 
 
 def test_uint8_activations_run_every_conv_as_qlinearconv(tiny_onnx, tmp_path):
-    """What ONNX Runtime really executes: with uint8 activations no convolution is left in FP32
-    behind a per-run DequantizeLinear of its weights."""
-    import onnxruntime as ort
-
-    from lwpar.quantize import quantize_model
-
+    """With uint8 activations no convolution is left in FP32 behind a per-run DequantizeLinear of its
+    weights (int8 activations left 20 of ALM-Lite0's 51 convs so)."""
     _, path = tiny_onnx
-    rng = np.random.default_rng(0)
-    batches = [rng.standard_normal((4, 3, 64, 32), dtype=np.float32) for _ in range(2)]
-    cfg = {"mode": "static", "calibration": "minmax", "calibration_images": 8, "per_channel": True,
-           "activations": "uint8"}
-    quantize_model(path, tmp_path / "int8.onnx", cfg, iter(batches))
-    options = ort.SessionOptions()
-    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
-    ort.InferenceSession(str(tmp_path / "int8.onnx"), options, providers=["CPUExecutionProvider"])
-    ops = [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
+    ops = _executed_ops(_quantize(path, tmp_path / "int8.onnx", _random_batches(2), activations="uint8"), tmp_path)
     convs = [op for op in ops if "Conv" in op]
     assert convs and all("QLinearConv" in op for op in convs), sorted(set(ops))
+
+
+def _stacked_weight_dequantizations(path) -> int:
+    """DequantizeLinear nodes that feed a MatMul with per-attribute stacked (3-D) weights."""
+    graph = onnx.load(str(path)).graph
+    stacked = {t.name for t in graph.initializer if len(t.dims) == 3}  # conv weights are 4-D
+    dequantized = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in stacked}
+    return sum(n.op_type == "MatMul" and bool(dequantized & set(n.input)) for n in graph.node)
+
+
+def test_op_types_keep_the_fused_head_matmuls_in_float(tiny_onnx, tmp_path):
+    """The fused ALM head multiplies by per-attribute stacked weights (3-D initializers); quantized,
+    ONNX Runtime dequantizes them on every run. The default op list leaves them FP32."""
+    _, path = tiny_onnx
+    batches = _random_batches(2)
+    every_op = _quantize(path, tmp_path / "all.onnx", batches, op_types=None)
+    default = _quantize(path, tmp_path / "default.onnx", batches)
+    assert _stacked_weight_dequantizations(every_op) > 0  # the case the default avoids does arise
+    assert _stacked_weight_dequantizations(default) == 0
+    assert "QLinearConv" in _executed_ops(default, tmp_path)
+
+
+class _PooledNet(torch.nn.Module):
+    def __init__(self, count_include_pad: bool):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.pool = torch.nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=count_include_pad)
+        self.conv2 = torch.nn.Conv2d(8, 4, 1)
+
+    def forward(self, images):
+        return self.conv2(torch.relu(self.pool(torch.relu(self.conv1(images))))).mean((2, 3))
+
+
+@pytest.mark.parametrize("count_include_pad", [True, False])
+def test_average_pools_become_depthwise_convs_only_where_exact(tmp_path, count_include_pad):
+    """BN-Inception's 3x3 stride-1 pools: as QLinearAveragePool they cost 4x the FP32 pool; rewritten
+    as a depthwise conv they run as QLinearConv. A pool that excludes padding is no convolution and stays."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from lwpar.quantize import pools_as_depthwise_convs
+
+    torch.manual_seed(0)
+    export_onnx(_PooledNet(count_include_pad).eval(), (16, 8), tmp_path / "fp32.onnx")
+    quant_pre_process(str(tmp_path / "fp32.onnx"), str(tmp_path / "prepared.onnx"), skip_symbolic_shape=True)
+    graph = onnx.load(str(tmp_path / "prepared.onnx"))
+    assert pools_as_depthwise_convs(graph) == int(count_include_pad)
+    onnx.save(graph, str(tmp_path / "rewritten.onnx"))
+    x = _random_batches(1, (2, 3, 16, 8))[0]
+    before = onnx_session(tmp_path / "fp32.onnx").run(None, {"images": x})[0]
+    after = onnx_session(tmp_path / "rewritten.onnx").run(None, {"images": x})[0]
+    np.testing.assert_allclose(after, before, rtol=0, atol=1e-5)
+    ops = _executed_ops(_quantize(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", [x]), tmp_path)
+    assert ("QLinearAveragePool" in ops) != count_include_pad, sorted(set(ops))
 
 
 def test_profile_result_holds_every_field(tiny_onnx, tmp_path):
