@@ -140,6 +140,14 @@ def test_op_types_keep_the_fused_head_matmuls_in_float(tiny_onnx, tmp_path):
     assert "QLinearConv" in _executed_ops(default, tmp_path)
 
 
+@pytest.mark.fault
+def test_unknown_op_type_is_a_clear_error(tiny_onnx, tmp_path):
+    _, path = tiny_onnx
+    with pytest.raises(LwparError, match=r"^quantize.op_types: Conv2d is not an ONNX operator"):
+        _quantize(path, tmp_path / "int8.onnx", _random_batches(1), op_types=["Conv", "Conv2d"])
+    assert not (tmp_path / "int8.onnx").exists()
+
+
 class _PooledNet(torch.nn.Module):
     def __init__(self, count_include_pad: bool):
         super().__init__()

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lwpar import LwparError
 from lwpar.io import atomic_path
 
 METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
@@ -72,6 +73,11 @@ def pools_as_depthwise_convs(model) -> int:
 
 
 def quantize_model(source: Path, target: Path, cfg: dict, batches=None) -> None:
+    import onnx.defs
+
+    unknown = [op for op in cfg["op_types"] or [] if not onnx.defs.has(op)]
+    if unknown:  # ONNX Runtime would silently quantize nothing of that name
+        raise LwparError(f"quantize.op_types: {', '.join(unknown)} is not an ONNX operator (e.g. Conv, MatMul, Add)")
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
