@@ -23,11 +23,11 @@ pytestmark = pytest.mark.slow
 VARIANT = "svd_r50"
 
 
-def _snakemake(work, *args, timeout=1200):
+def _snakemake(work, *args, timeout=2700):  # against hangs; a slow 2-core VM needs 10-15 min
     return run_command([str(BIN / "snakemake"), "--cores", "2", *args], work, timeout=timeout)
 
 
-def _dvc(work, *args, timeout=1200):
+def _dvc(work, *args, timeout=2700):
     return run_command([str(BIN / "dvc"), *args], work, timeout=timeout)
 
 
