@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 
 def main() -> None:
@@ -37,11 +36,12 @@ def main() -> None:
     import onnx
     import onnxruntime as ort
 
+    from lwpar.config import load_params
     from lwpar.export import export_onnx
     from lwpar.models import build_model
     from lwpar.quantize import quantize_model
 
-    defaults = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())["quantize"]
+    defaults = load_params(Path(__file__).resolve().parents[1] / "params.yaml")["quantize"]
     model = build_model("alm", args.backbone, args.attributes, pretrained=args.pretrained).eval()
     x = torch.rand(1, 3, args.height, args.width)
     rng = np.random.default_rng(0)

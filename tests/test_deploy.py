@@ -73,12 +73,11 @@ def test_truncated_onnx_is_a_clear_error(tiny_onnx, tmp_path):
 
 def _quantize(source, target, batches, **overrides):
     """Static INT8 with the default experiment's settings (params.yaml), `overrides` applied."""
-    import yaml
-
     from conftest import ROOT
+    from lwpar.config import load_params
     from lwpar.quantize import quantize_model
 
-    cfg = {**yaml.safe_load((ROOT / "params.yaml").read_text())["quantize"], "mode": "static", **overrides}
+    cfg = {**load_params(ROOT / "params.yaml")["quantize"], "mode": "static", **overrides}
     quantize_model(source, target, cfg, iter(batches))
     return target
 
@@ -121,7 +120,7 @@ def test_uint8_activations_run_every_conv_as_qlinearconv(tiny_onnx, tmp_path):
 
 
 def _stacked_weight_dequantizations(path) -> int:
-    """DequantizeLinear nodes that feed a MatMul with per-attribute stacked (3-D) weights."""
+    """MatMuls fed by a DequantizeLinear of per-attribute stacked (3-D) weights."""
     graph = onnx.load(str(path)).graph
     stacked = {t.name for t in graph.initializer if len(t.dims) == 3}  # conv weights are 4-D
     dequantized = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in stacked}
