@@ -82,7 +82,7 @@ def test_schema_has_no_hidden_defaults():
     def walk(node, where):
         if isinstance(node, dict):
             assert "default" not in node, f"default in schema at {where}"
-            if node.get("type") == "object" and "properties" in node and "oneOf" not in node:
+            if node.get("type") == "object" and "properties" in node and node is not variant:
                 assert set(node["required"]) == set(node["properties"]), where
                 assert node.get("additionalProperties") is False, where
             for key, value in node.items():
@@ -90,10 +90,25 @@ def test_schema_has_no_hidden_defaults():
         elif isinstance(node, list):
             for i, value in enumerate(node):
                 walk(value, f"{where}[{i}]")
-    walk(schema(), "schema")
-    # The one exception: a variant has exactly one compression step, so that step's key is chosen.
-    variant = schema()["$defs"]["variant"]
-    assert variant["oneOf"] == [{"required": ["decompose"]}, {"required": ["prune"]}]
+    tree = schema()
+    # The one exception: a variant has at most one compression step (none: a fine-tuning control).
+    variant = tree["$defs"]["variant"]
+    walk(tree, "schema")
+    assert set(variant["required"]) == {"base", "finetune"} and variant["not"] == {"required": ["decompose", "prune"]}
+
+
+@pytest.mark.fault
+def test_a_variant_cannot_both_decompose_and_prune():
+    def both(p):
+        p["variants"]["svd_r50"]["prune"] = copy.deepcopy(p["variants"]["prune_l2_r50"]["prune"])
+    assert problem(both) == "params.yaml: variants.svd_r50: has both decompose and prune: give at most one"
+
+
+def test_a_variant_without_compression_is_a_fine_tuning_control():
+    params = copy.deepcopy(DEFAULT)
+    params["variants"]["finetune_only"] = {"base": None, "finetune": copy.deepcopy(params["variants"]["svd_r50"]["finetune"])}
+    params["experiment"]["variants"].append("finetune_only")
+    validate_params(params)
 
 
 def test_workflow_schema_is_the_package_schema():

@@ -138,3 +138,22 @@ def test_documented_configuration_plans_its_dag(config, jobs):
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     for job in jobs:
         assert f"rule {job}:" in run.stdout, job
+
+
+def test_a_control_variant_fine_tunes_its_start_model_without_a_compression_job():
+    """A recipe with neither decompose nor prune: fine-tuning reads the base's model.pt directly."""
+    from lwpar.pipeline import grid, stages
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    finetune = params["variants"]["svd_r50"]["finetune"]
+    params["variants"]["finetune_only"] = {"base": None, "finetune": finetune}
+    params["variants"]["finetune_twice"] = {"base": "finetune_only", "finetune": finetune}
+    params["experiment"]["variants"] += ["finetune_only", "finetune_twice"]
+    jobs = {(stage.name, w.get("variant")) for stage, w in grid(params)}
+    assert ("finetune", "finetune_only") in jobs and ("finetune", "finetune_twice") in jobs
+    assert not {("decompose", "finetune_only"), ("prune", "finetune_only"), ("decompose", "finetune_twice")} & jobs
+    stage = stages(params)["finetune"]
+    w = {"dataset": "peta", "model": params["experiment"]["models"][0]}
+    assert stage.inputs(params, {**w, "variant": "finetune_only"})["model"].endswith("/baseline/model.pt")
+    assert stage.inputs(params, {**w, "variant": "finetune_twice"})["model"].endswith("/finetune_only/model.pt")
+    assert stage.inputs(params, {**w, "variant": "svd_r50"})["model"].endswith("/svd_r50/compressed.pt")

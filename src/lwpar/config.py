@@ -133,6 +133,9 @@ def _describe(error) -> tuple[str, str]:
         return _dotted(path), f"duplicate entries in {value!r}"
     if kind == "minProperties":
         return _dotted(path), "must not be empty"
+    if kind == "not" and set(error.validator_value) == {"required"}:
+        keys = " and ".join(error.validator_value["required"])
+        return _dotted(path), f"has both {keys}: give at most one"
     return _dotted(path), error.message
 
 

@@ -81,6 +81,15 @@ def start_model(params: dict, w: dict) -> str:
     return f"{_run(params, w, base or 'baseline')}/model.pt"
 
 
+def _finetune_start(params: dict, w: dict) -> str:
+    """What fine-tuning starts from: the compressed model, or for a control recipe (no compression
+    step) its start model itself."""
+    recipe = params["variants"][w["variant"]]
+    if "decompose" in recipe or "prune" in recipe:
+        return f"{_run(params, w, w['variant'])}/compressed.pt"
+    return start_model(params, w)
+
+
 def _decompose_inputs(params: dict, w: dict) -> dict[str, str]:
     inputs = {"model": start_model(params, w)}
     source = sensitivity_source(params, w["variant"])
@@ -174,7 +183,7 @@ def stages(params: dict) -> dict[str, Stage]:
             name="finetune", wildcards=("dataset", "model", "variant"),
             outputs={"model": f"{run}/{{variant}}/model.pt", "history": f"{run}/{{variant}}/history.csv",
                      "summary": f"{run}/{{variant}}/finetune.json"},
-            inputs=lambda p, w: {"model": f"{_run(p, w, w['variant'])}/compressed.pt",
+            inputs=lambda p, w: {"model": _finetune_start(p, w),
                                  "teacher": f"{_run(p, w, 'baseline')}/model.pt",
                                  "data": _prepared(p, w["dataset"])},
             param_keys=lambda p, w: ["seed", "runtime.amp", "train", "evaluate", f"variants.{w['variant']}.finetune"],

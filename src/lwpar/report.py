@@ -97,7 +97,7 @@ def _method(folder: Path) -> str:
         return "prune-" + json.loads((folder / "prune.json").read_text())["kind"]
     if (folder / "layers.csv").exists():
         return "+".join(pd.read_csv(folder / "layers.csv")["method"].unique())
-    return ""
+    return "none (fine-tuning only)"
 
 
 def decomposition_layers(results: Path) -> pd.DataFrame:
