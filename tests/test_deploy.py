@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 import pytest
 import torch
 
@@ -156,6 +157,40 @@ class _PooledNet(torch.nn.Module):
 
     def forward(self, images):
         return self.conv2(torch.relu(self.pool(torch.relu(self.conv1(images))))).mean((2, 3))
+
+
+def _saturating_conv(tmp_path):
+    """A 1x1 conv whose u8 x s8 products, added pairwise in int16, overflow: every weight at its
+    channel's maximum (int8 127) and every input near the calibrated maximum (uint8 near 255)."""
+    conv = torch.nn.Conv2d(64, 8, 1, bias=False)
+    with torch.no_grad():
+        conv.weight.fill_(1.0)
+    x = torch.rand(2, 64, 4, 4, generator=torch.Generator().manual_seed(0)) * 0.1 + 0.9
+    path = tmp_path / "conv.onnx"
+    torch.onnx.export(conv, x, str(path), opset_version=18, input_names=["x"], dynamo=False)
+    return path, x.numpy(), conv(x).detach().numpy()
+
+
+@pytest.mark.parametrize("reduce_range", [True, False])
+def test_reduce_range_avoids_int16_saturation(tmp_path, reduce_range):
+    """7-bit weights keep a pair of u8 x s8 products inside int16 (255 * 63 * 2 < 32767), so ONNX
+    Runtime's kernels for x86 CPUs without VNNI do not saturate; with 8-bit weights they do there."""
+    import onnxruntime as ort
+
+    from lwpar.profile import machine_info
+
+    source, x, expected = _saturating_conv(tmp_path)
+    out = _quantize(source, tmp_path / "int8.onnx", [x], reduce_range=reduce_range, op_types=["Conv"])
+    weights = [numpy_helper.to_array(i) for i in onnx.load(out).graph.initializer if i.data_type == onnx.TensorProto.INT8]
+    assert max(int(np.abs(w.astype(int)).max()) for w in weights) == (64 if reduce_range else 127)
+    got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    error = float(np.abs(got - expected).max() / np.abs(expected).max())
+    info = machine_info()
+    saturates = info.get("avx2") and not (info.get("avx512_vnni") or info.get("avx_vnni"))
+    if reduce_range or not saturates:
+        assert error < 0.01, error
+    else:
+        assert error > 0.1, f"no saturation measured on a CPU without VNNI ({error:.4f}): is reduce_range still needed?"
 
 
 @pytest.mark.parametrize("count_include_pad", [True, False])

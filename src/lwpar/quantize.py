@@ -87,7 +87,7 @@ def quantize_model(source: Path, target: Path, cfg: dict, batches=None) -> None:
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
         if cfg["mode"] == "dynamic":
             quantize_dynamic(str(prepared), str(out), per_channel=cfg["per_channel"], weight_type=QuantType.QInt8,
-                             op_types_to_quantize=cfg["op_types"])
+                             reduce_range=cfg["reduce_range"], op_types_to_quantize=cfg["op_types"])
             return
         import onnx
 
@@ -97,7 +97,7 @@ def quantize_model(source: Path, target: Path, cfg: dict, batches=None) -> None:
         input_name = graph.graph.input[0].name
         quantize_static(str(prepared), str(out), ImageCalibration(input_name, batches), quant_format=QuantFormat.QDQ,
                         op_types_to_quantize=cfg["op_types"],
-                        per_channel=cfg["per_channel"], weight_type=QuantType.QInt8,
+                        per_channel=cfg["per_channel"], reduce_range=cfg["reduce_range"], weight_type=QuantType.QInt8,
                         activation_type=getattr(QuantType, ACTIVATIONS[cfg["activations"]]),
                         calibrate_method=getattr(CalibrationMethod, METHODS[cfg["calibration"]]),
                         extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})

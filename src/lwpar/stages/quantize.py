@@ -30,7 +30,8 @@ def run(args, params) -> None:
     batches = calibration_batches(paths, build_transform(size, False), cfg["calibration_images"], params["seed"])
     quantize_model(args.model, args.out, cfg, batches)
     print(f"{args.out}: INT8 ({cfg['mode']}, {cfg['calibration']} calibration on {cfg['calibration_images']} "
-          f"training images, per-channel {cfg['per_channel']}, {cfg['activations']} activations, "
+          f"training images, per-channel {cfg['per_channel']}, {'7' if cfg['reduce_range'] else '8'}-bit weights, "
+          f"{cfg['activations']} activations, "
           f"ops {', '.join(cfg['op_types']) if cfg['op_types'] else 'all'}), "
           f"{args.out.stat().st_size / 1e6:.2f} MB "
           f"from {args.model.stat().st_size / 1e6:.2f} MB")
