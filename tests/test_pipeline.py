@@ -157,3 +157,5 @@ def test_a_control_variant_fine_tunes_its_start_model_without_a_compression_job(
     assert stage.inputs(params, {**w, "variant": "finetune_only"})["model"].endswith("/baseline/model.pt")
     assert stage.inputs(params, {**w, "variant": "finetune_twice"})["model"].endswith("/finetune_only/model.pt")
     assert stage.inputs(params, {**w, "variant": "svd_r50"})["model"].endswith("/svd_r50/compressed.pt")
+    # Snakemake also tries the rule for baseline/model.pt (the train rule's output): no error, no producer.
+    assert stage.inputs(params, {**w, "variant": "baseline"})["model"].endswith("/baseline/compressed.pt")

@@ -83,9 +83,11 @@ def start_model(params: dict, w: dict) -> str:
 
 def _finetune_start(params: dict, w: dict) -> str:
     """What fine-tuning starts from: the compressed model, or for a control recipe (no compression
-    step) its start model itself."""
-    recipe = params["variants"][w["variant"]]
-    if "decompose" in recipe or "prune" in recipe:
+    step) its start model itself. Snakemake also asks for names that are no variant (the rule's output
+    pattern matches baseline/model.pt): they get a compressed.pt that no rule makes, so the candidate
+    job is dropped, as for any other rule whose inputs cannot be made."""
+    recipe = params["variants"].get(w["variant"])
+    if recipe is None or "decompose" in recipe or "prune" in recipe:
         return f"{_run(params, w, w['variant'])}/compressed.pt"
     return start_model(params, w)
 
@@ -293,7 +295,7 @@ def grid(params: dict, upto: str | None = None) -> list[tuple[Stage, dict]]:
 
 
 def variants_of(params: dict, kind: str) -> list[str]:
-    """The experiment's variants whose compression step is `kind` (decompose or prune)."""
+    """The experiment's variants whose recipe has the step `kind` (decompose, prune; finetune: all)."""
     return [v for v in params["experiment"]["variants"] if kind in params["variants"][v]]
 
 

@@ -89,6 +89,9 @@ rule finetune:
         cmd=command("finetune"),
     conda:
         "../envs/lwpar.yaml"
+    wildcard_constraints:
+        # the experiment's variants only: its output pattern would also match baseline/model.pt
+        variant=pipeline.variant_pattern(P, "finetune"),
     log:
         "logs/finetune/{dataset}/{model}/{variant}.log",
     benchmark:
