@@ -81,17 +81,34 @@ def test_svd_of_pointwise_and_linear_exact_at_full_rank():
     assert _rel(new(x), linear(x)) < 1e-10 and stats["relative_error"] < 1e-10
 
 
+def test_svd_of_a_kxk_conv_keeps_its_geometry_and_is_exact_at_full_rank():
+    """A 3-channel 7 x 7 stride-2 stem: k x k conv to R channels with the original geometry, then 1x1."""
+    torch.manual_seed(0)
+    stem = nn.Conv2d(3, 16, 7, stride=2, padding=3).double()
+    new, stats = factorize_layer(stem, "svd", 16)
+    x = torch.randn(2, 3, 20, 14, dtype=torch.float64)
+    assert _rel(new(x), stem(x)) < 1e-10 and stats["relative_error"] < 1e-10
+    first, last = new
+    assert (first.kernel_size, first.stride, first.padding) == (stem.kernel_size, stem.stride, stem.padding)
+    assert last.kernel_size == (1, 1) and first.out_channels == 16
+    low, stats = factorize_layer(stem, "svd", 4)
+    assert 0 < stats["relative_error"] < 1 and low[0].out_channels == 4
+
+
 def test_depthwise_and_grouped_convs_are_left_alone():
     model = nn.Sequential(nn.Conv2d(3, 16, 3), nn.Conv2d(16, 16, 3, groups=16), nn.Conv2d(16, 32, 3, groups=4),
                           nn.Conv2d(16, 16, 3), nn.Conv2d(16, 8, 1))
     assert select_layers(model, ["kxk", "pointwise"]) == ["3", "4"]
-    # The first conv (3 input channels) stays out unless asked for, and then only above min_channels.
-    assert select_layers(model, ["kxk"], include_first=True, min_channels=3) == ["0", "3"]
+    # The first conv (3 input channels) stays out unless asked for; its width is that of its
+    # C_out x (C_in k k) unfolding (16 x 27), which SVD can cut.
+    assert select_layers(model, ["kxk"], include_first=True) == ["0", "3"]
+    assert select_layers(nn.Sequential(nn.Conv2d(3, 16, 1)), ["pointwise"], include_first=True) == []  # 16 x 3
 
 
-@pytest.mark.parametrize("method", ["cp", "cp4", "tucker2", "svd", "spatial_svd"])
+@pytest.mark.parametrize("method", ["cp", "cp4", "tucker2", "svd", "spatial_svd", "svd_kxk"])
 def test_mac_and_parameter_formulas_equal_flop_counter(method):
     conv = nn.Conv2d(24, 32, 1 if method == "svd" else 3, stride=2, padding=0 if method == "svd" else 1)
+    method, kxk = method.replace("_kxk", ""), method.endswith("_kxk")
     new = empty_factorized(conv, method, 8)
     x = torch.zeros(1, 24, 17, 13)
     out = conv(x)
@@ -106,7 +123,8 @@ def test_mac_and_parameter_formulas_equal_flop_counter(method):
         conv(x)
     assert original_macs(shape, io) == counter.get_total_flops() // 2
     weights = sum(p.numel() for n, p in new.named_parameters() if n.endswith("weight"))
-    per_rank = {"cp": 24 + 9 + 32, "cp4": 24 + 3 + 3 + 32, "svd": 24 + 32, "spatial_svd": 24 * 3 + 32 * 3}
+    per_rank = {"cp": 24 + 9 + 32, "cp4": 24 + 3 + 3 + 32, "svd": 24 * (9 if kxk else 1) + 32,
+                "spatial_svd": 24 * 3 + 32 * 3}
     expected = 8 * per_rank[method] if method != "tucker2" else 24 * 8 + 8 * 8 * 9 + 8 * 32
     assert weights == expected
 

@@ -29,8 +29,10 @@ def select_layers(model: nn.Module, kinds: list[str], include_first: bool = Fals
                   include_heads: bool | str = False, min_channels: int = 8, factorized: tuple[str, ...] = ()) -> list[str]:
     """Names of the layers to factorize: of the given kinds ('kxk', 'pointwise', 'linear'); the ALM
     attribute heads' layers with include_heads true, only them with 'only', none with false; never
-    the first conv unless asked (factorizing a 3-channel input costs more than it saves), and never
-    a piece of a layer that an earlier step factorized (`factorized`: those layers' names)."""
+    the first conv unless asked (a 3-channel input leaves CP and Tucker-2 nothing to cut on the input
+    side; SVD of its C_out x (3 k k) unfolding can), and never a piece of a layer that an earlier step
+    factorized (`factorized`: those layers' names). Layers narrower than `min_channels` on either side
+    of that unfolding are left alone."""
     names, first_seen = [], False
     for name, module in model.named_modules():
         kind = L.eligible(module)
@@ -46,7 +48,7 @@ def select_layers(model: nn.Module, kinds: list[str], include_first: bool = Fals
         if any(name.startswith(f"{done}.") for done in factorized):
             continue
         shape = _kernel_shape(module)
-        if kind in kinds and min(shape["in"], shape["out"]) >= min_channels:
+        if kind in kinds and min(shape["in"] * shape["kh"] * shape["kw"], shape["out"]) >= min_channels:
             names.append(name)
     return names
 
@@ -101,7 +103,7 @@ def factorized_macs(method: str, shape: dict, rank: int, io: tuple) -> int:
     if method == "tucker2":
         return hi * wi * cin * rank + ho * wo * rank * rank * kh * kw + ho * wo * rank * cout
     if method == "svd":
-        return ho * wo * rank * (cin + cout)
+        return ho * wo * rank * (cin * kh * kw + cout)
     if method == "spatial_svd":
         return ho * wi * cin * rank * kh + ho * wo * rank * cout * kw
     raise ValueError(method)
@@ -210,8 +212,6 @@ def factorize_layer(layer: nn.Module, method: str, rank: int, seed: int = 0, epc
         approx = tl.tenalg.multi_mode_dot(core, [u_out, u_in], modes=[0, 1])
     elif method == "svd":
         matrix = weight.reshape(weight.shape[0], -1)
-        if not isinstance(layer, nn.Linear) and layer.kernel_size != (1, 1):
-            raise LwparError(f"SVD applies to 1x1 convs and linear layers, got kernel {layer.kernel_size}")
         u, s, vt = np.linalg.svd(matrix, full_matrices=False)
         left, right = u[:, :rank] * s[:rank], vt[:rank]
         new = L.svd_layer(layer, left, right)

@@ -95,14 +95,17 @@ def tucker2_layer(conv: nn.Conv2d, core: np.ndarray, first_factor: np.ndarray, l
 
 
 def svd_layer(layer: nn.Module, left: np.ndarray, right: np.ndarray) -> nn.Sequential:
-    """Truncated SVD W ~ left @ right (left: out x R, right: R x in) of a 1x1 conv or a linear layer."""
+    """Truncated SVD W ~ left @ right (left: out x R, right: R x in k k) of a linear layer or a conv
+    unfolded as C_out x (C_in k k): a conv C_in->R with the original kernel and geometry, then 1x1
+    R->C_out (for k x k, Zhang et al.'s channel decomposition; the one that suits a 3-channel stem)."""
     rank = left.shape[1]
     if isinstance(layer, nn.Linear):
         dtype = layer.weight.dtype
         first = nn.Linear(layer.in_features, rank, bias=False, dtype=dtype)
         last = nn.Linear(rank, layer.out_features, bias=layer.bias is not None, dtype=dtype)
     else:
-        first = _conv_like(layer, layer.in_channels, rank, (1, 1), stride=layer.stride)
+        first = _conv_like(layer, layer.in_channels, rank, layer.kernel_size, layer.stride, layer.padding,
+                           layer.dilation)
         last = _conv_like(layer, rank, layer.out_channels, (1, 1), bias=layer.bias is not None)
     with torch.no_grad():
         first.weight.copy_(torch.from_numpy(right.copy()).reshape(first.weight.shape))
@@ -157,8 +160,8 @@ def rank_for_fraction(method: str, shape: dict, fraction: float, multiple: int =
         rank = (-b + math.sqrt(b * b + 4 * a * target)) / (2 * a)
         cap = min(cin, cout)
     elif method == "svd":
-        rank = target / (cin + cout)
-        cap = min(cin, cout)
+        rank = target / (cin * kh * kw + cout)
+        cap = min(cin * kh * kw, cout)
     elif method == "spatial_svd":
         rank = target / (cin * kh + cout * kw)
         cap = min(cin * kh, cout * kw)
