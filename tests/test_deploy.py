@@ -51,6 +51,40 @@ def test_reference_head_exports_with_a_dynamic_batch(tmp_path):
     assert "Resize" not in {n.op_type for n in onnx.load(str(tmp_path / "reference.onnx")).graph.node}
 
 
+class _Branches(torch.nn.Module):
+    """Branches reading one tensor: two 1x1 convs and two 3x3 convs of equal geometry (two groups to
+    merge), a strided 3x3 and a depthwise conv (left alone)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.a, self.b = torch.nn.Conv2d(8, 4, 1), torch.nn.Conv2d(8, 6, 1, bias=False)
+        self.c, self.d = torch.nn.Conv2d(8, 5, 3, padding=1), torch.nn.Conv2d(8, 3, 3, padding=1)
+        self.strided = torch.nn.Conv2d(8, 4, 3, stride=2, padding=1)
+        self.depthwise = torch.nn.Conv2d(8, 8, 3, padding=1, groups=8)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        same = torch.cat([self.a(x), torch.relu(self.b(x)), self.c(x), self.d(x) * 2, self.depthwise(x)], 1)
+        return torch.cat([same.mean((2, 3)), self.strided(x).mean((2, 3))], 1)
+
+
+def test_export_merges_convs_that_read_one_tensor_with_one_geometry(tmp_path):
+    torch.manual_seed(0)
+    model = _Branches().eval()
+    export_onnx(model, (16, 12), tmp_path / "branches.onnx")
+    graph = onnx.load(str(tmp_path / "branches.onnx")).graph
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    sizes = {init.name: list(init.dims) for init in graph.initializer}
+    assert len(convs) == 5 and sum(n.op_type == "Split" for n in graph.node) == 2  # stem, 2 merged, strided, depthwise
+    assert sorted(sizes[n.input[1]][0] for n in convs) == [4, 8, 8, 8, 10]
+    assert len(graph.initializer) == len({name for n in graph.node for name in n.input} & set(sizes))  # no orphans
+    x = torch.randn(3, 3, 16, 12)
+    out = onnx_session(tmp_path / "branches.onnx").run(None, {"images": x.numpy()})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(out, model(x).numpy(), rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.fault
 def test_parity_failure_is_detected_on_a_broken_export(tiny_onnx, tmp_path):
     model, path = tiny_onnx

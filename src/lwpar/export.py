@@ -48,6 +48,7 @@ def export_onnx(model: torch.nn.Module, input_size, path: str | Path, opset: int
                           dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, opset_version=opset,
                           do_constant_folding=True, dynamo=False)
         fold_constants(tmp)
+        fuse_sibling_convs(tmp)
         check_onnx(tmp)
     return path
 
@@ -63,6 +64,67 @@ def fold_constants(path: Path) -> None:
     options.optimized_model_filepath = str(folded)
     ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     folded.replace(path)
+
+
+def fuse_sibling_convs(path: Path) -> int:
+    """Merge the convs that read the same tensor with the same geometry into one conv and a Split.
+
+    Exact: each output channel is the same dot product as before. Factorized inception blocks have
+    three such siblings per block (the first factors of the 1x1, 3x3-reduce and double-3x3-reduce
+    branches), and at batch 1 ONNX Runtime's cost is per node (measured on ALM-BN-Inception
+    tucker2_r15_stem, 30 convs in 10 groups: 3.11 -> 2.80 ms). Runs after constant folding, so
+    BatchNorm is already folded into the weights and biases being concatenated. Returns the number
+    of convs merged.
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    constants = {init.name: init for init in graph.initializer}
+
+    def geometry(node) -> tuple | None:
+        attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if (node.op_type != "Conv" or attributes.get("group", 1) != 1 or node.input[1] not in constants
+                or (len(node.input) > 2 and node.input[2] and node.input[2] not in constants)):
+            return None
+        kernel = tuple(constants[node.input[1]].dims[1:])
+        return (node.input[0], kernel, constants[node.input[1]].data_type,
+                tuple(sorted((k, str(v)) for k, v in attributes.items())))
+
+    groups: dict[tuple, list] = {}
+    for node in graph.node:
+        key = geometry(node)
+        if key is not None:
+            groups.setdefault(key, []).append(node)
+    nodes, merged = list(graph.node), 0
+    for index, members in enumerate(g for g in groups.values() if len(g) > 1):
+        weights = [numpy_helper.to_array(constants[n.input[1]]) for n in members]
+        biases = [numpy_helper.to_array(constants[n.input[2]]) if len(n.input) > 2 and n.input[2]
+                  else np.zeros(w.shape[0], w.dtype) for n, w in zip(members, weights)]
+        prefix = f"siblings_{index}"
+        graph.initializer.extend([numpy_helper.from_array(np.concatenate(weights), f"{prefix}_weight"),
+                                  numpy_helper.from_array(np.concatenate(biases), f"{prefix}_bias"),
+                                  numpy_helper.from_array(np.array([w.shape[0] for w in weights], np.int64),
+                                                          f"{prefix}_sizes")])
+        conv = helper.make_node("Conv", [members[0].input[0], f"{prefix}_weight", f"{prefix}_bias"],
+                                [f"{prefix}_output"], name=f"{prefix}_conv")
+        conv.attribute.extend(members[0].attribute)
+        split = helper.make_node("Split", [f"{prefix}_output", f"{prefix}_sizes"], [n.output[0] for n in members],
+                                 name=f"{prefix}_split", axis=1)
+        position = min(nodes.index(n) for n in members)  # their shared input exists before the first
+        nodes = [n for n in nodes if all(n is not m for m in members)]
+        nodes[position:position] = [conv, split]
+        merged += len(members)
+    if merged:
+        del graph.node[:]
+        graph.node.extend(nodes)
+        used = {name for node in graph.node for name in node.input}
+        kept = [init for init in graph.initializer if init.name in used]
+        del graph.initializer[:]
+        graph.initializer.extend(kept)
+        onnx.save(model, str(path))
+    return merged
 
 
 def check_onnx(path: str | Path) -> None:
