@@ -94,12 +94,13 @@ def fuse_sibling_convs(path: Path) -> int:
         return (node.input[0], kernel, constants[node.input[1]].data_type,
                 tuple(sorted((k, str(v)) for k, v in attributes.items())))
 
+    nodes = list(graph.node)  # one set of wrappers, so that id() below names the same node twice
     groups: dict[tuple, list] = {}
-    for node in graph.node:
+    for node in nodes:
         key = geometry(node)
         if key is not None:
             groups.setdefault(key, []).append(node)
-    nodes, merged = list(graph.node), 0
+    replaced: dict[int, list] = {}  # id of a group's first member -> its conv and Split; other members -> []
     for index, members in enumerate(g for g in groups.values() if len(g) > 1):
         weights = [numpy_helper.to_array(constants[n.input[1]]) for n in members]
         biases = [numpy_helper.to_array(constants[n.input[2]]) if len(n.input) > 2 and n.input[2]
@@ -114,11 +115,11 @@ def fuse_sibling_convs(path: Path) -> int:
         conv.attribute.extend(members[0].attribute)
         split = helper.make_node("Split", [f"{prefix}_output", f"{prefix}_sizes"], [n.output[0] for n in members],
                                  name=f"{prefix}_split", axis=1)
-        position = min(nodes.index(n) for n in members)  # their shared input exists before the first
-        nodes = [n for n in nodes if all(n is not m for m in members)]
-        nodes[position:position] = [conv, split]
-        merged += len(members)
+        replaced.update({id(n): [] for n in members[1:]})
+        replaced[id(members[0])] = [conv, split]  # in the first member's place: their shared input exists there
+    merged = len(replaced)
     if merged:
+        nodes = [new for node in nodes for new in replaced.get(id(node), [node])]
         del graph.node[:]
         graph.node.extend(nodes)
         used = {name for node in graph.node for name in node.input}
