@@ -280,10 +280,29 @@ def test_profile_result_holds_every_field(tiny_onnx, tmp_path):
     rows = base["latency"]
     assert {(r["batch"], r["threads"]) for r in rows} == {(b, t) for b in (1, 2) for t in {1, machine["cpu_count"]}}
     for row in rows:
-        for key in ("median_ms", "p90_ms", "iqr_ms", "images_per_s", "speedup", "mac_reduction",
-                    "speedup_per_mac_reduction"):
+        for key in ("median_ms", "p90_ms", "iqr_ms", "images_per_s", "speedup", "speedup_paired", "speedup_q1",
+                    "speedup_q3", "mac_reduction", "speedup_per_mac_reduction"):
             assert key in row
-        assert row["speedup"] == 1.0 and row["median_ms"] > 0
+        assert row["speedup"] == 1.0 and row["median_ms"] > 0 and len(row["round_ms"]) == 2
+        assert row["speedup_paired"] == row["speedup_q1"] == row["speedup_q3"] == 1.0
+    copy = result["variants"]["copy"]["latency"]
+    assert all(r["speedup_q1"] <= r["speedup_paired"] <= r["speedup_q3"] for r in copy)
+
+
+def test_paired_speed_up_cancels_the_machine_drift_that_the_ratio_of_medians_keeps():
+    """The machine slows down 3x for the last three rounds, and the variant always takes half the
+    baseline's time in its round, except that in round 3 the slow spell started between the two.
+    Four of five rounds say 2x, so the paired median and quartiles do; the pooled medians fall on
+    either side of the spell's start and give 0.8x."""
+    from lwpar.profile import paired_speedup
+
+    drift = np.array([1.0, 1.0, 3.0, 3.0, 3.0])
+    base, variant = 10 * drift, 5 * drift
+    base[2] = 12                    # one round where the slow spell had not yet reached the baseline
+    paired = paired_speedup(list(base), list(variant))
+    assert paired["speedup_paired"] == pytest.approx(2.0)
+    assert paired["speedup_q1"] == pytest.approx(2.0) and paired["speedup_q3"] == pytest.approx(2.0)
+    assert np.median(base) / np.median(variant) != pytest.approx(2.0)
 
 
 def test_profile_on_a_target_behind_a_prefix_copies_artifacts_and_worker(tiny_onnx, tmp_path):

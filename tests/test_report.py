@@ -21,7 +21,7 @@ def _write(path, data):
 def results(tmp_path):
     run = tmp_path / "peta" / "alm"
     latency = lambda ms, speedup: [{"batch": 1, "threads": 1, "median_ms": ms, "p90_ms": ms * 1.1,  # noqa: E731
-                                    "speedup": speedup}]
+                                    "speedup": speedup, "speedup_q1": speedup * 0.9, "speedup_q3": speedup * 1.05}]
     _write(run / "profile-local_cpu.json", {"target": "local_cpu", "variants": {
         "baseline": {"latency": latency(4.0, 1.0), "size_mb": 30.0, "params": 8e6, "macs": 100e6},
         "cp_r50": {"latency": latency(2.0, 2.0), "size_mb": 15.0, "params": 4e6, "macs": 50e6},
@@ -86,3 +86,13 @@ def test_labels_of_nearby_points_do_not_overlap():
     offsets = label_offsets(x, y, ["cpd_epc_r50", "cp_als_r50", "baseline", "svd_r50"])
     assert offsets[0] != offsets[1]  # the two CP variants sit 0.2 ms apart at the same mA
     assert offsets[2] == (3, 3)      # a point alone keeps the default place
+
+
+def test_comparison_shows_the_spread_of_the_per_round_speed_ups(results):
+    table, _ = collect(results)
+    cp = table.set_index("variant").loc["cp_r50"]
+    assert (cp.speedup, cp.speedup_q1, cp.speedup_q3) == pytest.approx((2.0, 1.8, 2.1))
+    text = markdown(table, "stamp")
+    header = next(line for line in text.splitlines() if line.startswith("| dataset"))
+    assert "| speedup | speedup_iqr |" in header and "speedup_q1" not in header
+    assert "| 2.00x | 1.80-2.10 |" in text

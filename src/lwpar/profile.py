@@ -104,6 +104,15 @@ class Worker:
             self.process.kill()
 
 
+def paired_speedup(base_round_ms: list[float], round_ms: list[float]) -> dict:
+    """Speed-up per round, the baseline and the variant timed back to back in each: a slow spell of
+    the machine slows both and cancels in their ratio, so the spread of these ratios is the
+    measurement's own uncertainty. Returns their median and quartiles."""
+    ratios = np.asarray(base_round_ms, dtype=float) / np.asarray(round_ms, dtype=float)
+    q1, median, q3 = np.percentile(ratios, [25, 50, 75])
+    return {"speedup_paired": float(median), "speedup_q1": float(q1), "speedup_q3": float(q3)}
+
+
 def benchmark(artifacts: dict[str, Path], target: dict, cfg: dict) -> dict:
     """{name: {"peak_rss_mb", "latency": [{batch, threads, median_ms, p90_ms, iqr_ms, images_per_s}]}}."""
     threads_all = os.cpu_count() or 1
@@ -120,15 +129,19 @@ def benchmark(artifacts: dict[str, Path], target: dict, cfg: dict) -> dict:
                     warm = worker.run(batch, threads, max(cfg["warmup"], 1))
                     # Slow artifacts get fewer calls per round (at least one), so a round stays short.
                     iters[name] = max(1, min(cfg["iters_per_round"], int(MAX_ROUND_SECONDS / max(min(warm), 1e-6))))
+                rounds = {name: [] for name in workers}
                 for _ in range(cfg["rounds"]):
                     for name, worker in workers.items():
-                        samples[name] += worker.run(batch, threads, iters[name])
+                        seconds = worker.run(batch, threads, iters[name])
+                        samples[name] += seconds
+                        rounds[name].append(float(np.median(seconds)) * 1000)
                 for name, seconds in samples.items():
                     ms = np.array(seconds) * 1000
                     q1, median, q3, p90 = np.percentile(ms, [25, 50, 75, 90])
                     results[name]["latency"].append({
                         "batch": batch, "threads": threads, "median_ms": float(median), "p90_ms": float(p90),
-                        "iqr_ms": float(q3 - q1), "images_per_s": float(batch * 1000 / median), "calls": len(ms)})
+                        "iqr_ms": float(q3 - q1), "images_per_s": float(batch * 1000 / median), "calls": len(ms),
+                        "round_ms": rounds[name]})
         for name, worker in workers.items():
             results[name]["peak_rss_mb"] = worker.peak_rss_mb
     finally:

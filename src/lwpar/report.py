@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 COLUMNS = ["dataset", "model", "variant", "target", "batch", "threads", "mA", "accuracy", "precision", "recall",
-           "f1", "params", "macs", "size_mb", "latency_ms_median", "latency_ms_p90", "speedup", "delta_mA"]
+           "f1", "params", "macs", "size_mb", "latency_ms_median", "latency_ms_p90", "speedup", "speedup_q1", "speedup_q3", "delta_mA"]
 
 
 def collect(results: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -26,7 +26,9 @@ def collect(results: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
                              "batch": row["batch"], "threads": row["threads"], **metrics,
                              "params": result.get("params"), "macs": result.get("macs"),
                              "size_mb": result["size_mb"], "latency_ms_median": row["median_ms"],
-                             "latency_ms_p90": row["p90_ms"], "speedup": row["speedup"]})
+                             "latency_ms_p90": row["p90_ms"], "speedup": row["speedup"],
+                             # quartiles of the per-round speed-ups (absent from profiles made before them)
+                             "speedup_q1": row.get("speedup_q1", np.nan), "speedup_q3": row.get("speedup_q3", np.nan)})
             per = _per_attribute(profile_path.parent / variant)
             if per is not None and base_attr is not None and variant != "baseline":
                 delta = per.set_index("attribute")["mA"] - base_attr.set_index("attribute")["mA"]
@@ -161,11 +163,15 @@ def markdown(table: pd.DataFrame, stamp: str, split: pd.DataFrame | None = None,
     for column in ("size_mb", "latency_ms_median", "latency_ms_p90"):
         shown[column] = shown[column].map(lambda v: f"{v:.2f}")
     shown["speedup"] = shown["speedup"].map(lambda v: f"{v:.2f}x")
+    shown.insert(shown.columns.get_loc("speedup") + 1, "speedup_iqr", [
+        "" if pd.isna(q1) else f"{q1:.2f}-{q3:.2f}" for q1, q3 in zip(shown.pop("speedup_q1"), shown.pop("speedup_q3"))])
     header = "| " + " | ".join(shown.columns) + " |\n|" + "---|" * len(shown.columns) + "\n"
     body = "".join("| " + " | ".join(str(v) for v in row) + " |\n" for row in shown.itertuples(index=False))
     text = (f"# Comparison\n\n{stamp}\n\nmA, accuracy, precision, recall, F1 and delta_mA in percent (test split, "
             f"scored on the deployed ONNX artifact); speed-up against `baseline` on the same target, batch and threads, "
-            f"measured in the same interleaved run.\n\n" + header + body)
+            f"measured in the same interleaved run (the ratio of the medians); speedup_iqr: the quartiles of the "
+            f"per-round speed-ups, baseline and variant timed back to back in each round, which is how much the "
+            f"machine's noise moves it.\n\n" + header + body)
     if split is not None and len(split):
         text += ("\n## Where the time goes\n\nMedian latency (ms) of the whole model and of its backbone alone, "
                  "measured in the same run; the heads are the difference.\n\n"
