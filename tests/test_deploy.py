@@ -174,6 +174,54 @@ def test_op_types_keep_the_fused_head_matmuls_in_float(tiny_onnx, tmp_path):
     assert "QLinearConv" in _executed_ops(default, tmp_path)
 
 
+class _ResidualWithFloatHead(torch.nn.Module):
+    """Conv, ReLU and a residual Add (INT8 reaches them), then a float MatMul and its bias Add and
+    ReLU, as the ALM head has them."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Conv2d(8, 8, 3, padding=1)
+        # stacked per-attribute weights: a batched MatMul that no optimizer folds with its bias into a Gemm
+        self.weight, self.bias = torch.nn.Parameter(torch.randn(2, 8, 5)), torch.nn.Parameter(torch.randn(2, 1, 5))
+
+    def forward(self, x):
+        y = torch.relu(self.conv1(x))
+        y = y + torch.relu(self.conv2(y))
+        return torch.relu(torch.matmul(y.mean((2, 3)), self.weight) + self.bias).transpose(0, 1).flatten(1)
+
+
+def _int8_adds(model) -> list[str]:
+    """Adds of a QDQ model that read a DequantizeLinear (ONNX Runtime runs them as QLinearAdd)."""
+    producer = {o: n.op_type for n in model.graph.node for o in n.output}
+    return [n.name for n in model.graph.node
+            if n.op_type == "Add" and any(producer.get(i) == "DequantizeLinear" for i in n.input)]
+
+
+def test_ops_that_no_int8_tensor_reaches_stay_float(tmp_path, monkeypatch):
+    """Quantizing the head's bias Add and ReLU would only wrap them in QuantizeLinear and
+    DequantizeLinear (on ALM-BN-Inception 17 QLinearAdds and their glue): they are left out, the
+    residual Add that INT8 convs feed is quantized."""
+    from lwpar.quantize import float_islands
+
+    path = tmp_path / "model.onnx"
+    torch.onnx.export(_ResidualWithFloatHead().eval(), (torch.randn(1, 3, 16, 16),), str(path), input_names=["images"],
+                      dynamic_axes={"images": {0: "batch"}}, opset_version=17, dynamo=False)
+    graph = onnx.load(str(path)).graph
+    kinds = {n.name: n.op_type for n in graph.node}
+    excluded = float_islands(onnx.load(str(path)), ["Conv", "Relu", "Add"])
+    assert sorted(kinds[name] for name in excluded) == ["Add", "Relu"]
+
+    batches = _random_batches(2, (2, 3, 16, 16))
+    quantized = onnx.load(str(_quantize(path, tmp_path / "int8.onnx", batches, op_types=["Conv", "Relu", "Add"])))
+    assert len(_int8_adds(quantized)) == 1 and _int8_adds(quantized)[0] not in excluded  # the residual one
+    producer = {o: n.op_type for n in quantized.graph.node for o in n.output}
+    assert not [n for n in quantized.graph.node if n.op_type == "QuantizeLinear" and producer.get(n.input[0]) == "MatMul"]
+
+    monkeypatch.setattr("lwpar.quantize.float_islands", lambda model, op_types: [])
+    everything = onnx.load(str(_quantize(path, tmp_path / "all.onnx", batches, op_types=["Conv", "Relu", "Add"])))
+    assert len(_int8_adds(everything)) == 2  # without the exclusion the head's Add is wrapped too
+
+
 @pytest.mark.fault
 def test_unknown_op_type_is_a_clear_error(tiny_onnx, tmp_path):
     _, path = tiny_onnx

@@ -73,6 +73,29 @@ def pools_as_depthwise_convs(model) -> int:
     return rewritten
 
 
+# Ops whose INT8 kernels save arithmetic: always quantized when listed. The other listed ops
+# (Add, Relu, Concat, ...) only move or combine tensors and are quantized where INT8 reaches them.
+COMPUTE_OPS = {"Conv", "ConvTranspose", "MatMul", "Gemm"}
+
+
+def float_islands(model, op_types: list[str]) -> list[str]:
+    """Names of listed non-compute nodes that no quantized tensor reaches: every input is float, so
+    quantizing one would only add a QuantizeLinear before it and a DequantizeLinear after it, both
+    run on every call, and round its result. In ALM these are the head's bias adds, `1 + sigmoid`
+    and the concatenation of its logits (on ALM-BN-Inception 17 QLinearAdds and their glue). Nodes
+    are visited in graph (topological) order, so a chain of such ops is excluded whole."""
+    listed = set(op_types)
+    quantized_tensors, excluded = set(), []
+    for node in model.graph.node:
+        if node.op_type not in listed:
+            continue
+        if node.op_type in COMPUTE_OPS or any(name in quantized_tensors for name in node.input):
+            quantized_tensors.update(node.output)
+        elif node.name:  # nodes_to_exclude matches by name (exported nodes all have one)
+            excluded.append(node.name)
+    return excluded
+
+
 def quantize_model(source: Path, target: Path, cfg: dict, batches=None) -> None:
     import onnx.defs
 
@@ -95,8 +118,9 @@ def quantize_model(source: Path, target: Path, cfg: dict, batches=None) -> None:
         if pools_as_depthwise_convs(graph):
             onnx.save(graph, str(prepared))
         input_name = graph.graph.input[0].name
+        excluded = float_islands(graph, cfg["op_types"]) if cfg["op_types"] else []
         quantize_static(str(prepared), str(out), ImageCalibration(input_name, batches), quant_format=QuantFormat.QDQ,
-                        op_types_to_quantize=cfg["op_types"],
+                        op_types_to_quantize=cfg["op_types"], nodes_to_exclude=excluded,
                         per_channel=cfg["per_channel"], reduce_range=cfg["reduce_range"], weight_type=QuantType.QInt8,
                         activation_type=getattr(QuantType, ACTIVATIONS[cfg["activations"]]),
                         calibrate_method=getattr(CalibrationMethod, METHODS[cfg["calibration"]]),
