@@ -1,6 +1,7 @@
 """INT8 quantization of an exported ONNX model with ONNX Runtime: static (QDQ, calibrated on a fixed,
 seeded subset of the training split) or dynamic (weights only, no calibration). `op_types` limits
-quantization to the listed ONNX ops (null: every op ONNX Runtime can quantize)."""
+quantization to the listed ONNX ops (null: every op ONNX Runtime can quantize); of those, ops that
+only move or combine tensors are quantized only where an INT8 tensor reaches them (`float_islands`)."""
 
 from __future__ import annotations
 
