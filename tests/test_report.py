@@ -96,3 +96,15 @@ def test_comparison_shows_the_spread_of_the_per_round_speed_ups(results):
     header = next(line for line in text.splitlines() if line.startswith("| dataset"))
     assert "| speedup | speedup_iqr |" in header and "speedup_q1" not in header
     assert "| 2.00x | 1.80-2.10 |" in text
+
+
+def test_comparison_sets_the_measured_speed_up_against_the_mac_reduction(results):
+    table, _ = collect(results)
+    rows = table.set_index("variant")
+    # cp_r50: half the MACs, twice as fast; prune_r50: 100/49 = 2.04x fewer MACs, only 1.6x faster
+    assert rows.loc["cp_r50", "mac_reduction"] == pytest.approx(2.0)
+    assert rows.loc["cp_r50", "speedup_per_mac_reduction"] == pytest.approx(1.0)
+    assert rows.loc["prune_r50", "mac_reduction"] == pytest.approx(100 / 49)
+    assert rows.loc["prune_r50", "speedup_per_mac_reduction"] == pytest.approx(1.6 * 49 / 100)
+    text = markdown(table, "stamp")
+    assert "| 1.60x | 1.44-1.68 | 2.04x | 0.78 |" in text

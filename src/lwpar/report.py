@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 
 COLUMNS = ["dataset", "model", "variant", "target", "batch", "threads", "mA", "accuracy", "precision", "recall",
-           "f1", "params", "macs", "size_mb", "latency_ms_median", "latency_ms_p90", "speedup", "speedup_q1", "speedup_q3", "delta_mA"]
+           "f1", "params", "macs", "size_mb", "latency_ms_median", "latency_ms_p90", "speedup", "speedup_q1", "speedup_q3", "mac_reduction",
+           "speedup_per_mac_reduction", "delta_mA"]
 
 
 def collect(results: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -34,12 +35,24 @@ def collect(results: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
                 delta = per.set_index("attribute")["mA"] - base_attr.set_index("attribute")["mA"]
                 attributes += [{"dataset": dataset, "model": model, "variant": variant, "attribute": a,
                                 "delta_mA": d} for a, d in delta.items()]
-    table = pd.DataFrame(rows, columns=[c for c in COLUMNS if c != "delta_mA"])
+    table = pd.DataFrame(rows, columns=[c for c in COLUMNS if c not in ("mac_reduction", "speedup_per_mac_reduction",
+                                                                         "delta_mA")])
+    return against_baseline(table), pd.DataFrame(attributes)
+
+
+def against_baseline(table: pd.DataFrame) -> pd.DataFrame:
+    """Adds what each row gains or loses against `baseline` on the same dataset, model, target, batch and
+    threads: the MAC reduction, the measured speed-up over it and the mA delta."""
+    table = table.copy()
     if len(table):
-        base = table[table.variant == "baseline"].set_index(["dataset", "model", "target", "batch", "threads"])["mA"]
+        base = table[table.variant == "baseline"].set_index(["dataset", "model", "target", "batch", "threads"])
         keys = list(zip(table.dataset, table.model, table.target, table.batch, table.threads))
-        table["delta_mA"] = [m - base.get(k, np.nan) for m, k in zip(table.mA, keys)]
-    return table.reindex(columns=COLUMNS), pd.DataFrame(attributes)
+        base_macs = [base["macs"].get(k, np.nan) for k in keys]
+        # 1.0: the variant is as much faster as its MACs promise; below 1, MACs overstate the speed-up
+        table["mac_reduction"] = np.asarray(base_macs, dtype=float) / table["macs"].astype(float)
+        table["speedup_per_mac_reduction"] = table["speedup"] / table["mac_reduction"]
+        table["delta_mA"] = [m - base["mA"].get(k, np.nan) for m, k in zip(table.mA, keys)]
+    return table.reindex(columns=COLUMNS)
 
 
 def _metrics(folder: Path) -> dict:
@@ -163,6 +176,9 @@ def markdown(table: pd.DataFrame, stamp: str, split: pd.DataFrame | None = None,
     for column in ("size_mb", "latency_ms_median", "latency_ms_p90"):
         shown[column] = shown[column].map(lambda v: f"{v:.2f}")
     shown["speedup"] = shown["speedup"].map(lambda v: f"{v:.2f}x")
+    shown["mac_reduction"] = shown["mac_reduction"].map(lambda v: "" if pd.isna(v) else f"{v:.2f}x")
+    shown["speedup_per_mac_reduction"] = shown["speedup_per_mac_reduction"].map(
+        lambda v: "" if pd.isna(v) else f"{v:.2f}")
     shown.insert(shown.columns.get_loc("speedup") + 1, "speedup_iqr", [
         "" if pd.isna(q1) else f"{q1:.2f}-{q3:.2f}" for q1, q3 in zip(shown.pop("speedup_q1"), shown.pop("speedup_q3"))])
     header = "| " + " | ".join(shown.columns) + " |\n|" + "---|" * len(shown.columns) + "\n"
@@ -171,7 +187,9 @@ def markdown(table: pd.DataFrame, stamp: str, split: pd.DataFrame | None = None,
             f"scored on the deployed ONNX artifact); speed-up against `baseline` on the same target, batch and threads, "
             f"measured in the same interleaved run (the ratio of the medians); speedup_iqr: the quartiles of the "
             f"per-round speed-ups, baseline and variant timed back to back in each round, which is how much the "
-            f"machine's noise moves it.\n\n" + header + body)
+            f"machine's noise moves it; mac_reduction: the baseline's MACs over the variant's (INT8 variants count "
+            f"their source's); speedup_per_mac_reduction: the measured speed-up over it (1.00 = as fast as the "
+            f"MACs promise).\n\n" + header + body)
     if split is not None and len(split):
         text += ("\n## Where the time goes\n\nMedian latency (ms) of the whole model and of its backbone alone, "
                  "measured in the same run; the heads are the difference.\n\n"
