@@ -108,3 +108,17 @@ def test_comparison_sets_the_measured_speed_up_against_the_mac_reduction(results
     assert rows.loc["prune_r50", "speedup_per_mac_reduction"] == pytest.approx(1.6 * 49 / 100)
     text = markdown(table, "stamp")
     assert "| 1.60x | 1.44-1.68 | 2.04x | 0.78 |" in text
+
+
+def test_latency_split_gives_the_heads_what_the_backbone_alone_does_not_take(results):
+    from lwpar.report import latency_split
+
+    path = results / "peta" / "alm" / "profile-local_cpu.json"
+    profile = json.loads(path.read_text())
+    profile["variants"]["baseline"]["latency"][0].update(backbone_ms_median=2.5, heads_ms_median=1.5)
+    path.write_text(json.dumps(profile))
+    split = latency_split(results)
+    assert split[["variant", "total_ms", "backbone_ms", "heads_ms"]].values.tolist() == [["baseline", 4.0, 2.5, 1.5]]
+    table, _ = collect(results)
+    text = markdown(table, "stamp", split)
+    assert "## Where the time goes" in text and "| peta | alm | baseline | local_cpu | 1 | 1 | 4.00 | 2.50 | 1.50 |" in text

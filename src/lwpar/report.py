@@ -16,12 +16,10 @@ COLUMNS = ["dataset", "model", "variant", "target", "batch", "threads", "mA", "a
 def collect(results: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """One row per dataset, model, variant, target, batch and threads; per-attribute mA deltas."""
     rows, attributes = [], []
-    for profile_path in sorted(results.glob("*/*/profile-*.json")):
-        dataset, model = profile_path.parent.parent.name, profile_path.parent.name
-        profile = json.loads(profile_path.read_text())
-        base_attr = _per_attribute(profile_path.parent / "baseline")
+    for dataset, model, run, profile in _profiles(results):
+        base_attr = _per_attribute(run / "baseline")
         for variant, result in profile["variants"].items():
-            metrics = _metrics(profile_path.parent / variant)
+            metrics = _metrics(run / variant)
             for row in result["latency"]:
                 rows.append({"dataset": dataset, "model": model, "variant": variant, "target": profile["target"],
                              "batch": row["batch"], "threads": row["threads"], **metrics,
@@ -30,7 +28,7 @@ def collect(results: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
                              "latency_ms_p90": row["p90_ms"], "speedup": row["speedup"],
                              # quartiles of the per-round speed-ups (absent from profiles made before them)
                              "speedup_q1": row.get("speedup_q1", np.nan), "speedup_q3": row.get("speedup_q3", np.nan)})
-            per = _per_attribute(profile_path.parent / variant)
+            per = _per_attribute(run / variant)
             if per is not None and base_attr is not None and variant != "baseline":
                 delta = per.set_index("attribute")["mA"] - base_attr.set_index("attribute")["mA"]
                 attributes += [{"dataset": dataset, "model": model, "variant": variant, "attribute": a,
@@ -68,15 +66,20 @@ def _per_attribute(folder: Path):
     return pd.read_csv(path) if path.exists() else None
 
 
-def _runs(results: Path):
-    """(dataset, model, run folder, profile) of every profiled run in the results tree, once per run."""
-    seen = set()
+def _profiles(results: Path):
+    """(dataset, model, run folder, profile) of every profile in the results tree (one per target)."""
     for profile_path in sorted(results.glob("*/*/profile-*.json")):
-        if profile_path.parent in seen:
-            continue
-        seen.add(profile_path.parent)
-        yield (profile_path.parent.parent.name, profile_path.parent.name, profile_path.parent,
-               json.loads(profile_path.read_text()))
+        run = profile_path.parent
+        yield run.parent.name, run.name, run, json.loads(profile_path.read_text())
+
+
+def _runs(results: Path):
+    """The same, once per run folder (its first target's profile)."""
+    seen = set()
+    for dataset, model, run, profile in _profiles(results):
+        if run not in seen:
+            seen.add(run)
+            yield dataset, model, run, profile
 
 
 def compression(results: Path) -> pd.DataFrame:
@@ -154,12 +157,11 @@ def pareto_front(latency: np.ndarray, score: np.ndarray) -> np.ndarray:
 
 def latency_split(results: Path) -> pd.DataFrame:
     rows = []
-    for profile_path in sorted(results.glob("*/*/profile-*.json")):
-        profile = json.loads(profile_path.read_text())
+    for dataset, model, _, profile in _profiles(results):
         for variant, result in profile["variants"].items():
             for row in result["latency"]:
                 if "backbone_ms_median" in row:
-                    rows.append({"dataset": profile_path.parent.parent.name, "model": profile_path.parent.name,
+                    rows.append({"dataset": dataset, "model": model,
                                  "variant": variant, "target": profile["target"], "batch": row["batch"],
                                  "threads": row["threads"], "total_ms": row["median_ms"],
                                  "backbone_ms": row["backbone_ms_median"], "heads_ms": row["heads_ms_median"]})
