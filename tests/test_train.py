@@ -137,3 +137,49 @@ def test_truncated_model_file_is_a_clear_error(tiny, tmp_path):
     from lwpar.runtime import load_model
     with pytest.raises(LwparError, match=r"model.pt: corrupt or truncated model file"):
         load_model(broken)
+
+
+def test_frozen_stages_keep_their_weights_and_batchnorm_statistics(tiny, tmp_path):
+    from lwpar.data.loader import Prepared
+    from lwpar.models import build_model
+    from lwpar.train import fit
+
+    tmp, params = tiny
+    torch.manual_seed(0)
+    model = build_model("alm", "resnet18", 35)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = {**params["train"], "epochs": 1, "max_steps_per_epoch": 2, "warmup_epochs": 0}
+    fit(model, Prepared(tmp / "prepared"), [64, 32], cfg, tmp_path, torch.device("cpu"), seed=0, workers=0,
+        frozen_stages=2)  # the stem (conv1, bn1) and layer1
+    after = model.state_dict()
+    frozen = [k for k in before if k.startswith(("main_branch.conv1.", "main_branch.bn1.", "main_branch.layer1."))]
+    assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)  # BN running stats included
+    assert not torch.equal(before["main_branch.layer2.0.conv1.weight"], after["main_branch.layer2.0.conv1.weight"])
+    assert not torch.equal(before["main_branch.layer2.0.bn1.running_mean"], after["main_branch.layer2.0.bn1.running_mean"])
+
+
+def test_freezing_more_stages_than_the_backbone_has_is_a_clear_error():
+    from lwpar import LwparError
+    from lwpar.models.backbones import build_backbone, freeze_stages
+
+    with pytest.raises(LwparError, match=r"train.frozen_stages: 6 is more than the backbone's 5 stages"):
+        freeze_stages(build_backbone("resnet18", False), 6)
+
+
+def test_every_backbone_lists_its_stages_from_the_input_up():
+    from lwpar.models.backbones import BACKBONES, build_backbone
+
+    for name in BACKBONES:
+        backbone = build_backbone(name, False)
+        stages = backbone.stages()
+        listed = {id(p) for stage in stages for module in stage for p in module.parameters()}
+        assert len(stages) >= 4 and listed == {id(p) for p in backbone.parameters()}, name
+
+
+@pytest.mark.fault
+def test_frozen_stages_without_pretrained_weights_are_refused(tiny):
+    tmp, params = tiny
+    bad = dict(params, train={**params["train"], "frozen_stages": 1})
+    run = _train(tmp, synthetic.write_params(tmp / "frozen.yaml", bad), tmp / "frozen")
+    assert run.wait(timeout=300) == 2
+    assert "train.frozen_stages: 1 freezes randomly initialised layers of model 'tiny'" in run.output()

@@ -20,6 +20,7 @@ from lwpar.evaluation import predict_torch
 from lwpar.io import write_csv
 from lwpar.losses import WeightedBCE
 from lwpar.metrics import pedestrian_metrics, summary
+from lwpar.models.backbones import freeze_stages
 from lwpar.runtime import load_torch, rng_state, save_torch, seed_everything, set_rng_state
 
 CHECKPOINT = "checkpoint.pt"
@@ -42,10 +43,13 @@ def _param_groups(model: torch.nn.Module, lr: float, backbone_mult: float, weigh
 
 def fit(model: torch.nn.Module, data: Prepared, input_size, cfg: dict, out_dir: Path, device: torch.device,
         seed: int, workers: int, amp: bool = False, eval_batch: int = 128, threshold: float = 0.5,
-        teacher: torch.nn.Module | None = None, distill: dict | None = None, fingerprint: str = "") -> TrainResult:
-    """Train `model` in place on `data`; checkpoints go to `out_dir/checkpoint.pt`."""
+        teacher: torch.nn.Module | None = None, distill: dict | None = None, fingerprint: str = "",
+        frozen_stages: int = 0) -> TrainResult:
+    """Train `model` in place on `data`; checkpoints go to `out_dir/checkpoint.pt`. The backbone's first
+    `frozen_stages` stages are not trained (see `freeze_stages`)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(seed)
+    frozen = freeze_stages(model.main_branch, frozen_stages)
     model.to(device, memory_format=torch.channels_last)  # about 20 % faster convolutions on CPU and GPU
     criterion = WeightedBCE(data.positive_rates(), cfg["loss_weighting"]).to(device)
     optimizer = torch.optim.Adam(_param_groups(model, cfg["lr"], cfg["backbone_lr_mult"], cfg["weight_decay"]))
@@ -84,6 +88,8 @@ def fit(model: torch.nn.Module, data: Prepared, input_size, cfg: dict, out_dir: 
 
     for epoch in range(start_epoch, cfg["epochs"]):
         model.train()
+        for module in frozen:  # their BatchNorms keep the pretrained statistics
+            module.eval()
         loader = make_loader(train_paths, train_labels, augment, cfg["batch_size"], workers, shuffle=True,
                              seed=seed * 1000 + epoch, drop_last=len(train_paths) >= cfg["batch_size"])
         started, seen, total_loss = time.time(), 0, 0.0

