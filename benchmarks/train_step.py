@@ -1,0 +1,72 @@
+"""Benchmark: one training step of ALM (forward, weighted BCE over the deep-supervision outputs,
+backward, Adam) with the backbone's first stages frozen (`train.frozen_stages`) or not.
+
+The models are timed interleaved, round by round, on one fixed random batch (the data loader is
+left out: it costs the same for every setting); the first round is warm-up, the rest give a median
+per setting and its ratio to the first setting.
+
+    .venv/bin/python benchmarks/train_step.py --height 192 --width 96 --frozen 0 3 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+from lwpar.losses import WeightedBCE
+from lwpar.models import build_model
+from lwpar.models.backbones import freeze_stages
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backbone", default="efficientnet_lite0")
+    parser.add_argument("--attributes", type=int, default=35)
+    parser.add_argument("--height", type=int, default=128)
+    parser.add_argument("--width", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--frozen", type=int, nargs="+", default=[0, 3], help="stage counts to compare")
+    parser.add_argument("--rounds", type=int, default=6)
+    return parser
+
+
+def main(args) -> dict:
+    torch.manual_seed(0)
+    setups = {}
+    for count in args.frozen:
+        # pretrained=False: the weights do not change the time, and the benchmark must run offline
+        model = build_model("alm", args.backbone, args.attributes).to(memory_format=torch.channels_last)
+        frozen = freeze_stages(model.main_branch, count)
+        optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], 1e-4)
+        setups[count] = (model, frozen, optimizer)
+    criterion = WeightedBCE(torch.full((args.attributes,), 0.3), "rethinking")
+    images = torch.randn(args.batch, 3, args.height, args.width).contiguous(memory_format=torch.channels_last)
+    targets = (torch.rand(args.batch, args.attributes) < 0.3).float()
+    seconds = {count: [] for count in setups}
+    for _ in range(args.rounds):
+        for count, (model, frozen, optimizer) in setups.items():
+            model.train()
+            for module in frozen:
+                module.eval()
+            started = time.perf_counter()
+            loss = criterion(model(images), targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            seconds[count].append(time.perf_counter() - started)
+    medians = {count: statistics.median(times[1:]) for count, times in seconds.items()}
+    first = medians[args.frozen[0]]
+    result = {"backbone": args.backbone, "input": [args.height, args.width], "batch": args.batch,
+              "threads": torch.get_num_threads(),
+              "frozen_stages": {str(c): {"ms_per_step": round(m * 1000, 1), "images_per_s": round(args.batch / m, 1),
+                                         "speedup": round(first / m, 2)} for c, m in medians.items()}}
+    print(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
