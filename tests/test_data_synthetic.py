@@ -8,6 +8,7 @@ import zipfile
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from lwpar import LwparError
 from lwpar.data import peta
@@ -232,3 +233,21 @@ def test_manifest_opens_the_folder_and_refuses_a_changed_one(tmp_path):
     manifest.write_text(json.dumps({"folder": "prepared"}))
     with pytest.raises(LwparError, match=r"prepared.manifest.json: not a dataset manifest"):
         Prepared(manifest)
+
+
+def test_random_erasing_blanks_a_rectangle_in_training_only():
+    from PIL import Image
+
+    from lwpar.data.loader import build_transform
+
+    image = Image.new("RGB", (40, 80), (200, 30, 90))   # far from the ImageNet mean: never 0 after normalizing
+    torch.manual_seed(0)
+    erased = build_transform((64, 32), True, erase=1.0)(image)
+    blank = (erased == 0).all(0)
+    rows, cols = blank.any(1).nonzero().flatten(), blank.any(0).nonzero().flatten()
+    assert blank.sum() > 0
+    # one axis-aligned rectangle, and every pixel in it blanked
+    assert blank[rows.min():rows.max() + 1, cols.min():cols.max() + 1].all()
+    assert blank.sum() == (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
+    for transform in (build_transform((64, 32), True, erase=0.0), build_transform((64, 32), False)):
+        assert not (transform(image) == 0).all(0).any()

@@ -60,6 +60,15 @@ def _train(tmp, params_path, out):
     return Run(tmp, params_path, out)
 
 
+def _refused(tiny, name: str, **train_overrides) -> str:
+    """Train with some `train` params changed; the run must exit with 2. Returns its output."""
+    tmp, params = tiny
+    bad = dict(params, train={**params["train"], **train_overrides})
+    run = _train(tmp, synthetic.write_params(tmp / f"{name}.yaml", bad), tmp / name)
+    assert run.wait(timeout=300) == 2
+    return run.output()
+
+
 @pytest.mark.fault
 def test_killed_training_resumes_bit_identical(tiny):
     tmp, params = tiny
@@ -103,11 +112,7 @@ def test_checkpoint_from_other_settings_is_not_resumed(tiny):
 
 @pytest.mark.fault
 def test_nan_loss_names_epoch_and_step(tiny):
-    tmp, params = tiny
-    bad = dict(params, train={**params["train"], "lr": 1e30, "warmup_epochs": 0})
-    run = _train(tmp, synthetic.write_params(tmp / "nan.yaml", bad), tmp / "nan")
-    assert run.wait(timeout=300) == 2
-    out = run.output()
+    out = _refused(tiny, "nan", lr=1e30, warmup_epochs=0)
     assert "lwpar train: error: loss is nan at epoch 1, step" in out or "loss is inf at epoch 1, step" in out
 
 
@@ -178,8 +183,5 @@ def test_every_backbone_lists_its_stages_from_the_input_up():
 
 @pytest.mark.fault
 def test_frozen_stages_without_pretrained_weights_are_refused(tiny):
-    tmp, params = tiny
-    bad = dict(params, train={**params["train"], "frozen_stages": 1})
-    run = _train(tmp, synthetic.write_params(tmp / "frozen.yaml", bad), tmp / "frozen")
-    assert run.wait(timeout=300) == 2
-    assert "train.frozen_stages: 1 freezes randomly initialised layers of model 'tiny'" in run.output()
+    out = _refused(tiny, "frozen", frozen_stages=1)
+    assert "train.frozen_stages: 1 freezes randomly initialised layers of model 'tiny'" in out

@@ -67,7 +67,7 @@ def fit(model: torch.nn.Module, data: Prepared, input_size, cfg: dict, out_dir: 
     val_paths, val_labels = data.split("val")
     if not train_paths or not val_paths:
         raise LwparError(f"{data.folder}: the train and val splits must both be non-empty")
-    augment = build_transform(input_size, True, cfg["augment"]["hflip"], cfg["augment"]["pad"])
+    augment = build_transform(input_size, True, **cfg["augment"])
     plain = build_transform(input_size, False)
     steps_per_epoch = len(train_paths) // cfg["batch_size"] or 1
     if cfg["max_steps_per_epoch"]:
