@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import pandas as pd
 import pytest
 import torch
 
@@ -70,14 +71,17 @@ def _refused(tiny, name: str, **train_overrides) -> str:
 
 
 @pytest.mark.fault
-def test_killed_training_resumes_bit_identical(tiny):
+@pytest.mark.parametrize("schedule", ["cosine", "cosine_steps"])
+def test_killed_training_resumes_bit_identical(tiny, schedule):
     tmp, params = tiny
-    params_path = synthetic.write_params(tmp / "params.yaml", params)
-    whole = _train(tmp, params_path, tmp / "whole")
+    suffix = "" if schedule == "cosine" else f"_{schedule}"
+    params = dict(params, train={**params["train"], "schedule": schedule})
+    params_path = synthetic.write_params(tmp / f"params{suffix}.yaml", params)
+    whole = _train(tmp, params_path, tmp / f"whole{suffix}")
     assert whole.wait(timeout=300) == 0, whole.output()
 
-    victim = _train(tmp, params_path, tmp / "killed")
-    checkpoint = tmp / "killed" / "checkpoint.pt"
+    victim = _train(tmp, params_path, tmp / f"killed{suffix}")
+    checkpoint = tmp / f"killed{suffix}" / "checkpoint.pt"
     deadline = time.time() + 300
     while not checkpoint.exists() and victim.poll() is None and time.time() < deadline:
         time.sleep(0.005)
@@ -85,17 +89,23 @@ def test_killed_training_resumes_bit_identical(tiny):
     victim.wait()
     log = victim.output()
     assert "epoch 2:" not in log and "epoch 3:" not in log, "the kill must land before epoch 2 ends"
-    assert not (tmp / "killed" / "model.pt").exists(), "a killed run must not leave a finished-looking output"
+    assert not (tmp / f"killed{suffix}" / "model.pt").exists(), "a killed run must not leave a finished-looking output"
 
-    resumed = _train(tmp, params_path, tmp / "killed")
+    resumed = _train(tmp, params_path, tmp / f"killed{suffix}")
     assert resumed.wait(timeout=300) == 0
     assert "resuming from" in resumed.output()
-    a = torch.load(tmp / "whole" / "model.pt", weights_only=False)["state_dict"]
-    b = torch.load(tmp / "killed" / "model.pt", weights_only=False)["state_dict"]
+    a = torch.load(tmp / f"whole{suffix}" / "model.pt", weights_only=False)["state_dict"]
+    b = torch.load(tmp / f"killed{suffix}" / "model.pt", weights_only=False)["state_dict"]
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
-    history = json.loads((tmp / "whole" / "train.json").read_text())
+    history = json.loads((tmp / f"whole{suffix}" / "train.json").read_text())
     assert history["best_epoch"] in (1, 2, 3)
+    # 3 epochs, the first warm-up; the last epoch's final update ran at: per-epoch cosine half the
+    # rate, per-update cosine close to 0
+    rates = pd.read_csv(tmp / f"whole{suffix}" / "history.csv")["lr"].tolist()
+    base = params["train"]["lr"]
+    assert rates[0] == pytest.approx(base) and rates[1] <= base
+    assert rates[2] == pytest.approx(base / 2) if schedule == "cosine" else rates[2] < base / 4
 
 
 @pytest.mark.fault

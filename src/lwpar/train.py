@@ -53,7 +53,22 @@ def fit(model: torch.nn.Module, data: Prepared, input_size, cfg: dict, out_dir: 
     model.to(device, memory_format=torch.channels_last)  # about 20 % faster convolutions on CPU and GPU
     criterion = WeightedBCE(data.positive_rates(), cfg["loss_weighting"]).to(device)
     optimizer = torch.optim.Adam(_param_groups(model, cfg["lr"], cfg["backbone_lr_mult"], cfg["weight_decay"]))
-    if cfg["schedule"] == "step":
+    train_paths, train_labels = data.split("train")
+    val_paths, val_labels = data.split("val")
+    if not train_paths or not val_paths:
+        raise LwparError(f"{data.folder}: the train and val splits must both be non-empty")
+    steps_per_epoch = len(train_paths) // cfg["batch_size"] or 1
+    if cfg["max_steps_per_epoch"]:
+        steps_per_epoch = min(steps_per_epoch, cfg["max_steps_per_epoch"])
+    warmup_steps = cfg["warmup_epochs"] * steps_per_epoch
+    per_step = cfg["schedule"] == "cosine_steps"
+    if per_step:
+        # stepped after every update past the warm-up: the last update runs at almost 0, which a
+        # per-epoch cosine only reaches after many epochs (2 epochs: the second at half the rate)
+        annealed = max(cfg["epochs"] * steps_per_epoch - warmup_steps, 1)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda k: 0.5 * (1 + math.cos(math.pi * min(k, annealed) / annealed)))
+    elif cfg["schedule"] == "step":
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, cfg["step_size"], cfg["gamma"])
     elif cfg["schedule"] == "cosine":
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(cfg["epochs"] - cfg["warmup_epochs"], 1))
@@ -63,16 +78,8 @@ def fit(model: torch.nn.Module, data: Prepared, input_size, cfg: dict, out_dir: 
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     scaler = torch.amp.GradScaler(device.type, enabled=amp and device.type == "cuda")
 
-    train_paths, train_labels = data.split("train")
-    val_paths, val_labels = data.split("val")
-    if not train_paths or not val_paths:
-        raise LwparError(f"{data.folder}: the train and val splits must both be non-empty")
     augment = build_transform(input_size, True, **cfg["augment"])
     plain = build_transform(input_size, False)
-    steps_per_epoch = len(train_paths) // cfg["batch_size"] or 1
-    if cfg["max_steps_per_epoch"]:
-        steps_per_epoch = min(steps_per_epoch, cfg["max_steps_per_epoch"])
-    warmup_steps = cfg["warmup_epochs"] * steps_per_epoch
 
     start_epoch, history, best = 0, [], {"epoch": -1, "metric": -math.inf, "state": None}
     checkpoint_path = out_dir / CHECKPOINT
@@ -93,6 +100,7 @@ def fit(model: torch.nn.Module, data: Prepared, input_size, cfg: dict, out_dir: 
         loader = make_loader(train_paths, train_labels, augment, cfg["batch_size"], workers, shuffle=True,
                              seed=seed * 1000 + epoch, drop_last=len(train_paths) >= cfg["batch_size"])
         started, seen, total_loss = time.time(), 0, 0.0
+        last_lr = optimizer.param_groups[-1]["lr"]
         bar = tqdm(loader, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg['epochs']}", leave=False,
                    disable=None)
         for step, (images, targets) in enumerate(bar):
@@ -115,6 +123,9 @@ def fit(model: torch.nn.Module, data: Prepared, input_size, cfg: dict, out_dir: 
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
+            last_lr = optimizer.param_groups[-1]["lr"]     # the rate this update ran at (heads' group)
+            if per_step and global_step >= warmup_steps:
+                scheduler.step()
             seen += len(images)
             total_loss += loss.item() * len(images)
             bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{seen / (time.time() - started):.0f}")
@@ -124,11 +135,11 @@ def fit(model: torch.nn.Module, data: Prepared, input_size, cfg: dict, out_dir: 
         score = metrics[cfg["select_metric"]]
         if cfg["schedule"] == "plateau":
             scheduler.step(score)
-        elif epoch + 1 > cfg["warmup_epochs"]:
+        elif not per_step and epoch + 1 > cfg["warmup_epochs"]:
             scheduler.step()
         record = {"epoch": epoch + 1, "loss": total_loss / max(seen, 1), "train_seconds": round(train_seconds, 1),
                   "images_per_second": round(seen / train_seconds, 1),
-                  "lr": optimizer.param_groups[-1]["lr"], **{f"val_{k}": v for k, v in metrics.items()}}
+                  "lr": last_lr, **{f"val_{k}": v for k, v in metrics.items()}}
         history.append(record)
         if score > best["metric"]:
             best = {"epoch": epoch + 1, "metric": score,
