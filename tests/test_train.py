@@ -195,3 +195,43 @@ def test_every_backbone_lists_its_stages_from_the_input_up():
 def test_frozen_stages_without_pretrained_weights_are_refused(tiny):
     out = _refused(tiny, "frozen", frozen_stages=1)
     assert "train.frozen_stages: 1 freezes randomly initialised layers of model 'tiny'" in out
+
+
+def _rates(schedule: str, epochs: int = 2, steps: int = 10, **cfg) -> list[float]:
+    """The rate each of an `epochs` x `steps` run's updates runs at, stepping as `fit` does."""
+    from lwpar.train import build_scheduler
+
+    cfg = {"schedule": schedule, "epochs": epochs, "warmup_epochs": 0, "step_size": 1, "gamma": 0.1,
+           "patience": 0, **cfg}
+    optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = build_scheduler(optimizer, cfg, steps)
+    rates = []
+    for _ in range(epochs):
+        for _ in range(steps):
+            rates.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            if schedule == "cosine_steps":
+                scheduler.step()
+        if schedule == "plateau":
+            scheduler.step(0.0)        # a validation score that never improves
+        elif schedule != "cosine_steps":
+            scheduler.step()
+    return rates
+
+
+def test_schedules_follow_their_definitions():
+    per_update = _rates("cosine_steps")
+    assert per_update[0] == 1.0 and per_update[10] == pytest.approx(0.5) and per_update[-1] < 0.01
+    assert all(a > b for a, b in zip(per_update, per_update[1:]))            # falls at every update
+    per_epoch = _rates("cosine")
+    assert per_epoch == pytest.approx([1.0] * 10 + [0.5] * 10)
+    assert _rates("step", epochs=3)[::10] == pytest.approx([1.0, 0.1, 0.01])
+    # the first score sets the best; each later one fails to beat it
+    assert _rates("plateau", epochs=3)[::10] == pytest.approx([1.0, 1.0, 0.1])
+
+
+def test_unknown_schedule_is_a_clear_error():
+    from lwpar import LwparError
+
+    with pytest.raises(LwparError, match="train.schedule"):
+        _rates("linear")

@@ -41,6 +41,26 @@ def _param_groups(model: torch.nn.Module, lr: float, backbone_mult: float, weigh
             {"params": head, "lr": lr, "weight_decay": weight_decay}]
 
 
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: dict, steps_per_epoch: int):
+    """The rate schedule `cfg["schedule"]` names. `cosine_steps` is stepped after every update past the
+    warm-up, every other schedule once per epoch past it (`plateau` with the validation score)."""
+    warmup_steps = cfg["warmup_epochs"] * steps_per_epoch
+    if cfg["schedule"] == "cosine_steps":
+        # the last update runs at almost 0, which a per-epoch cosine only reaches after many epochs
+        # (2 epochs: the second at half the rate)
+        annealed = max(cfg["epochs"] * steps_per_epoch - warmup_steps, 1)
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda k: 0.5 * (1 + math.cos(math.pi * min(k, annealed) / annealed)))
+    if cfg["schedule"] == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, cfg["step_size"], cfg["gamma"])
+    if cfg["schedule"] == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(cfg["epochs"] - cfg["warmup_epochs"], 1))
+    if cfg["schedule"] == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, "max", factor=cfg["gamma"],
+                                                          patience=cfg["patience"])
+    raise LwparError(f"train.schedule: unknown schedule {cfg['schedule']!r}")
+
+
 def fit(model: torch.nn.Module, data: Prepared, input_size, cfg: dict, out_dir: Path, device: torch.device,
         seed: int, workers: int, amp: bool = False, eval_batch: int = 128, threshold: float = 0.5,
         teacher: torch.nn.Module | None = None, distill: dict | None = None, fingerprint: str = "",
@@ -61,20 +81,8 @@ def fit(model: torch.nn.Module, data: Prepared, input_size, cfg: dict, out_dir: 
     if cfg["max_steps_per_epoch"]:
         steps_per_epoch = min(steps_per_epoch, cfg["max_steps_per_epoch"])
     warmup_steps = cfg["warmup_epochs"] * steps_per_epoch
+    scheduler = build_scheduler(optimizer, cfg, steps_per_epoch)
     per_step = cfg["schedule"] == "cosine_steps"
-    if per_step:
-        # stepped after every update past the warm-up: the last update runs at almost 0, which a
-        # per-epoch cosine only reaches after many epochs (2 epochs: the second at half the rate)
-        annealed = max(cfg["epochs"] * steps_per_epoch - warmup_steps, 1)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda k: 0.5 * (1 + math.cos(math.pi * min(k, annealed) / annealed)))
-    elif cfg["schedule"] == "step":
-        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, cfg["step_size"], cfg["gamma"])
-    elif cfg["schedule"] == "cosine":
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(cfg["epochs"] - cfg["warmup_epochs"], 1))
-    else:
-        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, "max", factor=cfg["gamma"],
-                                                               patience=cfg["patience"])
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     scaler = torch.amp.GradScaler(device.type, enabled=amp and device.type == "cuda")
 
