@@ -13,7 +13,7 @@ EDITS = {
     "  data: data                      #": "  data: data/smoke                #",
     "  results: results                #": "  results: results/smoke          #",
     "    max_persons: null             #": "    max_persons: 150              #",
-    "    input_size: [128, 64]         #": "    input_size: [64, 32]          #",
+    "    input_size: [256, 128]        #": "    input_size: [64, 32]          #",
     "\n  batch_size: 64\n  lr": "\n  batch_size: 32\n  lr",
     "  calibration_images: 256 ": "  calibration_images: 64  ",
     "val_images: 512, calibration_batches: 4, fractions: [0.1, 0.2, 0.3, 0.5, 0.7]":
