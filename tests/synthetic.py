@@ -106,7 +106,8 @@ def tiny_training_params(tmp: Path, mirror: Path, epochs: int = 3) -> dict:
     params["models"] = {"tiny": {"arch": "alm", "backbone": "resnet18", "pretrained": False,
                                  "alm_head": "fused", "align_corners": False, "input_size": [64, 32]}}
     params["experiment"]["models"] = ["tiny"]
-    params["train"].update(epochs=epochs, batch_size=8, lr=0.001, warmup_epochs=1, schedule="cosine")
+    # frozen_stages: 0, whatever the default: a randomly initialised backbone has nothing worth freezing
+    params["train"].update(epochs=epochs, batch_size=8, lr=0.001, warmup_epochs=1, schedule="cosine", frozen_stages=0)
     params["evaluate"]["batch_size"] = 16
     return params
 
