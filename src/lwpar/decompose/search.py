@@ -41,10 +41,11 @@ class SensitivityProbe:
     replays its cache and names what is missing."""
 
     def __init__(self, model: nn.Module, score=None, recalibrate=None, seed: int = 0, epc: dict | None = None,
-                 cache: dict | None = None):
+                 cache: dict | None = None, on_measure=None):
         self.model, self.score, self.recalibrate, self.seed, self.epc = model, score, recalibrate, seed, epc
         self.cache = dict(cache or {})
         self.measured = 0
+        self.on_measure = on_measure  # called with (key, score) after every new measurement
 
     @staticmethod
     def key(layer: str, method: str, rank: int) -> str:
@@ -70,6 +71,8 @@ class SensitivityProbe:
             self.model.eval()
         self.cache[key] = value
         self.measured += 1
+        if self.on_measure:
+            self.on_measure(key, value)
         return value
 
     def baseline(self) -> float:

@@ -6,6 +6,10 @@ batches. Never touches the test split.
 Writes the sensitivity cache (JSON): the scores, keyed by layer, method and rank, and the settings
 they were measured under. The decompose stage plans from it, for this variant or for any variant
 that names it in `rank.search.sensitivity_from`.
+
+Every probe is also written to `<out>.partial` as it is measured: the same command run again after
+an interruption measures only the probes that file lacks (a file from other settings is discarded).
+Without a terminal, each probe is logged as one line.
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ def run(args, params) -> None:
 
     from lwpar.data.loader import ImageTable, Prepared, build_transform, make_loader
     from lwpar.decompose.factorize import factorized_layers, select_layers
-    from lwpar.decompose.search import MEASURED, SensitivityProbe, cache_settings, plan, save_cache
+    from lwpar.decompose.search import MEASURED, SensitivityProbe, cache_settings, load_cache, plan, save_cache
+    from lwpar.io import write_json
     from lwpar.metrics import pedestrian_metrics
     from lwpar.runtime import check_start_model, configure, load_model, seed_everything
     from lwpar.train import recalibrate_batchnorm
@@ -58,11 +63,29 @@ def run(args, params) -> None:
     loader = make_loader(train_paths, train_labels, plain, params["train"]["batch_size"], 0, shuffle=True,
                          seed=params["seed"])
     calibration = [b for _, b in zip(range(search["calibration_batches"]), loader)]
+    meta = {**cache_settings(params, recipe, args.model), "variant": args.variant}
+    partial = args.out.with_name(args.out.name + ".partial")
+    resumed = {}
+    if partial.exists():
+        try:
+            resumed = load_cache(partial, meta)
+        except LwparError:  # measured under other settings: resuming it would mix two runs
+            partial.unlink()
+    if resumed:
+        print(f"{args.variant}: resuming with {len(resumed)} probes measured by an interrupted run", flush=True)
     bar = tqdm(desc=f"sensitivity {args.variant}", unit="probe", disable=None)
+    last = [time.time()]
+
+    def record(key, value):
+        write_json(partial, {**meta, "scores": probe.cache})
+        bar.update()
+        if bar.disable:  # no terminal (a pipeline's log file): one line per probe instead of a bar
+            print(f"probe {len(probe.cache)}: {key} {search['metric']} {value:.4f} ({time.time() - last[0]:.1f} s)",
+                  flush=True)
+        last[0] = time.time()
 
     @torch.no_grad()
     def score(m):
-        bar.update()
         probs = torch.cat([torch.sigmoid(m(chunk.to(device)).float()).cpu() for chunk in val_images.split(batch)])
         return pedestrian_metrics(val_labels, probs.numpy(), threshold)[search["metric"]]
 
@@ -70,15 +93,16 @@ def run(args, params) -> None:
         recalibrate_batchnorm(m, calibration, device, max_batches=len(calibration))
 
     started = time.time()
-    probe = SensitivityProbe(model, score, recalibrate if calibration else None, seed=params["seed"], epc=recipe["epc"])
+    probe = SensitivityProbe(model, score, recalibrate if calibration else None, seed=params["seed"], epc=recipe["epc"],
+                             cache=resumed, on_measure=record)
     names = select_layers(model, recipe["kinds"], recipe["include_first"], recipe["include_heads"],
                           factorized=factorized_layers(earlier))
     if not names:
         raise LwparError(f"variant {args.variant}: no layer of kinds {recipe['kinds']} to factorize in this model")
     chosen = plan(model, names, recipe["methods"], size, recipe["rank"], count_macs(model, size), probe)
     bar.close()
-    save_cache(args.out, probe, {**cache_settings(params, recipe, args.model), "variant": args.variant,
-                                 "seconds": round(time.time() - started, 1),
+    save_cache(args.out, probe, {**meta, "seconds": round(time.time() - started, 1), "resumed_probes": len(resumed),
                                  "plan": [{"layer": e["layer"], "rank": e["rank"]} for e in chosen]})
-    print(f"{args.variant}: {probe.measured} probes in {time.time() - started:.0f} s; "
-          f"{len(chosen)} of {len(names)} layers get a rank")
+    partial.unlink(missing_ok=True)
+    print(f"{args.variant}: {probe.measured} probes in {time.time() - started:.0f} s"
+          f"{f' ({len(resumed)} more resumed)' if resumed else ''}; {len(chosen)} of {len(names)} layers get a rank")
