@@ -37,7 +37,6 @@ def run(args, params) -> None:
     from lwpar.data.loader import ImageTable, Prepared, build_transform, make_loader
     from lwpar.decompose.factorize import factorized_layers, select_layers
     from lwpar.decompose.search import MEASURED, SensitivityProbe, cache_settings, load_cache, plan, save_cache
-    from lwpar.io import write_json
     from lwpar.metrics import pedestrian_metrics
     from lwpar.runtime import check_start_model, configure, load_model, seed_everything
     from lwpar.train import recalibrate_batchnorm
@@ -74,15 +73,16 @@ def run(args, params) -> None:
     if resumed:
         print(f"{args.variant}: resuming with {len(resumed)} probes measured by an interrupted run", flush=True)
     bar = tqdm(desc=f"sensitivity {args.variant}", unit="probe", disable=None)
-    last = [time.time()]
+    last = time.time()
 
     def record(key, value):
-        write_json(partial, {**meta, "scores": probe.cache})
+        nonlocal last
+        save_cache(partial, probe, meta)
         bar.update()
         if bar.disable:  # no terminal (a pipeline's log file): one line per probe instead of a bar
-            print(f"probe {len(probe.cache)}: {key} {search['metric']} {value:.4f} ({time.time() - last[0]:.1f} s)",
+            print(f"probe {len(probe.cache)}: {key} {search['metric']} {value:.4f} ({time.time() - last:.1f} s)",
                   flush=True)
-        last[0] = time.time()
+        last = time.time()
 
     @torch.no_grad()
     def score(m):
