@@ -199,22 +199,22 @@ def test_frozen_stages_without_pretrained_weights_are_refused(tiny):
 
 def _rates(schedule: str, epochs: int = 2, steps: int = 10, **cfg) -> list[float]:
     """The rate each of an `epochs` x `steps` run's updates runs at, stepping as `fit` does."""
-    from lwpar.train import build_scheduler
+    from lwpar.train import PER_UPDATE_SCHEDULES, build_scheduler
 
     cfg = {"schedule": schedule, "epochs": epochs, "warmup_epochs": 0, "step_size": 1, "gamma": 0.1,
            "patience": 0, **cfg}
     optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    scheduler = build_scheduler(optimizer, cfg, steps)
+    scheduler = build_scheduler(optimizer, cfg, steps, warmup_steps=0)
     rates = []
     for _ in range(epochs):
         for _ in range(steps):
             rates.append(optimizer.param_groups[0]["lr"])
             optimizer.step()
-            if schedule == "cosine_steps":
+            if schedule in PER_UPDATE_SCHEDULES:
                 scheduler.step()
         if schedule == "plateau":
             scheduler.step(0.0)        # a validation score that never improves
-        elif schedule != "cosine_steps":
+        elif schedule not in PER_UPDATE_SCHEDULES:
             scheduler.step()
     return rates
 

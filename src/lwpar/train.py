@@ -41,10 +41,13 @@ def _param_groups(model: torch.nn.Module, lr: float, backbone_mult: float, weigh
             {"params": head, "lr": lr, "weight_decay": weight_decay}]
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: dict, steps_per_epoch: int):
-    """The rate schedule `cfg["schedule"]` names. `cosine_steps` is stepped after every update past the
-    warm-up, every other schedule once per epoch past it (`plateau` with the validation score)."""
-    warmup_steps = cfg["warmup_epochs"] * steps_per_epoch
+# Schedules stepped after every update past the warm-up; the others once per epoch past it.
+PER_UPDATE_SCHEDULES = ("cosine_steps",)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: dict, steps_per_epoch: int, warmup_steps: int):
+    """The rate schedule `cfg["schedule"]` names, stepped as `PER_UPDATE_SCHEDULES` says (`plateau` with
+    the validation score)."""
     if cfg["schedule"] == "cosine_steps":
         # the last update runs at almost 0, which a per-epoch cosine only reaches after many epochs
         # (2 epochs: the second at half the rate)
@@ -81,8 +84,8 @@ def fit(model: torch.nn.Module, data: Prepared, input_size, cfg: dict, out_dir: 
     if cfg["max_steps_per_epoch"]:
         steps_per_epoch = min(steps_per_epoch, cfg["max_steps_per_epoch"])
     warmup_steps = cfg["warmup_epochs"] * steps_per_epoch
-    scheduler = build_scheduler(optimizer, cfg, steps_per_epoch)
-    per_step = cfg["schedule"] == "cosine_steps"
+    scheduler = build_scheduler(optimizer, cfg, steps_per_epoch, warmup_steps)
+    per_step = cfg["schedule"] in PER_UPDATE_SCHEDULES
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     scaler = torch.amp.GradScaler(device.type, enabled=amp and device.type == "cuda")
 
