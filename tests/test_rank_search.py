@@ -109,6 +109,84 @@ def test_cache_round_trips_and_is_refused_under_other_settings(tmp_path):
         load_cache(tmp_path / "s.json", {**meta, "metric": "f1"})
     with pytest.raises(LwparError, match=r"sensitivity cache has no score for .*: run the sensitivity stage"):
         _plan(model, _policy("search", eps=0.004), SensitivityProbe(model, cache=load_cache(tmp_path / "s.json", meta)))
+    # a file cut short by a crash mid-write (write_json is atomic, but a copy or a full disk is not)
+    text = (tmp_path / "s.json").read_text()
+    (tmp_path / "cut.json").write_text(text[: len(text) // 2])
+    with pytest.raises(LwparError, match=r"cut.json: unreadable sensitivity cache"):
+        load_cache(tmp_path / "cut.json", meta)
+
+
+class _Block(nn.Module):
+    """A residual block whose in-place activation runs both before and after its second convolution
+    (SiLU: unlike ReLU, applying it twice changes the result)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels)
+        self.conv2, self.bn2 = nn.Conv2d(channels, channels, 1, bias=False), nn.BatchNorm2d(channels)
+        self.act = nn.SiLU(inplace=True)
+
+    def forward(self, x):
+        return self.act(self.bn2(self.conv2(self.act(self.bn1(self.conv1(x))))) + x)
+
+
+def test_reusing_the_prefix_gives_the_same_scores_from_fewer_forwards():
+    """Replaying what runs before the probed layer must not change a score, with BatchNorms
+    re-estimated by every probe and an in-place activation shared across the probed layer."""
+    from lwpar.train import recalibrate_batchnorm
+
+    generator = torch.Generator().manual_seed(2)
+    x = torch.randn(6, 3, *SIZE, generator=generator)
+    batches = [(torch.randn(4, 3, *SIZE, generator=generator), None) for _ in range(2)]
+
+    def measure(reuse):
+        torch.manual_seed(0)
+        # 64 channels: three ranks or more per layer, so a record is replayed more than once
+        model = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(inplace=True),
+                              *[_Block(64) for _ in range(3)], nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                              nn.Linear(64, 6)).eval()
+        with torch.no_grad():
+            reference = model(x)
+        stem_calls = []
+        model[0].register_forward_hook(lambda *args: stem_calls.append(1))
+
+        def score(m):
+            with torch.no_grad():
+                return 1 - float((m(x) - reference).norm() / reference.norm())
+
+        probe = SensitivityProbe(model, score, lambda m: recalibrate_batchnorm(m, batches, torch.device("cpu")),
+                                 reuse_prefix=reuse)
+        chosen = plan(model, select_layers(model, ["kxk", "pointwise"]), {"kxk": "svd", "pointwise": "svd"}, SIZE,
+                      _policy("greedy", macs_fraction=0.9), count_macs(model, SIZE), probe)
+        with torch.no_grad():
+            assert torch.equal(model(x), reference), "the probe leaves the model as it found it"
+        return probe.cache, [(e["layer"], e["rank"]) for e in chosen], len(stem_calls)
+
+    scores, chosen, stem_calls = measure(False)
+    reused_scores, reused_chosen, reused_stem_calls = measure(True)
+    assert len(scores) >= 10 and reused_scores == pytest.approx(scores, abs=1e-6) and reused_chosen == chosen
+    assert reused_stem_calls < stem_calls / 4, "the stem ran for every probe: nothing was replayed"
+
+
+def test_reusing_the_prefix_refuses_measurements_that_call_the_model_differently():
+    model = _model()
+    x = torch.randn(2, 3, *SIZE)
+    measurements = []
+
+    def score(m):
+        measurements.append(1)
+        with torch.no_grad():
+            for _ in measurements:  # one more forward at every measurement
+                m(x)
+        return 0.0
+
+    probe = SensitivityProbe(model, score, reuse_prefix=True)
+    entry = {"layer": "6", "method": "svd"}
+    probe.baseline()
+    probe(entry, 8)  # records what runs before layer 6
+    with pytest.raises(LwparError, match=r"reuse_prefix: a module was called more often"):
+        probe(entry, 16)
+    assert all(type(m).__name__ != "_Replay" for m in model.modules()), "replays are removed after an error"
 
 
 @pytest.mark.fault
@@ -155,7 +233,10 @@ def test_interrupted_sensitivity_stage_resumes_from_its_partial_file(tmp_path, m
     # reference run, with a partial file left by other settings beside its output: discarded
     reference = tmp_path / "reference.json"
     stop_at = None
-    stale = {"seed": 99, "variant": "probe", "scores": {"baseline": 1.0}}
+    from lwpar.decompose.search import cache_settings
+
+    settings = cache_settings(params, params["variants"]["probe"]["decompose"], tmp_path / "baseline" / "model.pt")
+    stale = {**settings, "seed": params["seed"] + 1, "variant": "probe", "scores": {"baseline": 1.0}}  # only the seed differs
     reference.with_name("reference.json.partial").write_text(json.dumps(stale))
     assert sensitivity(reference) == 0
     assert "resuming" not in capsys.readouterr().out

@@ -9,7 +9,9 @@ that names it in `rank.search.sensitivity_from`.
 
 Every probe is also written to `<out>.partial` as it is measured: the same command run again after
 an interruption measures only the probes that file lacks (a file from other settings is discarded).
-Without a terminal, each probe is logged as one line.
+Without a terminal, each probe is logged as one line. The modules that run before the probed layer
+replay their outputs from the layer's first probe (held in memory: the validation images' and
+calibration batches' activations at that point).
 """
 
 from __future__ import annotations
@@ -96,8 +98,10 @@ def run(args, params) -> None:
         recalibrate_batchnorm(m, calibration, device, max_batches=len(calibration))
 
     started = time.time()
+    # every probe scores the same images and recalibrates on the same batches: what runs before the
+    # probed layer can be replayed (reuse_prefix)
     probe = SensitivityProbe(model, score, recalibrate if calibration else None, seed=params["seed"], epc=recipe["epc"],
-                             cache=resumed, on_measure=record)
+                             cache=resumed, on_measure=record, reuse_prefix=True)
     names = select_layers(model, recipe["kinds"], recipe["include_first"], recipe["include_heads"],
                           factorized=factorized_layers(earlier))
     if not names:
