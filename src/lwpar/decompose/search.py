@@ -115,7 +115,11 @@ class SensitivityProbe:
             return set()
         start = self._spans[layer][0]
         before = {name for name, (_, end) in self._spans.items() if end < start}
-        return {name for name in before if name.rpartition(".")[0] not in before}
+
+        def ancestors(name):  # all of them: a container the parent iterates (timm's blocks) is never called
+            parts = name.split(".")
+            return {".".join(parts[:i]) for i in range(1, len(parts))}
+        return {name for name in before if not ancestors(name) & before}
 
     def _reuse(self, layer: str | None) -> tuple[list, dict, dict]:
         """Replace the prefix's recorded modules by replays and record the rest of the prefix."""
@@ -124,8 +128,8 @@ class SensitivityProbe:
         prefix = self._prefix(layer) if layer else set()
         self._recorded = {name: outputs for name, outputs in self._recorded.items() if name in prefix}
         replaced = {name: self.model.get_submodule(name) for name in self._recorded}
-        for name, outputs in self._recorded.items():
-            _replace(self.model, name, _Replay(outputs))
+        for name in sorted(self._recorded):  # a fixed order: a name never depends on set iteration
+            _replace(self.model, name, _Replay(self._recorded[name]))
         recording = {name: {True: [], False: []} for name in prefix - set(self._recorded)}
         hooks = [self.model.get_submodule(name).register_forward_hook(
             lambda module, args, output, store=store: store[module.training].append(_clone(output)))
