@@ -33,10 +33,23 @@ BIN = Path(sys.executable).parent
 
 
 def run_command(args, cwd, timeout=900, env=None):
-    """Run a tool of this environment (snakemake, dvc, lwpar) with the venv first on PATH."""
+    """Run a tool of this environment (snakemake, dvc, lwpar) with the venv first on PATH. On a
+    timeout its whole process group is killed, not only the tool: a workflow engine's jobs would
+    otherwise go on running beside the next test."""
+    import signal
     import subprocess
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", **(env or {})}
-    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+    with subprocess.Popen(args, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                          start_new_session=True) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except BaseException as error:  # a timeout, or the test run interrupted (its own session: Ctrl-C misses it)
+            os.killpg(process.pid, signal.SIGKILL)
+            stdout, stderr = process.communicate()
+            if isinstance(error, subprocess.TimeoutExpired):
+                raise subprocess.TimeoutExpired(args, timeout, stdout, stderr) from None
+            raise
+    return subprocess.CompletedProcess(args, process.returncode, stdout, stderr)
 
 
 def scratch_workflow(work: Path, mirror: Path, edit=None) -> dict:

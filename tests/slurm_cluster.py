@@ -166,7 +166,25 @@ class LocalSlurm:
                 jobs.append(fields)
         return jobs
 
+    def _cancel_jobs(self) -> None:
+        """Cancel what is still queued or running in our partition (a test that timed out leaves its
+        jobs and their steps behind), and wait until the node has ended them."""
+        if self.processes.get("slurmctld") is None or self.processes["slurmctld"].poll() is not None:
+            return
+        subprocess.run(["scancel", "--partition", self.partition], capture_output=True, timeout=30)
+
+        def empty():
+            run = subprocess.run(["squeue", "-h", "-p", self.partition], capture_output=True, text=True, timeout=30)
+            return run.returncode != 0 or not run.stdout.strip()
+        deadline = time.monotonic() + 60
+        while not empty() and time.monotonic() < deadline:
+            time.sleep(1)
+
     def stop(self) -> None:
+        try:
+            self._cancel_jobs()
+        except (OSError, subprocess.SubprocessError):
+            pass  # stopping the daemons below ends what is left
         for name in ("slurmd", "slurmctld", "munged"):
             process = self.processes.pop(name, None)
             if process is None or process.poll() is not None:

@@ -183,7 +183,9 @@ def test_reusing_the_prefix_gives_the_same_scores_from_fewer_forwards():
     assert reused_stem_calls < stem_calls / 4, "the stem ran for every probe: nothing was replayed"
 
 
-def test_reusing_the_prefix_refuses_measurements_that_call_the_model_differently():
+def _recorded_probe(forwards):
+    """A replaying probe of `_model()` whose layer 6 has been probed once, so that what runs before it
+    is recorded; every measurement runs the model `forwards(measurement number)` times."""
     model = _model()
     x = torch.randn(2, 3, *SIZE)
     measurements = []
@@ -191,14 +193,19 @@ def test_reusing_the_prefix_refuses_measurements_that_call_the_model_differently
     def score(m):
         measurements.append(1)
         with torch.no_grad():
-            for _ in measurements:  # one more forward at every measurement
+            for _ in range(forwards(len(measurements))):
                 m(x)
         return 0.0
 
     probe = SensitivityProbe(model, score, reuse_prefix=True)
     entry = {"layer": "6", "method": "svd"}
     probe.baseline()
-    probe(entry, 8)  # records what runs before layer 6
+    probe(entry, 8)
+    return model, x, probe, entry
+
+
+def test_reusing_the_prefix_refuses_measurements_that_call_the_model_differently():
+    model, _, probe, entry = _recorded_probe(lambda n: n)  # one more forward at every measurement
     with pytest.raises(LwparError, match=r"reuse_prefix: a module was called more often"):
         probe(entry, 16)
     assert all(type(m).__name__ != "_Replay" for m in model.modules()), "replays are removed after an error"
@@ -207,8 +214,8 @@ def test_reusing_the_prefix_refuses_measurements_that_call_the_model_differently
 @pytest.mark.fault
 def test_interrupted_sensitivity_stage_resumes_from_its_partial_file(tmp_path, monkeypatch, capsys):
     """The stage writes every probe to <out>.partial: run again after an interruption, it measures only
-    what that file lacks and ends with the scores of an uninterrupted run; a partial file measured
-    under other settings is discarded, not mixed in."""
+    what that file lacks and ends with the scores of an uninterrupted run, its time counting the
+    interrupted run's; a partial file measured under other settings is discarded, not mixed in."""
     import json
 
     import lwpar.metrics
@@ -264,7 +271,10 @@ def test_interrupted_sensitivity_stage_resumes_from_its_partial_file(tmp_path, m
     stop_at = 6
     assert sensitivity(out) == 130
     assert not out.exists(), "an interrupted run must not leave a finished-looking output"
-    assert len(json.loads(partial.read_text())["scores"]) == 5
+    interrupted = json.loads(partial.read_text())
+    assert len(interrupted["scores"]) == 5 and interrupted["seconds"] >= 0
+    # the time the interrupted run spent counts in the total (set large here, so that it shows)
+    partial.write_text(json.dumps({**interrupted, "seconds": 1000.0}))
     capsys.readouterr()
 
     stop_at = None
@@ -274,3 +284,28 @@ def test_interrupted_sensitivity_stage_resumes_from_its_partial_file(tmp_path, m
     resumed = json.loads(out.read_text())
     assert resumed["scores"] == expected["scores"] and resumed["plan"] == expected["plan"]
     assert resumed["resumed_probes"] == 5 and not partial.exists()
+    assert 1000.0 <= resumed["seconds"] < 1000.0 + expected["seconds"] + 60
+
+
+def test_a_failure_while_installing_replays_leaves_the_model_as_it_was(monkeypatch):
+    import lwpar.decompose.search as search
+
+    model, x, probe, entry = _recorded_probe(lambda n: 1)
+    with torch.no_grad():
+        reference = model(x)
+    assert len(probe._recorded) >= 2, "the test needs at least two replays to install"
+    made, real = [], search._Replay
+
+    def second_fails(outputs):
+        made.append(1)
+        if len(made) == 2:
+            raise RuntimeError("out of memory")
+        return real(outputs)
+
+    monkeypatch.setattr(search, "_Replay", second_fails)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        probe(entry, 16)
+    assert all(type(m).__name__ != "_Replay" for m in model.modules()), "an installed replay was left in the model"
+    assert all(not m._forward_hooks for m in model.modules()), "a recording hook was left in the model"
+    with torch.no_grad():
+        assert torch.equal(model(x), reference)

@@ -30,7 +30,9 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 from torch import nn
+from torch.utils._pytree import tree_map_only
 
 from lwpar import LwparError
 from lwpar.decompose import layers as L
@@ -42,9 +44,8 @@ BASELINE = "baseline"
 
 
 def _clone(output):
-    if isinstance(output, (tuple, list)):
-        return type(output)(_clone(o) for o in output)
-    return output.clone() if hasattr(output, "clone") else output
+    """A copy of every tensor in a module's output (a tensor, or tuples, lists and dicts of them)."""
+    return tree_map_only(torch.Tensor, torch.clone, output)
 
 
 class _Replay(nn.Module):
@@ -121,20 +122,23 @@ class SensitivityProbe:
             return {".".join(parts[:i]) for i in range(1, len(parts))}
         return {name for name in before if not ancestors(name) & before}
 
-    def _reuse(self, layer: str | None) -> tuple[list, dict, dict]:
-        """Replace the prefix's recorded modules by replays and record the rest of the prefix."""
+    def _reuse(self, layer: str | None, hooks: list, replaced: dict) -> dict:
+        """Replace the prefix's recorded modules by replays and record the rest of the prefix. Every
+        hook and replaced module lands in `hooks` and `replaced` as soon as it is installed, so the
+        caller can undo a partial installation."""
         if self._spans is None:
-            return self._trace_hooks(), {}, {}
+            hooks += self._trace_hooks()
+            return {}
         prefix = self._prefix(layer) if layer else set()
         self._recorded = {name: outputs for name, outputs in self._recorded.items() if name in prefix}
-        replaced = {name: self.model.get_submodule(name) for name in self._recorded}
         for name in sorted(self._recorded):  # a fixed order: a name never depends on set iteration
+            replaced[name] = self.model.get_submodule(name)
             _replace(self.model, name, _Replay(self._recorded[name]))
         recording = {name: {True: [], False: []} for name in prefix - set(self._recorded)}
-        hooks = [self.model.get_submodule(name).register_forward_hook(
-            lambda module, args, output, store=store: store[module.training].append(_clone(output)))
-            for name, store in recording.items()]
-        return hooks, replaced, recording
+        for name, store in recording.items():
+            hooks.append(self.model.get_submodule(name).register_forward_hook(
+                lambda module, args, output, store=store: store[module.training].append(_clone(output))))
+        return recording
 
     @staticmethod
     def key(layer: str, method: str, rank: int) -> str:
@@ -148,8 +152,9 @@ class SensitivityProbe:
         norms = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         saved = [copy.deepcopy(m.state_dict()) for m in norms]
         restore = prepare() if prepare else None
-        hooks, replaced, recording = self._reuse(layer) if self.reuse_prefix else ([], {}, {})
+        hooks, replaced = [], {}
         try:
+            recording = self._reuse(layer, hooks, replaced) if self.reuse_prefix else {}
             if self.recalibrate:
                 self.recalibrate(self.model)
             value = float(self.score(self.model.eval()))

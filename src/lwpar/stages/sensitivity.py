@@ -38,6 +38,7 @@ def run(args, params) -> None:
 
     from lwpar.data.loader import ImageTable, Prepared, build_transform, make_loader
     from lwpar.decompose.factorize import factorized_layers, select_layers
+    from lwpar.io import read_json
     from lwpar.decompose.search import MEASURED, SensitivityProbe, cache_settings, load_cache, plan, save_cache
     from lwpar.metrics import pedestrian_metrics
     from lwpar.runtime import check_start_model, configure, load_model, seed_everything
@@ -66,10 +67,11 @@ def run(args, params) -> None:
     calibration = [b for _, b in zip(range(search["calibration_batches"]), loader)]
     meta = {**cache_settings(params, recipe, args.model), "variant": args.variant}
     partial = args.out.with_name(args.out.name + ".partial")
-    resumed = {}
+    resumed, spent = {}, 0.0  # spent: seconds the interrupted runs measured for, so the total stays honest
     if partial.exists():
         try:
             resumed = load_cache(partial, meta)
+            spent = float(read_json(partial).get("seconds", 0.0))
         except LwparError:  # measured under other settings: resuming it would mix two runs
             partial.unlink()
     if resumed:
@@ -79,7 +81,7 @@ def run(args, params) -> None:
 
     def record(key, value):
         nonlocal last
-        save_cache(partial, probe, meta)
+        save_cache(partial, probe, {**meta, "seconds": round(spent + time.time() - started, 1)})
         bar.update()
         if bar.disable:  # no terminal (a pipeline's log file): one line per probe instead of a bar
             print(f"probe {len(probe.cache)}: {key} {search['metric']} {value:.4f} ({time.time() - last:.1f} s)",
@@ -108,7 +110,7 @@ def run(args, params) -> None:
         raise LwparError(f"variant {args.variant}: no layer of kinds {recipe['kinds']} to factorize in this model")
     chosen = plan(model, names, recipe["methods"], size, recipe["rank"], count_macs(model, size), probe)
     bar.close()
-    save_cache(args.out, probe, {**meta, "seconds": round(time.time() - started, 1), "resumed_probes": len(resumed),
+    save_cache(args.out, probe, {**meta, "seconds": round(spent + time.time() - started, 1), "resumed_probes": len(resumed),
                                  "plan": [{"layer": e["layer"], "rank": e["rank"]} for e in chosen]})
     partial.unlink(missing_ok=True)
     print(f"{args.variant}: {probe.measured} probes in {time.time() - started:.0f} s"
