@@ -104,7 +104,8 @@ def tiny_training_params(tmp: Path, mirror: Path, epochs: int = 3) -> dict:
     params = params_for(tmp, mirror, annotation=None)
     params["runtime"].update(workers=0, threads=1)
     params["models"] = {"tiny": {"arch": "alm", "backbone": "resnet18", "pretrained": False,
-                                 "alm_head": "fused", "align_corners": False, "input_size": [64, 32]}}
+                                 "alm_head": "fused", "align_corners": False, "logit_bn": False,
+                                 "input_size": [64, 32]}}
     params["experiment"]["models"] = ["tiny"]
     # frozen_stages: 0, whatever the default: a randomly initialised backbone has nothing worth freezing
     params["train"].update(epochs=epochs, batch_size=8, lr=0.001, warmup_epochs=1, schedule="cosine", frozen_stages=0)

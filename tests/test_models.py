@@ -21,7 +21,7 @@ def test_alm_bn_inception_parameter_count(attributes, published):
 @pytest.mark.parametrize("backbone", ["bn_inception", "efficientnet_lite0", "resnet18", "resnet50"])
 @pytest.mark.parametrize("arch", ["alm", "baseline"])
 def test_forward_shapes(backbone, arch):
-    model = build_model(arch, backbone, 7)
+    model = build_model(arch, backbone, 7, logit_bn=backbone == "resnet18")
     x = torch.randn(2, 3, 128, 64)
     model.train()
     outputs = model(x)
@@ -35,6 +35,45 @@ def test_forward_shapes(backbone, arch):
         model.training = True  # top level only: batch norm stays in eval mode
         with torch.no_grad():
             torch.testing.assert_close(voted, torch.stack(model(x)).amax(0))
+
+
+@pytest.mark.parametrize("arch", ["alm", "baseline"])
+def test_logit_bn_normalizes_every_output_and_exports(arch, tmp_path):
+    """With `logit_bn`, each output's logits are batch-normalized per attribute in training and, in
+    evaluation, scaled and shifted by the running statistics before the vote; ONNX Runtime agrees.
+    Without it (the published ALM) the model has no BatchNorm1d."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from lwpar.export import export_onnx
+
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in build_model(arch, "resnet18", 6).modules())
+    torch.manual_seed(0)
+    model = build_model(arch, "resnet18", 6, logit_bn=True)
+    x = torch.randn(8, 3, 64, 32)
+    outputs = model.train()(x)
+    assert len(outputs) == len(model.logit_bn) == (4 if arch == "alm" else 1)
+    for logits in outputs:
+        torch.testing.assert_close(logits.mean(0), torch.zeros(6), atol=1e-5, rtol=0)
+        torch.testing.assert_close(logits.var(0, unbiased=False), torch.ones(6), atol=1e-3, rtol=0)
+    with torch.no_grad():
+        for norm in model.logit_bn:  # statistics and affine terms away from the identity
+            norm.running_mean.uniform_(-1, 1), norm.running_var.uniform_(0.5, 2)
+            norm.weight.uniform_(0.5, 2), norm.bias.uniform_(-1, 1)
+    model.eval()
+    raw = []
+    hooks = [norm.register_forward_hook(lambda m, args, out: raw.append(args[0])) for norm in model.logit_bn]
+    with torch.no_grad():
+        voted = model(x)
+    for hook in hooks:
+        hook.remove()
+    expected = torch.stack([(r - n.running_mean) / torch.sqrt(n.running_var + n.eps) * n.weight + n.bias
+                            for r, n in zip(raw, model.logit_bn)]).amax(0)
+    torch.testing.assert_close(voted, expected)
+    path = export_onnx(model, (64, 32), tmp_path / "model.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (onnx_out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    np.testing.assert_allclose(onnx_out, voted.numpy(), atol=1e-4, rtol=1e-4)
 
 
 def test_backbone_pyramid_strides():

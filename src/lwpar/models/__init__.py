@@ -14,14 +14,16 @@ ARCHS = ("alm", "baseline")
 
 
 def build_model(arch: str, backbone: str, num_attributes: int, pretrained: bool = False,
-                alm_head: str = "fused", align_corners: bool = False, weights_dir: Path | None = None) -> nn.Module:
+                alm_head: str = "fused", align_corners: bool = False, weights_dir: Path | None = None,
+                logit_bn: bool = False) -> nn.Module:
     """One factory for every model. In eval mode each returns one (B, num_attributes) logit tensor;
-    in train mode a tuple of logit tensors (ALM: three levels and the main branch)."""
+    in train mode a tuple of logit tensors (ALM: three levels and the main branch). `logit_bn` adds a
+    BatchNorm1d after every classifier (Rethinking of PAR's strong baseline; not in the ALM paper)."""
     body = build_backbone(backbone, pretrained, weights_dir)
     if arch == "alm":
-        return ALM(body, num_attributes, alm_head, align_corners)
+        return ALM(body, num_attributes, alm_head, align_corners, logit_bn)
     if arch == "baseline":
-        return StrongBaseline(body, num_attributes)
+        return StrongBaseline(body, num_attributes, logit_bn)
     raise LwparError(f"arch {arch!r}: unknown (known: {', '.join(ARCHS)})")
 
 
@@ -30,7 +32,8 @@ def model_from_params(model_cfg: dict, num_attributes: int, weights_dir: Path | 
     return build_model(model_cfg["arch"], model_cfg["backbone"], num_attributes,
                        pretrained=model_cfg["pretrained"] if pretrained is None else pretrained,
                        alm_head=model_cfg["alm_head"], align_corners=model_cfg["align_corners"],
-                       weights_dir=weights_dir)
+                       weights_dir=weights_dir,
+                       logit_bn=model_cfg.get("logit_bn", False))  # absent in checkpoints from before the option
 
 
 __all__ = ["ALM", "BACKBONES", "LocalizationLevel", "StrongBaseline", "build_model", "model_from_params"]

@@ -257,8 +257,16 @@ def bilinear_upsample(coarse: torch.Tensor, size) -> torch.Tensor:
     return torch.matmul(coarse.flatten(2), matrix).reshape(-1, coarse.shape[1], int(out_h), int(out_w))
 
 
+def logit_norms(count: int, num_attributes: int, enabled: bool) -> nn.ModuleList | None:
+    """Rethinking of PAR's "BN after the classifier": one BatchNorm1d per output over its attribute
+    logits, which re-centres and re-scales each attribute's logit (most attributes are rare). In
+    evaluation it is a fixed per-attribute scale and shift. None when disabled (the published ALM)."""
+    return nn.ModuleList(nn.BatchNorm1d(num_attributes) for _ in range(count)) if enabled else None
+
+
 class ALM(nn.Module):
-    def __init__(self, backbone: nn.Module, num_attributes: int, head: str = "fused", align_corners: bool = False):
+    def __init__(self, backbone: nn.Module, num_attributes: int, head: str = "fused", align_corners: bool = False,
+                 logit_bn: bool = False):
         super().__init__()
         c3, c4, c5 = backbone.channels
         self.main_branch = backbone
@@ -269,6 +277,7 @@ class ALM(nn.Module):
         self.st_3b = LocalizationLevel(num_attributes, 3 * LATERAL, head, align_corners)
         self.st_4d = LocalizationLevel(num_attributes, 2 * LATERAL, head, align_corners)
         self.st_5b = LocalizationLevel(num_attributes, LATERAL, head, align_corners)
+        self.logit_bn = logit_norms(4, num_attributes, logit_bn)  # 3b, 4d, 5b, main
 
     @staticmethod
     def _upsample_cat(coarse: torch.Tensor, fine: torch.Tensor) -> torch.Tensor:
@@ -306,6 +315,8 @@ class ALM(nn.Module):
         else:
             heads = [level(feature) for level, feature in zip(levels, maps)]
         outputs = (*heads, main)
+        if self.logit_bn is not None:
+            outputs = tuple(norm(logits) for norm, logits in zip(self.logit_bn, outputs))
         if self.training:
             return outputs
         return torch.stack(outputs).amax(0)
@@ -314,11 +325,14 @@ class ALM(nn.Module):
 class StrongBaseline(nn.Module):
     """Rethinking of PAR's strong baseline: backbone, global average pooling, linear classifier."""
 
-    def __init__(self, backbone: nn.Module, num_attributes: int):
+    def __init__(self, backbone: nn.Module, num_attributes: int, logit_bn: bool = False):
         super().__init__()
         self.main_branch = backbone
         self.classifier = nn.Linear(backbone.channels[-1], num_attributes)
+        self.logit_bn = logit_norms(1, num_attributes, logit_bn)
 
     def forward(self, x: torch.Tensor):
         logits = self.classifier(self.main_branch(x)[-1].mean((2, 3)))
+        if self.logit_bn is not None:
+            logits = self.logit_bn[0](logits)
         return (logits,) if self.training else logits
