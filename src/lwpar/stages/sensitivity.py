@@ -38,8 +38,8 @@ def run(args, params) -> None:
 
     from lwpar.data.loader import ImageTable, Prepared, build_transform, make_loader
     from lwpar.decompose.factorize import factorized_layers, select_layers
-    from lwpar.io import read_json
     from lwpar.decompose.search import MEASURED, SensitivityProbe, cache_settings, load_cache, plan, save_cache
+    from lwpar.io import read_json
     from lwpar.metrics import pedestrian_metrics
     from lwpar.runtime import check_start_model, configure, load_model, seed_everything
     from lwpar.train import recalibrate_batchnorm
