@@ -181,6 +181,54 @@ def test_freezing_more_stages_than_the_backbone_has_is_a_clear_error():
         freeze_stages(build_backbone("resnet18", False), 6)
 
 
+@pytest.mark.parametrize("name,count", [("efficientnet_lite0", 4), ("resnet18", 2), ("bn_inception", 3)])
+def test_folding_frozen_batchnorms_keeps_the_function_and_the_state_dict(name, count):
+    from lwpar.models.backbones import build_backbone, folded_frozen_batchnorm, freeze_stages
+
+    torch.manual_seed(0)
+    backbone = build_backbone(name, False).to(memory_format=torch.channels_last)
+    for module in backbone.modules():  # fresh BatchNorms are identities: give them statistics to fold
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.5, 0.5)
+    frozen = freeze_stages(backbone, count)
+    backbone.eval()
+    x = torch.randn(2, 3, 96, 64)
+    reference = backbone(x)
+    state = {k: v.clone() for k, v in backbone.state_dict().items()}
+    norms = [m for f in frozen for m in f.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    with folded_frozen_batchnorm(backbone, frozen) as folded:
+        assert folded == len(norms) > 0    # every frozen BatchNorm here reads a frozen convolution
+        for norm in norms:                 # folded: their statistics no longer enter the computation
+            norm.running_mean.add_(100.0)
+        inside = backbone(x)
+        for norm in norms:
+            norm.running_mean.copy_(state[_name_of(backbone, norm) + ".running_mean"])
+    for a, b in zip(reference, inside):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4 * a.abs().max().item())
+    assert backbone.state_dict().keys() == state.keys()
+    assert all(torch.equal(backbone.state_dict()[k], v) for k, v in state.items())
+    after = backbone(x)                    # undone: the BatchNorms compute again
+    assert all(torch.equal(a, b) for a, b in zip(reference, after))
+    for norm in norms:
+        norm.running_mean.add_(1.0)
+    assert not torch.allclose(backbone(x)[0], reference[0])
+
+
+def _name_of(root, module):
+    return next(name for name, m in root.named_modules() if m is module)
+
+
+def test_nothing_is_folded_when_nothing_is_frozen():
+    from lwpar.models.backbones import build_backbone, folded_frozen_batchnorm
+
+    backbone = build_backbone("resnet18", False)
+    with folded_frozen_batchnorm(backbone, []) as folded:
+        assert folded == 0
+
+
 def test_every_backbone_lists_its_stages_from_the_input_up():
     from lwpar.models.backbones import BACKBONES, build_backbone
 

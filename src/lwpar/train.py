@@ -20,7 +20,7 @@ from lwpar.evaluation import predict_torch
 from lwpar.io import write_csv
 from lwpar.losses import WeightedBCE
 from lwpar.metrics import pedestrian_metrics, summary
-from lwpar.models.backbones import freeze_stages
+from lwpar.models.backbones import folded_frozen_batchnorm, freeze_stages
 from lwpar.runtime import load_torch, rng_state, save_torch, seed_everything, set_rng_state
 
 CHECKPOINT = "checkpoint.pt"
@@ -104,62 +104,64 @@ def fit(model: torch.nn.Module, data: Prepared, input_size, cfg: dict, out_dir: 
         start_epoch, history, best = state["epoch"] + 1, state["history"], state["best"]
         print(f"resuming from {checkpoint_path} after epoch {state['epoch'] + 1}")
 
-    for epoch in range(start_epoch, cfg["epochs"]):
-        model.train()
-        for module in frozen:  # their BatchNorms keep the pretrained statistics
-            module.eval()
-        loader = make_loader(train_paths, train_labels, augment, cfg["batch_size"], workers, shuffle=True,
-                             seed=seed * 1000 + epoch, drop_last=len(train_paths) >= cfg["batch_size"])
-        started, seen, total_loss = time.time(), 0, 0.0
-        last_lr = optimizer.param_groups[-1]["lr"]
-        bar = tqdm(loader, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg['epochs']}", leave=False,
-                   disable=None)
-        for step, (images, targets) in enumerate(bar):
-            if step >= steps_per_epoch:
-                break
-            global_step = epoch * steps_per_epoch + step
-            if global_step < warmup_steps:
-                for group, base in zip(optimizer.param_groups, base_lrs):
-                    group["lr"] = base * (global_step + 1) / warmup_steps
-            images = images.to(device, non_blocking=True, memory_format=torch.channels_last)
-            targets = targets.to(device, non_blocking=True)
-            with torch.autocast(device.type, enabled=amp and device.type == "cuda"):
-                outputs = model(images)
-                loss = criterion(outputs, targets)
-                if teacher is not None and distill:
-                    loss = _distilled(loss, outputs, teacher, images, distill)
-            if not torch.isfinite(loss):
-                raise LwparError(f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}: training diverged")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            last_lr = optimizer.param_groups[-1]["lr"]     # the rate this update ran at (heads' group)
-            if per_step and global_step >= warmup_steps:
+    # the frozen stages' convolutions and BatchNorms run as one (same function, half the time on CPU)
+    with folded_frozen_batchnorm(model.main_branch, frozen):
+        for epoch in range(start_epoch, cfg["epochs"]):
+            model.train()
+            for module in frozen:  # their BatchNorms keep the pretrained statistics
+                module.eval()
+            loader = make_loader(train_paths, train_labels, augment, cfg["batch_size"], workers, shuffle=True,
+                                 seed=seed * 1000 + epoch, drop_last=len(train_paths) >= cfg["batch_size"])
+            started, seen, total_loss = time.time(), 0, 0.0
+            last_lr = optimizer.param_groups[-1]["lr"]
+            bar = tqdm(loader, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg['epochs']}", leave=False,
+                       disable=None)
+            for step, (images, targets) in enumerate(bar):
+                if step >= steps_per_epoch:
+                    break
+                global_step = epoch * steps_per_epoch + step
+                if global_step < warmup_steps:
+                    for group, base in zip(optimizer.param_groups, base_lrs):
+                        group["lr"] = base * (global_step + 1) / warmup_steps
+                images = images.to(device, non_blocking=True, memory_format=torch.channels_last)
+                targets = targets.to(device, non_blocking=True)
+                with torch.autocast(device.type, enabled=amp and device.type == "cuda"):
+                    outputs = model(images)
+                    loss = criterion(outputs, targets)
+                    if teacher is not None and distill:
+                        loss = _distilled(loss, outputs, teacher, images, distill)
+                if not torch.isfinite(loss):
+                    raise LwparError(f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}: training diverged")
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                last_lr = optimizer.param_groups[-1]["lr"]     # the rate this update ran at (heads' group)
+                if per_step and global_step >= warmup_steps:
+                    scheduler.step()
+                seen += len(images)
+                total_loss += loss.item() * len(images)
+                bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{seen / (time.time() - started):.0f}")
+            train_seconds = time.time() - started
+            probs = predict_torch(model, val_paths, plain, eval_batch, workers, device)
+            metrics = summary(pedestrian_metrics(val_labels, probs, threshold))
+            score = metrics[cfg["select_metric"]]
+            if cfg["schedule"] == "plateau":
+                scheduler.step(score)
+            elif not per_step and epoch + 1 > cfg["warmup_epochs"]:
                 scheduler.step()
-            seen += len(images)
-            total_loss += loss.item() * len(images)
-            bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{seen / (time.time() - started):.0f}")
-        train_seconds = time.time() - started
-        probs = predict_torch(model, val_paths, plain, eval_batch, workers, device)
-        metrics = summary(pedestrian_metrics(val_labels, probs, threshold))
-        score = metrics[cfg["select_metric"]]
-        if cfg["schedule"] == "plateau":
-            scheduler.step(score)
-        elif not per_step and epoch + 1 > cfg["warmup_epochs"]:
-            scheduler.step()
-        record = {"epoch": epoch + 1, "loss": total_loss / max(seen, 1), "train_seconds": round(train_seconds, 1),
-                  "images_per_second": round(seen / train_seconds, 1),
-                  "lr": last_lr, **{f"val_{k}": v for k, v in metrics.items()}}
-        history.append(record)
-        if score > best["metric"]:
-            best = {"epoch": epoch + 1, "metric": score,
-                    "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
-        print(f"epoch {epoch + 1}: loss {record['loss']:.4f}, val mA {metrics['mA']:.4f}, "
-              f"{record['images_per_second']} img/s")
-        save_torch({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state(),
-                    "epoch": epoch, "history": history, "best": best, "fingerprint": fingerprint}, checkpoint_path)
+            record = {"epoch": epoch + 1, "loss": total_loss / max(seen, 1), "train_seconds": round(train_seconds, 1),
+                      "images_per_second": round(seen / train_seconds, 1),
+                      "lr": last_lr, **{f"val_{k}": v for k, v in metrics.items()}}
+            history.append(record)
+            if score > best["metric"]:
+                best = {"epoch": epoch + 1, "metric": score,
+                        "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+            print(f"epoch {epoch + 1}: loss {record['loss']:.4f}, val mA {metrics['mA']:.4f}, "
+                  f"{record['images_per_second']} img/s")
+            save_torch({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state(),
+                        "epoch": epoch, "history": history, "best": best, "fingerprint": fingerprint}, checkpoint_path)
     return TrainResult(best["epoch"], best["metric"], history, best["state"])
 
 
