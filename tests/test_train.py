@@ -71,11 +71,11 @@ def _refused(tiny, name: str, **train_overrides) -> str:
 
 
 @pytest.mark.fault
-@pytest.mark.parametrize("schedule", ["cosine", "cosine_steps"])
-def test_killed_training_resumes_bit_identical(tiny, schedule):
+@pytest.mark.parametrize("schedule,ema_decay", [("cosine", 0.0), ("cosine_steps", 0.0), ("cosine_steps", 0.8)])
+def test_killed_training_resumes_bit_identical(tiny, schedule, ema_decay):
     tmp, params = tiny
-    suffix = "" if schedule == "cosine" else f"_{schedule}"
-    params = dict(params, train={**params["train"], "schedule": schedule})
+    suffix = ("" if schedule == "cosine" else f"_{schedule}") + (f"_ema{ema_decay}" if ema_decay else "")
+    params = dict(params, train={**params["train"], "schedule": schedule, "ema_decay": ema_decay})
     params_path = synthetic.write_params(tmp / f"params{suffix}.yaml", params)
     whole = _train(tmp, params_path, tmp / f"whole{suffix}")
     assert whole.wait(timeout=300) == 0, whole.output()
@@ -171,6 +171,37 @@ def test_frozen_stages_keep_their_weights_and_batchnorm_statistics(tiny, tmp_pat
     assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)  # BN running stats included
     assert not torch.equal(before["main_branch.layer2.0.conv1.weight"], after["main_branch.layer2.0.conv1.weight"])
     assert not torch.equal(before["main_branch.layer2.0.bn1.running_mean"], after["main_branch.layer2.0.bn1.running_mean"])
+
+
+def test_the_moving_average_of_the_weights_is_what_training_keeps(tiny, tmp_path):
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    from lwpar.data.loader import Prepared
+    from lwpar.models import build_model
+    from lwpar.train import fit
+
+    tmp, params = tiny
+    torch.manual_seed(0)
+    model = build_model("alm", "resnet18", 35)
+    decay, watched = 0.6, "main_branch.layer4.1.conv2.weight"
+    after_each_update = []
+    hook = register_optimizer_step_post_hook(
+        lambda *_: after_each_update.append(model.get_parameter(watched).detach().clone()))
+    try:
+        cfg = {**params["train"], "epochs": 1, "max_steps_per_epoch": 3, "warmup_epochs": 0, "ema_decay": decay}
+        result = fit(model, Prepared(tmp / "prepared"), [64, 32], cfg, tmp_path, torch.device("cpu"), seed=0,
+                     workers=0)
+    finally:
+        hook.remove()
+    assert len(after_each_update) == 3
+    expected = after_each_update[0]      # the average starts at the first update's weights
+    for weights in after_each_update[1:]:
+        expected = decay * expected + (1 - decay) * weights
+    kept = result.state_dict[watched]     # under the model's own names: the kept file loads as any other
+    torch.testing.assert_close(kept, expected)
+    assert not torch.allclose(kept, after_each_update[-1])   # not the last weights
+    checkpoint = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert torch.equal(checkpoint["model"][watched], after_each_update[-1])   # what a resumed run goes on from
 
 
 def test_freezing_more_stages_than_the_backbone_has_is_a_clear_error():

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,11 +70,14 @@ def fit(model: torch.nn.Module, data: Prepared, input_size, cfg: dict, out_dir: 
         teacher: torch.nn.Module | None = None, distill: dict | None = None, fingerprint: str = "",
         frozen_stages: int = 0) -> TrainResult:
     """Train `model` in place on `data`; checkpoints go to `out_dir/checkpoint.pt`. The backbone's first
-    `frozen_stages` stages are not trained (see `freeze_stages`)."""
+    `frozen_stages` stages are not trained (see `freeze_stages`). With `cfg["ema_decay"]` the weights'
+    moving average is what validation scores and what the result keeps."""
     out_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(seed)
     frozen = freeze_stages(model.main_branch, frozen_stages)
     model.to(device, memory_format=torch.channels_last)  # about 20 % faster convolutions on CPU and GPU
+    ema = _moving_average(model, cfg["ema_decay"])
+    scored = model if ema is None else ema.module
     criterion = WeightedBCE(data.positive_rates(), cfg["loss_weighting"]).to(device)
     optimizer = torch.optim.Adam(_param_groups(model, cfg["lr"], cfg["backbone_lr_mult"], cfg["weight_decay"]))
     train_paths, train_labels = data.split("train")
@@ -101,11 +105,16 @@ def fit(model: torch.nn.Module, data: Prepared, input_size, cfg: dict, out_dir: 
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
         start_epoch, history, best = state["epoch"] + 1, state["history"], state["best"]
         print(f"resuming from {checkpoint_path} after epoch {state['epoch'] + 1}")
 
-    # the frozen stages' convolutions and BatchNorms run as one (same function, half the time on CPU)
-    with folded_frozen_batchnorm(model.main_branch, frozen):
+    with ExitStack() as folded:
+        # the frozen stages' convolutions and BatchNorms run as one (same function, half the time on CPU)
+        folded.enter_context(folded_frozen_batchnorm(model.main_branch, frozen))
+        if ema is not None:
+            folded.enter_context(folded_frozen_batchnorm(scored.main_branch, _counterparts(model, scored, frozen)))
         for epoch in range(start_epoch, cfg["epochs"]):
             model.train()
             for module in frozen:  # their BatchNorms keep the pretrained statistics
@@ -136,6 +145,8 @@ def fit(model: torch.nn.Module, data: Prepared, input_size, cfg: dict, out_dir: 
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
+                if ema is not None:
+                    ema.update_parameters(model)
                 last_lr = optimizer.param_groups[-1]["lr"]     # the rate this update ran at (heads' group)
                 if per_step and global_step >= warmup_steps:
                     scheduler.step()
@@ -143,7 +154,7 @@ def fit(model: torch.nn.Module, data: Prepared, input_size, cfg: dict, out_dir: 
                 total_loss += loss.item() * len(images)
                 bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{seen / (time.time() - started):.0f}")
             train_seconds = time.time() - started
-            probs = predict_torch(model, val_paths, plain, eval_batch, workers, device)
+            probs = predict_torch(scored, val_paths, plain, eval_batch, workers, device)
             metrics = summary(pedestrian_metrics(val_labels, probs, threshold))
             score = metrics[cfg["select_metric"]]
             if cfg["schedule"] == "plateau":
@@ -156,13 +167,31 @@ def fit(model: torch.nn.Module, data: Prepared, input_size, cfg: dict, out_dir: 
             history.append(record)
             if score > best["metric"]:
                 best = {"epoch": epoch + 1, "metric": score,
-                        "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+                        "state": {k: v.detach().cpu().clone() for k, v in scored.state_dict().items()}}
             print(f"epoch {epoch + 1}: loss {record['loss']:.4f}, val mA {metrics['mA']:.4f}, "
                   f"{record['images_per_second']} img/s")
             save_torch({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state(),
-                        "epoch": epoch, "history": history, "best": best, "fingerprint": fingerprint}, checkpoint_path)
+                        "epoch": epoch, "history": history, "best": best, "fingerprint": fingerprint,
+                        **({"ema": ema.state_dict()} if ema is not None else {})}, checkpoint_path)
     return TrainResult(best["epoch"], best["metric"], history, best["state"])
+
+
+def _moving_average(model: torch.nn.Module, decay: float):
+    """An exponential moving average of the weights and BatchNorm statistics, updated after every step
+    (Polyak averaging, as timm's ModelEmaV2), or None for `decay` 0. Averaging the last few hundred
+    updates smooths the noise of a short schedule."""
+    if not decay:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
+def _counterparts(model: torch.nn.Module, copy: torch.nn.Module, modules: list[torch.nn.Module]):
+    """The modules of `copy` (a deep copy of `model`) that stand where `modules` stand in `model`."""
+    names = {id(m): name for name, m in model.named_modules()}
+    return [copy.get_submodule(names[id(m)]) for m in modules]
 
 
 def _distilled(loss, outputs, teacher, images, distill):
