@@ -1,11 +1,13 @@
 """Benchmark: one training step of ALM (forward, weighted BCE over the deep-supervision outputs,
-backward, Adam) with the backbone's first stages frozen (`train.frozen_stages`) or not.
+backward, Adam) with the backbone's first stages frozen (`train.frozen_stages`) or not, and the
+frozen stages' BatchNorms folded into their convolutions as training does, or not (`--fold`).
 
 The models are timed interleaved, round by round, on one fixed random batch (the data loader is
 left out: it costs the same for every setting); the first round is warm-up, the rest give a median
 per setting and its ratio to the first setting.
 
     .venv/bin/python benchmarks/train_step.py --height 192 --width 96 --frozen 0 3 4
+    .venv/bin/python benchmarks/train_step.py --height 256 --width 128 --frozen 4 --fold off on
 """
 
 from __future__ import annotations
@@ -14,12 +16,13 @@ import argparse
 import json
 import statistics
 import time
+from contextlib import ExitStack
 
 import torch
 
 from lwpar.losses import WeightedBCE
 from lwpar.models import build_model
-from lwpar.models.backbones import freeze_stages
+from lwpar.models.backbones import folded_frozen_batchnorm, freeze_stages
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -30,25 +33,44 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--frozen", type=int, nargs="+", default=[0, 3], help="stage counts to compare")
+    parser.add_argument("--fold", nargs="+", choices=["on", "off"], default=["on"],
+                        help="frozen BatchNorms folded into their convolutions (as `lwpar train` runs), or not")
     parser.add_argument("--rounds", type=int, default=6)
     return parser
 
 
 def main(args) -> dict:
     torch.manual_seed(0)
-    setups = {}
+    setups, folding = {}, ExitStack()
     for count in args.frozen:
-        # pretrained=False: the weights do not change the time, and the benchmark must run offline
-        model = build_model("alm", args.backbone, args.attributes).to(memory_format=torch.channels_last)
-        frozen = freeze_stages(model.main_branch, count)
-        optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], 1e-4)
-        setups[count] = (model, frozen, optimizer)
+        for fold in args.fold:
+            # pretrained=False: the weights do not change the time, and the benchmark must run offline
+            model = build_model("alm", args.backbone, args.attributes).to(memory_format=torch.channels_last)
+            frozen = freeze_stages(model.main_branch, count)
+            if fold == "on":
+                folding.enter_context(folded_frozen_batchnorm(model.main_branch, frozen))
+            optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], 1e-4)
+            setups[f"{count}" + ("" if args.fold == ["on"] else f" fold {fold}")] = (model, frozen, optimizer)
     criterion = WeightedBCE(torch.full((args.attributes,), 0.3), "rethinking")
     images = torch.randn(args.batch, 3, args.height, args.width).contiguous(memory_format=torch.channels_last)
     targets = (torch.rand(args.batch, args.attributes) < 0.3).float()
-    seconds = {count: [] for count in setups}
-    for _ in range(args.rounds):
-        for count, (model, frozen, optimizer) in setups.items():
+    with folding:
+        seconds = _time_rounds(setups, criterion, images, targets, args.rounds)
+    medians = {name: statistics.median(times[1:]) for name, times in seconds.items()}
+    first = medians[next(iter(setups))]
+    result = {"backbone": args.backbone, "input": [args.height, args.width], "batch": args.batch,
+              "threads": torch.get_num_threads(),
+              "frozen_stages": {name: {"ms_per_step": round(m * 1000, 1), "images_per_s": round(args.batch / m, 1),
+                                       "speedup": round(first / m, 2)} for name, m in medians.items()}}
+    print(json.dumps(result, indent=2))
+    return result
+
+
+def _time_rounds(setups: dict, criterion, images, targets, rounds: int) -> dict[str, list[float]]:
+    """Seconds per training step of every setup, interleaved round by round."""
+    seconds = {name: [] for name in setups}
+    for _ in range(rounds):
+        for name, (model, frozen, optimizer) in setups.items():
             model.train()
             for module in frozen:
                 module.eval()
@@ -57,15 +79,8 @@ def main(args) -> dict:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            seconds[count].append(time.perf_counter() - started)
-    medians = {count: statistics.median(times[1:]) for count, times in seconds.items()}
-    first = medians[args.frozen[0]]
-    result = {"backbone": args.backbone, "input": [args.height, args.width], "batch": args.batch,
-              "threads": torch.get_num_threads(),
-              "frozen_stages": {str(c): {"ms_per_step": round(m * 1000, 1), "images_per_s": round(args.batch / m, 1),
-                                         "speedup": round(first / m, 2)} for c, m in medians.items()}}
-    print(json.dumps(result, indent=2))
-    return result
+            seconds[name].append(time.perf_counter() - started)
+    return seconds
 
 
 if __name__ == "__main__":

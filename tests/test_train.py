@@ -314,3 +314,18 @@ def test_unknown_schedule_is_a_clear_error():
 
     with pytest.raises(LwparError, match="train.schedule"):
         _rates("linear")
+
+
+def test_the_training_step_benchmark_compares_folded_and_unfolded_steps():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "benchmarks" / "train_step.py"
+    spec = importlib.util.spec_from_file_location("train_step_benchmark", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    args = bench.get_args_parser().parse_args(
+        ["--height", "64", "--width", "32", "--batch", "2", "--rounds", "2", "--frozen", "4", "--fold", "off", "on"])
+    result = bench.main(args)
+    assert set(result["frozen_stages"]) == {"4 fold off", "4 fold on"}
+    assert result["frozen_stages"]["4 fold off"]["speedup"] == 1.0
