@@ -1,4 +1,4 @@
-"""Benchmark: CPD-EPC on a 256 x 256 x 3 x 3 conv kernel at rank 64 (issue 4's check).
+"""Benchmark: CPD-EPC on a 256 x 256 x 3 x 3 conv kernel at rank 64.
 
 CP-ALS first (LWALM layout: the kernel as a C_in x C_out x 9 tensor), then Error Preserving
 Correction from it, twice with the same seed. Prints one JSON line: both relative errors and their

@@ -1,6 +1,6 @@
 """Benchmark: decompose every eligible layer of ALM-BN-Inception with CPD-EPC (k x k) + SVD (1 x 1).
 
-Issue 4's check: with random weights, at a fixed ratio, the whole model decomposes in under 15
+The check: with random weights, at a fixed ratio, the whole model decomposes in under 15
 minutes on 2 cores, and the decomposed model's outputs stay finite and it exports to ONNX.
 Prints one JSON line: layers by method, seconds, MACs and parameters before/after, the ONNX
 check, and the largest relative reconstruction error.

@@ -6,7 +6,7 @@ Measures, in one run on this machine:
   globally pooled so that nothing is dead code);
 - training throughput (images/s, forward + backward + Adam step) of fused and reference.
 
-Targets (issue 9): fused >= 20x faster than reference, within 2x of the backbone alone; training
+Targets: fused >= 20x faster than reference, within 2x of the backbone alone; training
 throughput >= 3x the reference's.
 
 With `--svd-heads F [F ...]`, also the fused ALM whose attention convs (every attribute's C -> C/16

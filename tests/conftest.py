@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
@@ -54,7 +57,6 @@ def run_command(args, cwd, timeout=900, env=None):
 
 def scratch_workflow(work: Path, mirror: Path, edit=None) -> dict:
     """A scratch copy of the workflow in `work` running the smoke params (as smoke.yaml) on `mirror`."""
-    import yaml
     for name in ("Snakefile", "workflow", "src", "profiles"):
         (work / name).symlink_to(ROOT / name)
     params = yaml.safe_load((ROOT / "workflow/params/smoke.yaml").read_text())
@@ -65,16 +67,51 @@ def scratch_workflow(work: Path, mirror: Path, edit=None) -> dict:
     return params
 
 
+def _code_key(mirror: Path) -> str:
+    """What a finished smoke run was made from: the workflow, the package and the mirror."""
+    digest = hashlib.sha256(str(mirror.resolve()).encode())
+    for top in ("Snakefile", "workflow", "src", "profiles"):
+        paths = [ROOT / top] if (ROOT / top).is_file() else sorted((ROOT / top).rglob("*"))
+        for path in paths:
+            if path.is_file() and "__pycache__" not in path.parts and ".egg-info" not in str(path):
+                digest.update(f"{path.relative_to(ROOT)}\0".encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
 @pytest.fixture(scope="session")
 def smoke_run(real_mirror, tmp_path_factory):
-    """The smoke configuration run locally by Snakemake in a scratch copy of the workflow (shared by the
-    pipeline tests and by the SLURM test, which compares its metrics with these)."""
-    work = tmp_path_factory.mktemp("smoke")
+    """The smoke configuration run once by Snakemake in a scratch copy of the workflow; every
+    end-to-end test reads it, and a test that changes it works on `copy_run` of it.
+
+    With LWPAR_SMOKE_DIR set the run lives in that folder and is reused by later pytest processes
+    while the code and the mirror are the same (`make test-all`: the cluster tier compares its
+    metrics with the run the end-to-end tier made); an unfinished or stale run there is redone."""
+    shared = os.environ.get("LWPAR_SMOKE_DIR")
+    work = Path(shared).resolve() if shared else tmp_path_factory.mktemp("smoke")
+    done, key = work / ".smoke-run-finished", _code_key(real_mirror)
+    if done.is_file() and done.read_text() == key:
+        return work, yaml.safe_load((work / "smoke.yaml").read_text())
+    if shared:
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
     params = scratch_workflow(work, real_mirror)
-    # the timeout guards against a hang, not a slow machine: alone it takes 10-15 min on 2 cores
-    run = run_command([str(BIN / "snakemake"), "--cores", "2", "--config", "params=smoke.yaml"], work, timeout=2700)
+    # the timeout guards against a hang, not a slow machine: alone it takes 5-10 min on 2 cores
+    run = run_command([str(BIN / "snakemake"), "--cores", "2", "--config", "params=smoke.yaml"], work, timeout=2400)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    done.write_text(key)
     return work, params
+
+
+def copy_run(work: Path, dest: Path, real_src: bool = False) -> Path:
+    """A copy of a finished run's folder that a test may change: outputs, Snakemake's records, the
+    params file; links to the workflow stay links. Modification times are kept, so both engines
+    see the copy as finished. `real_src`: the package as files, not a link (DVC hashes its modules
+    as dependencies inside the repository)."""
+    shutil.copytree(work, dest, symlinks=True, ignore=shutil.ignore_patterns("locks", ".smoke-run-finished"))
+    if real_src:
+        (dest / "src").unlink()
+        shutil.copytree(ROOT / "src", dest / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    return dest
 
 
 # Lines a test wants in CI's output even when it passes (for example the SLURM job ids).

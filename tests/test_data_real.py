@@ -12,7 +12,7 @@ from lwpar.data.prepare import prepare
 
 import synthetic
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 
 @pytest.fixture(scope="module")

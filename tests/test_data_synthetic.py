@@ -205,6 +205,47 @@ def test_max_persons_keeps_whole_persons(tmp_path):
     assert meta["num_persons"] == 6 == table.person.nunique()
 
 
+def test_a_subset_extracts_only_its_images_and_prepares_what_a_full_extraction_does(tmp_path, monkeypatch):
+    from lwpar.data import archive
+    from lwpar.data.prepare import dataset_manifest
+
+    members, _ = synthetic.make_release(persons_per_subset=6)
+    synthetic.write_zip(tmp_path / "mirror" / "PETA.zip", members)
+    params = synthetic.params_for(tmp_path, tmp_path / "mirror", annotation=None, max_persons=7)
+    lazy = tmp_path / "lazy"
+    prepare(params, "peta", lazy, tmp_path / "dl")
+    table = pd.read_csv(lazy / "samples.csv")
+    on_disk = sorted(p.relative_to(lazy).as_posix() for p in (lazy / "images").rglob("*")
+                     if p.suffix.lower() in peta.IMAGE_SUFFIXES)
+    assert on_disk == sorted(table.image) and len(on_disk) < len([m for m in members if m.endswith(".jpg")]) / 3
+
+    # the same run with every member extracted, as before subsets were read lazily
+    extract = archive.extract_zip
+    monkeypatch.setattr(archive, "extract_zip", lambda source, target, members=None: extract(source, target))
+    full = tmp_path / "full"
+    prepare(params, "peta", full, tmp_path / "dl")
+    assert (full / "samples.csv").read_text() == (lazy / "samples.csv").read_text()
+    sidecars = [json.loads((d / "dataset.json").read_text()) for d in (lazy, full)]
+    assert [{k: v for k, v in s.items() if k != "seconds"} for s in sidecars][0] == \
+        {k: v for k, v in sidecars[1].items() if k != "seconds"}
+    assert dataset_manifest(full, tmp_path / "m.json")["images_sha256"] == \
+        dataset_manifest(lazy, tmp_path / "m.json")["images_sha256"]
+
+
+@pytest.mark.fault
+def test_a_subset_still_checks_the_images_it_keeps(tmp_path):
+    members, _ = synthetic.make_release(persons_per_subset=6)
+    params = synthetic.params_for(tmp_path, tmp_path / "mirror", annotation=None, max_persons=7)
+    synthetic.write_zip(tmp_path / "mirror" / "PETA.zip", members)
+    prepare(params, "peta", tmp_path / "first", tmp_path / "dl")
+    victim = pd.read_csv(tmp_path / "first" / "samples.csv").image[0].removeprefix("images/")
+    members[victim] = members[victim][:20]
+    synthetic.write_zip(tmp_path / "mirror" / "PETA.zip", members)
+    with pytest.raises(LwparError, match=rf"1 bad or missing images .*PETA.zip: {victim}: cannot decode"):
+        prepare(params, "peta", tmp_path / "prepared", tmp_path / "dl")
+    assert not (tmp_path / "prepared").exists()
+
+
 def test_sidecar_records_sources_and_rates(tmp_path):
     params, _ = make(tmp_path)
     out, meta, table = run(tmp_path, params)

@@ -1,8 +1,9 @@
 """Snakemake and DVC run the same DAG: each sees the other's results as done, and a change to one
 variant's parameters makes both rerun exactly that variant's jobs and what depends on them.
 
-One temporary git + DVC repository with the smoke configuration (profiling trimmed to one batch size
-and one thread count, so the test stays short).
+One temporary git + DVC repository made from a copy of the shared smoke run (Snakemake's results),
+handed over to DVC; the parameter changes also trim profiling to one batch size and one thread
+count, so the reruns stay short (profile and report rerun after any variant's change anyway).
 """
 
 from __future__ import annotations
@@ -14,20 +15,24 @@ import sys
 import pytest
 import yaml
 
-from conftest import BIN, ROOT, run_command
+from conftest import BIN, ROOT, copy_run, run_command
 from lwpar import pipeline
 from lwpar.config import load_params
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3000)]
 
 VARIANT = "svd_r50"
 
 
-def _snakemake(work, *args, timeout=2700):  # against hangs; a slow 2-core VM needs 10-15 min
-    return run_command([str(BIN / "snakemake"), "--cores", "2", *args], work, timeout=timeout)
+PARAMS = "smoke.yaml"  # the shared run's params file: its name is part of every job's command
 
 
-def _dvc(work, *args, timeout=2700):
+def _snakemake(work, *args, timeout=1200):  # against hangs
+    return run_command([str(BIN / "snakemake"), "--cores", "2", "--config", f"params={PARAMS}", *args], work,
+                       timeout=timeout)
+
+
+def _dvc(work, *args, timeout=1200):
     return run_command([str(BIN / "dvc"), *args], work, timeout=timeout)
 
 
@@ -35,7 +40,7 @@ def _planned_by_snakemake(work) -> list[str]:
     """The jobs `snakemake -n` would run, named as dvc.yaml names its stages."""
     run = _snakemake(work, "-n")
     assert run.returncode == 0, run.stderr[-2000:]
-    stages = pipeline.stages(load_params(work / "params.yaml"))
+    stages = pipeline.stages(load_params(work / PARAMS))
     jobs, rule = [], None
     for line in run.stdout.splitlines():
         started = re.match(r"^(?:local)?rule (\w+):", line)
@@ -67,27 +72,24 @@ def _expected_after_finetune_change(params) -> list[str]:
     return sorted(jobs)
 
 
+def _write_dvc_yaml(work):
+    generate = run_command([sys.executable, "-m", "lwpar.pipeline", "dvc", "--params", PARAMS, "--out", "dvc.yaml"],
+                           work)
+    assert generate.returncode == 0, generate.stderr
+
+
 def _set_finetune_lr(work, lr):
-    params = yaml.safe_load((work / "params.yaml").read_text())
+    params = yaml.safe_load((work / PARAMS).read_text())
     params["variants"][VARIANT]["finetune"]["lr"] = lr
-    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    regenerate = run_command([sys.executable, "-m", "lwpar.pipeline", "dvc", "--params", "params.yaml",
-                              "--out", "dvc.yaml"], work)
-    assert regenerate.returncode == 0, regenerate.stderr
+    params["profile"].update(batch_sizes=[1], threads=[1], warmup=1, rounds=2, iters_per_round=1)
+    (work / PARAMS).write_text(yaml.safe_dump(params, sort_keys=False))
+    _write_dvc_yaml(work)
 
 
 @pytest.fixture(scope="module")
-def repo(real_mirror, tmp_path_factory):
-    work = tmp_path_factory.mktemp("engines")
-    for name in ("Snakefile", "workflow", "profiles"):
-        (work / name).symlink_to(ROOT / name)
-    shutil.copytree(ROOT / "src", work / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    params = yaml.safe_load((ROOT / "workflow/params/smoke.yaml").read_text())
-    params["paths"]["mirror"] = str(real_mirror)
-    params["profile"].update(batch_sizes=[1], threads=[1], warmup=1, rounds=2, iters_per_round=1)
-    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert run_command([sys.executable, "-m", "lwpar.pipeline", "dvc", "--params", "params.yaml",
-                        "--out", "dvc.yaml"], work).returncode == 0
+def repo(smoke_run, tmp_path_factory):
+    work = copy_run(smoke_run[0], tmp_path_factory.mktemp("engines") / "repo", real_src=True)
+    _write_dvc_yaml(work)
     for command in (["git", "init", "-q"], [str(BIN / "dvc"), "init", "-q"],
                     [str(BIN / "dvc"), "config", "core.analytics", "false"],
                     # as the project's .dvc/config: a copy would give every committed file a new mtime,
@@ -100,28 +102,27 @@ def repo(real_mirror, tmp_path_factory):
 
 def test_both_engines_agree(repo):
     work = repo
-    # 1. dvc repro runs everything; Snakemake then has nothing to do.
-    first = _dvc(work, "repro")
-    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    all_jobs = sorted(stage.job_name(w) for stage, w in pipeline.grid(load_params(work / "params.yaml")))
-    assert _run_by_dvc(first.stdout) == all_jobs
+    # 1. Snakemake ran everything (the shared smoke run). DVC sees every job as not yet recorded;
+    #    `dvc commit -f` records Snakemake's results without recomputing, and DVC is clean.
+    all_jobs = sorted(stage.job_name(w) for stage, w in pipeline.grid(load_params(work / PARAMS)))
     assert _planned_by_snakemake(work) == []
+    unrecorded = _dvc(work, "status")
+    assert unrecorded.returncode == 0
+    assert sorted(re.findall(r"^(\S+):\s*$", unrecorded.stdout, re.M)) == all_jobs, unrecorded.stdout[-3000:]
+    assert _dvc(work, "commit", "-f").returncode == 0
+    assert "up to date" in _dvc(work, "status").stdout.lower()
     # DVC sees the metrics and plots the stages declare.
     metrics = _dvc(work, "metrics", "show")
     assert metrics.returncode == 0 and "train.json" in metrics.stdout and "mA" in metrics.stdout, metrics.stdout
     plots = _dvc(work, "plots", "show", "--out", "dvc_plots")
     assert plots.returncode == 0 and (work / "dvc_plots/index.html").stat().st_size > 1000, plots.stderr
-
-    # Hand-over to Snakemake: it records which params made the outputs (it judges parameter changes by
-    # its own records, and DVC keeps none for it). Nothing is recomputed; DVC stays clean.
-    touched = _snakemake(work, "--touch", "--forceall")
-    assert touched.returncode == 0, touched.stderr[-2000:]
-    assert "up to date" in _dvc(work, "status").stdout.lower()
+    # The DVC records leave Snakemake's untouched.
+    assert _planned_by_snakemake(work) == []
 
     # 2. One variant's parameter changes: Snakemake plans exactly that variant's jobs and what reads
     #    them, and runs them; after `dvc commit -f`, DVC has nothing to do.
     _set_finetune_lr(work, 0.0002)
-    expected = _expected_after_finetune_change(load_params(work / "params.yaml"))
+    expected = _expected_after_finetune_change(load_params(work / PARAMS))
     assert _planned_by_snakemake(work) == expected
     by_snakemake = _snakemake(work)
     assert by_snakemake.returncode == 0, by_snakemake.stderr[-3000:]

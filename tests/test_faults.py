@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 import synthetic
-from conftest import BIN, run_command, scratch_workflow
+from conftest import BIN, copy_run, run_command, scratch_workflow
 from lwpar.data.prepare import prepare
 
 pytestmark = pytest.mark.fault
@@ -123,6 +124,18 @@ def _two_epoch_smoke(params):
     params["train"].update(epochs=2)
 
 
+def _two_epoch_copy(smoke_run, dest: Path) -> dict:
+    """A copy of the shared smoke run whose training now has two epochs: Snakemake reruns the
+    training and everything after it, and nothing before it (the prepared data is reused)."""
+    work = copy_run(smoke_run[0], dest)
+    params = yaml.safe_load((work / "smoke.yaml").read_text())
+    _two_epoch_smoke(params)
+    (work / "smoke.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    # the finished run's last checkpoint (other settings) would otherwise be there before training starts
+    (work / params["paths"]["results"] / "peta" / "alm_effl0" / "baseline" / "checkpoint.pt").unlink()
+    return params
+
+
 def _start(args, cwd, log: Path):
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
     with open(log, "w") as handle:
@@ -144,9 +157,11 @@ def _wait_for(path: Path, process, log: Path, timeout=300):
         time.sleep(0.05)
 
 
-@pytest.mark.slow
-def test_killed_training_under_snakemake_is_rerun_and_resumes(real_mirror, tmp_path):
-    params = scratch_workflow(tmp_path, real_mirror, edit=_two_epoch_smoke)
+@pytest.mark.e2e
+@pytest.mark.timeout(1200)
+def test_killed_training_under_snakemake_is_rerun_and_resumes(smoke_run, tmp_path):
+    tmp_path = tmp_path / "run"
+    params = _two_epoch_copy(smoke_run, tmp_path)
     run_dir = tmp_path / params["paths"]["results"] / "peta" / "alm_effl0" / "baseline"
     snakemake = [str(BIN / "snakemake"), "--cores", "2", "--config", "params=smoke.yaml"]
     first = _start([*snakemake, "--until", "train"], tmp_path, tmp_path / "first.log")
@@ -167,8 +182,10 @@ def test_killed_training_under_snakemake_is_rerun_and_resumes(real_mirror, tmp_p
     assert (run_dir / "model.pt").is_file()
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
+@pytest.mark.timeout(1200)
 def test_killed_training_under_dvc_is_rerun_and_resumes(real_mirror, tmp_path):
+    # DVC has no records of the shared run, so it prepares the data itself (a subset: seconds)
     params = scratch_workflow(tmp_path, real_mirror, edit=_two_epoch_smoke)
     (tmp_path / "params.yaml").write_text((tmp_path / "smoke.yaml").read_text())
     generate = run_command([sys.executable, "-m", "lwpar.pipeline", "dvc", "--params", "params.yaml",
@@ -194,9 +211,11 @@ def test_killed_training_under_dvc_is_rerun_and_resumes(real_mirror, tmp_path):
     assert "up to date" in clean.stdout.lower() or clean.stdout.strip() == "", clean.stdout
 
 
-@pytest.mark.slow
-def test_second_snakemake_in_the_same_directory_refuses(real_mirror, tmp_path):
-    scratch_workflow(tmp_path, real_mirror)
+@pytest.mark.e2e
+@pytest.mark.timeout(900)
+def test_second_snakemake_in_the_same_directory_refuses(smoke_run, tmp_path):
+    tmp_path = tmp_path / "run"
+    _two_epoch_copy(smoke_run, tmp_path)  # a run with work to do: training and everything after it
     snakemake = [str(BIN / "snakemake"), "--cores", "1", "--config", "params=smoke.yaml"]
     first = _start(snakemake, tmp_path, tmp_path / "first.log")
     try:

@@ -73,7 +73,8 @@ def test_slurm_profile_plans_the_whole_dag():
     assert "report" in run.stdout and "train" in run.stdout
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
+@pytest.mark.timeout(2700)  # the first end-to-end test runs the shared smoke run
 def test_smoke_pipeline_produces_every_artifact(smoke_run):
     work, params = smoke_run
     run_dir = work / params["paths"]["results"] / "peta" / "alm_effl0"
@@ -107,7 +108,8 @@ def test_smoke_pipeline_produces_every_artifact(smoke_run):
         assert (work / params["paths"]["results"] / "plots" / plot).stat().st_size > 1000
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
+@pytest.mark.timeout(2700)
 def test_snakemake_has_nothing_to_do_after_the_run(smoke_run):
     work, _ = smoke_run
     run = _run([str(BIN / "snakemake"), "-n", "--config", "params=smoke.yaml"], work, timeout=300)
@@ -115,7 +117,8 @@ def test_snakemake_has_nothing_to_do_after_the_run(smoke_run):
     assert "Nothing to be done" in run.stdout + run.stderr
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
+@pytest.mark.timeout(2700)
 def test_snakemake_html_report_shows_the_tables_and_plots(smoke_run, tmp_path):
     work, _ = smoke_run
     report = tmp_path / "report.html"

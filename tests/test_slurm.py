@@ -1,6 +1,7 @@
 """The cluster profile on a real (one-node, loopback) SLURM cluster.
 
-The smoke configuration runs through `profiles/slurm` twice. The first run has a target whose command
+The smoke configuration runs through `profiles/slurm` twice, on the data that the shared local smoke
+run prepared. The first run has a target whose command
 prefix fails, so the profile job fails on the cluster: the workflow must report it, retry it once with
 more memory, and stop without running the report. The second run, with the target repaired, must
 submit only the profile job: everything that finished is kept. All other jobs must have gone through
@@ -15,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -25,7 +27,7 @@ from conftest import BIN, ROOT, SUMMARY_LINES, run_command, scratch_workflow
 from lwpar import pipeline
 from slurm_cluster import LocalSlurm, Unavailable
 
-pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(3600)]
 
 LOCAL_RULES = {"data", "report"}
 SUBMITTED = re.compile(r"SLURM jobid (\d+) \(log: (\S+)\)")
@@ -88,6 +90,10 @@ def test_smoke_pipeline_on_slurm(cluster, smoke_run, tmp_path):
 
     # Same params file name in both runs: it is part of every job's command.
     scratch_workflow(work, Path(params["paths"]["mirror"]), edit=broken_target)
+    # The local run's prepared data and Snakemake's records of it: the data job (a local rule) is done.
+    data = Path(params["paths"]["data"])
+    shutil.copytree(local_work / data, work / data, symlinks=True)
+    shutil.copytree(local_work / ".snakemake" / "metadata", work / ".snakemake" / "metadata")
 
     # Run 1: every job but the profile succeeds; the profile fails, is retried with more memory, fails.
     started = time.monotonic()

@@ -18,6 +18,12 @@ EDITS = {
     "  calibration_images: 256 ": "  calibration_images: 64  ",
     "val_images: 512, calibration_batches: 4, fractions: [0.1, 0.2, 0.3, 0.5, 0.7]":
         "val_images: 64, calibration_batches: 2, fractions: [0.1, 0.3, 0.5]",
+    # profiling: two batch sizes and two thread counts as in params.yaml, few rounds (a smoke run
+    # checks that every artifact is timed, not how fast)
+    "  batch_sizes: [1, 32]\n": "  batch_sizes: [1, 8]\n",
+    "  warmup: 5                       #": "  warmup: 1                       #",
+    "  rounds: 10                      #": "  rounds: 3                       #",
+    "  iters_per_round: 5\n": "  iters_per_round: 2\n",
     # the smoke run also covers the multi-stage variant (compress the heads of lwalm's model), which
     # the default experiment defines but does not run
     "  variants: [svd_r50, svd_greedy50, lwalm, prune_l2_r50]\n  int8: [baseline, svd_r50, svd_greedy50, lwalm, prune_l2_r50]":

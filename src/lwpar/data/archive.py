@@ -19,29 +19,46 @@ def _check_member(archive: Path, name: str) -> PurePosixPath:
     return posix
 
 
-def extract_zip(archive: Path, target: Path, members: set[str] | None = None) -> list[str]:
-    """Extract `archive` (all members, or those named) under `target`; return the names extracted.
-
-    Every member is checked before anything is written. The caller extracts into a temporary
-    folder that it renames into place, so a half-done extraction never looks finished.
-    """
+def _open(archive: Path) -> zipfile.ZipFile:
     try:
-        zf = zipfile.ZipFile(archive)
+        return zipfile.ZipFile(archive)
     except zipfile.BadZipFile:
         raise LwparError(f"{archive}: truncated or corrupt zip archive (no central directory)") from None
     except FileNotFoundError:
         raise LwparError(f"{archive}: archive not found") from None
+
+
+def _checked_infos(archive: Path, zf: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
+    infos = zf.infolist()
+    for info in infos:
+        _check_member(archive, info.filename)
+        if stat.S_ISLNK(info.external_attr >> 16):
+            raise LwparError(f"{archive}: unsafe member {info.filename!r} (symbolic link)")
+    return infos
+
+
+def list_members(archive: Path) -> list[str]:
+    """The files of `archive` as POSIX paths relative to its root, every member checked as for
+    extraction: what a subset run reads to decide which members it needs."""
+    with _open(archive) as zf:
+        return [_check_member(archive, info.filename).as_posix() for info in _checked_infos(archive, zf)
+                if not info.is_dir()]
+
+
+def extract_zip(archive: Path, target: Path, members: set[str] | None = None) -> list[str]:
+    """Extract `archive` (all members, or those named as `list_members` names them) under `target`;
+    return the names extracted.
+
+    Every member is checked before anything is written. The caller extracts into a temporary
+    folder that it renames into place, so a half-done extraction never looks finished.
+    """
     extracted = []
-    with zf:
-        infos = zf.infolist()
-        for info in infos:
-            _check_member(archive, info.filename)
-            if stat.S_ISLNK(info.external_attr >> 16):
-                raise LwparError(f"{archive}: unsafe member {info.filename!r} (symbolic link)")
-        for info in infos:
-            if info.is_dir() or (members is not None and info.filename not in members):
+    with _open(archive) as zf:
+        for info in _checked_infos(archive, zf):
+            relative = _check_member(archive, info.filename)
+            if info.is_dir() or (members is not None and relative.as_posix() not in members):
                 continue
-            out = target.joinpath(*_check_member(archive, info.filename).parts)
+            out = target.joinpath(*relative.parts)
             out.parent.mkdir(parents=True, exist_ok=True)
             try:
                 with zf.open(info) as src, open(out, "wb") as dst:
@@ -50,5 +67,5 @@ def extract_zip(archive: Path, target: Path, members: set[str] | None = None) ->
                 if isinstance(exc, OSError) and not isinstance(exc, EOFError) and exc.errno is not None:
                     raise LwparError(f"{out}: cannot write ({exc.strerror})") from None
                 raise LwparError(f"{archive}: truncated or corrupt archive at member {info.filename!r} ({exc})") from None
-            extracted.append(info.filename)
+            extracted.append(relative.as_posix())
     return extracted

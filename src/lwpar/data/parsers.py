@@ -7,7 +7,7 @@ Record: images (paths relative to the image root), persons, labels (N x A uint8)
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
@@ -15,9 +15,11 @@ from lwpar import LwparError
 from lwpar.data import peta
 
 
-def parse(kind: str, images_root: Path, annotation: Path | None, shown: str | None = None) -> dict:
+def parse(kind: str, images_root: Path, annotation: Path | None, shown: str | None = None,
+          listing: list[str] | None = None) -> dict:
+    """`listing`: the image paths relative to `images_root`, when the images are not extracted yet."""
     if kind == "peta":
-        record = peta.parse(images_root, shown)
+        record = peta.parse(images_root, shown, listing)
         record["partitions"] = None
         if annotation is not None:
             mat = peta.load_mat(annotation)
@@ -29,7 +31,7 @@ def parse(kind: str, images_root: Path, annotation: Path | None, shown: str | No
         raise LwparError(f"dataset kind {kind!r} needs its annotation file (params annotation)")
     parser = {"pa100k": parse_pa100k, "rapv1": parse_rapv1, "rapv2": parse_rapv2}[kind]
     record = parser(annotation)
-    record["images"] = _locate(images_root, record.pop("names"), annotation)
+    record["images"] = _locate(images_root, record.pop("names"), listing)
     return record
 
 
@@ -130,12 +132,14 @@ def parse_rapv2(path: Path) -> dict:
             "partitions": partitions, "missing": []}
 
 
-def _locate(root: Path, names: list[str], annotation: Path) -> list[str]:
-    """Find each named image under `root` by file name, wherever the release nests it."""
+def _locate(root: Path, names: list[str], listing: list[str] | None = None) -> list[str]:
+    """Find each named image under `root` (or in `listing`) by file name, wherever the release nests it."""
+    paths = [PurePosixPath(n) for n in listing] if listing is not None else \
+        [PurePosixPath(p.relative_to(root).as_posix()) for p in root.rglob("*")]
     index = {}
-    for path in root.rglob("*"):
+    for path in sorted(paths):
         if path.suffix.lower() in peta.IMAGE_SUFFIXES:
-            index.setdefault(path.name, path.relative_to(root).as_posix())
+            index.setdefault(path.name, path.as_posix())
     # A name the annotation lists but the image tree lacks stays as a path that does not exist,
     # so the image check reports it with the others.
     return [index.get(n, n) for n in names]

@@ -7,7 +7,8 @@ CUHK's per-file labels still name `.png` files.
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import Callable
 
 import numpy as np
 
@@ -80,10 +81,25 @@ def _parse_label_file(path: Path, shown: str) -> dict[str, np.ndarray]:
     return labels
 
 
-def parse(tree: Path, shown: str | None = None) -> dict:
+def image_files(tree: Path, listing: list[str] | None = None) -> Callable[[Path], list[str]]:
+    """folder -> the sorted names of the images directly in it: read from the folder, or from
+    `listing` (image paths relative to `tree`) when the images are not extracted yet."""
+    if listing is None:
+        return lambda folder: sorted(f.name for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+    by_folder: dict[str, list[str]] = {}
+    for name in listing:
+        path = PurePosixPath(name)
+        if path.suffix.lower() in IMAGE_SUFFIXES:
+            by_folder.setdefault(path.parent.as_posix(), []).append(path.name)
+    return lambda folder: sorted(by_folder.get(folder.relative_to(tree).as_posix(), []))
+
+
+def parse(tree: Path, shown: str | None = None, listing: list[str] | None = None) -> dict:
     """Parse an extracted PETA release into rows of (image, person, subset, labels[105]).
 
     `shown` names the tree in error messages (the archive name), instead of a temporary folder.
+    `listing` (the archive's member paths) stands in for the image files when only the label files
+    are extracted, so a subset run extracts just the images it keeps.
 
     Returns a dict with `images` (paths relative to `tree`), `persons`, `subsets`, `labels`
     (N x 105 uint8), `missing` (label entries naming no image file) and `orphans` (the
@@ -93,6 +109,7 @@ def parse(tree: Path, shown: str | None = None) -> dict:
         return f"{shown}: {path.relative_to(tree).as_posix()}" if shown else str(path)
 
     root = find_root(tree)
+    files_in = image_files(tree, listing)
     images, persons, subsets, rows, missing, orphans = [], [], [], [], [], []
     for subset_dir in sorted((d for d in root.iterdir() if d.is_dir()), key=lambda d: d.name.lower()):
         folder = subset_dir / "archive"
@@ -104,8 +121,7 @@ def parse(tree: Path, shown: str | None = None) -> dict:
         if per_file:  # keys are file names whose extension may differ from the file on disk
             labels = {Path(k).stem: v for k, v in labels.items()}
         used = set()
-        files = sorted(f.name for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
-        for name in files:
+        for name in files_in(folder):
             stem = Path(name).stem
             key = stem if per_file else stem.split("_")[0]
             if key not in labels:

@@ -1,0 +1,90 @@
+"""Every stage's CLI, in the order and with the command lines the pipeline gives both engines, on a
+synthetic release and a tiny ALM (in process: `lwpar.cli.main`, no engine). Each job must write every
+output it declares, with content that an idle stage could not have produced."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import time
+from pathlib import Path
+
+import onnx
+import pandas as pd
+import pytest
+
+import synthetic
+from lwpar import pipeline
+from lwpar.cli import main
+
+pytestmark = pytest.mark.timeout(600)  # the first test runs the chain
+VARIANTS = ["svd_r50", "prune_l2_r50"]  # decomposition and pruning (the sensitivity CLI: test_rank_search)
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("stages")
+    members, truth = synthetic.make_release(persons_per_subset=12, images_per_person=3)
+    synthetic.write_zip(tmp / "mirror" / "PETA.zip", members)
+    params = synthetic.tiny_training_params(tmp, tmp / "mirror", epochs=1)
+    params["train"]["max_steps_per_epoch"] = 4
+    for name in VARIANTS:
+        recipe = params["variants"][name]
+        recipe["finetune"].update(epochs=1)
+        if "decompose" in recipe:  # a ResNet-18 has few 1 x 1 MACs: the budgets are of what they can give
+            recipe["decompose"]["rank"]["macs_fraction"] = 0.99
+    params["quantize"]["calibration_images"] = 16
+    params["profile"].update(batch_sizes=[1], threads=[1], warmup=1, rounds=2, iters_per_round=1)
+    params["experiment"].update(variants=VARIANTS, int8=["svd_r50"], targets=["local_cpu"])
+    params_file = synthetic.write_params(tmp / "params.yaml", params)
+    jobs, seconds = [], {}
+    for stage, wildcards in pipeline.grid(params):
+        command = stage.command(str(params_file), params, wildcards)
+        started = time.perf_counter()
+        code = main(shlex.split(command)[1:])
+        jobs.append((stage.name, wildcards, command, code, stage.job_outputs(wildcards)))
+        seconds[stage.job_name(wildcards)] = round(time.perf_counter() - started, 1)
+        assert code == 0, command
+    print("job seconds:", sorted(seconds.items(), key=lambda item: -item[1]))
+    return len(truth), jobs
+
+
+def _outputs(chain, stage, **wildcards):
+    return next(outputs for name, w, _, _, outputs in chain[1] if name == stage and wildcards.items() <= w.items())
+
+
+def test_every_job_runs_and_writes_every_declared_output(chain):
+    _, jobs = chain
+    assert {name for name, *_ in jobs} == {"data", "train", "decompose", "prune", "finetune",
+                                          "export", "quantize", "evaluate", "profile", "report"}
+    for name, wildcards, command, code, outputs in jobs:
+        missing = [path for path in outputs.values() if not Path(path).exists()]
+        assert code == 0 and not missing, (command, missing)
+
+
+def _json(path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def test_each_stage_did_its_work(chain):
+    prepared = pd.read_csv(Path(_outputs(chain, "data")["prepared"]) / "samples.csv")
+    assert set(prepared.split) == {"train", "val", "test"} and len(prepared) == chain[0]
+    trained = _json(_outputs(chain, "train")["summary"])
+    assert trained["best_epoch"] == 1 and trained["precision"] == "float32" and trained["pretrained_weights"] is None
+    layers = pd.read_csv(_outputs(chain, "decompose", variant="svd_r50")["table"])
+    assert len(layers) > 5 and (layers.params_after < layers.params_before).all()
+    pruned = _json(_outputs(chain, "prune", variant="prune_l2_r50")["summary"])
+    assert 0.45 < pruned["macs_after"] / pruned["macs_before"] < 0.55, pruned
+    for variant in VARIANTS:
+        assert _json(_outputs(chain, "finetune", variant=variant)["summary"])["val_after"]["mA"] > 0, variant
+    for name in ("baseline", "baseline_reference", *VARIANTS):
+        parity = _json(_outputs(chain, "export", name=name)["parity"])
+        assert parity["max_abs_diff"] <= parity["bound"], name
+    ops = {n.op_type for n in onnx.load(_outputs(chain, "quantize", name="svd_r50")["onnx"]).graph.node}
+    assert "QuantizeLinear" in ops
+    scored = ["baseline", *VARIANTS, "svd_r50+int8"]
+    for name in scored:
+        assert 0 < _json(_outputs(chain, "evaluate", name=name)["metrics"])["mA"] <= 1, name
+    assert set(_json(_outputs(chain, "profile", target="local_cpu")["profile"])["variants"]) == {"baseline_reference", *scored}
+    table = pd.read_csv(_outputs(chain, "report")["csv"])
+    assert set(table.variant) == {"baseline_reference", *scored} and (table[table.variant == "baseline"].speedup == 1.0).all()
