@@ -18,7 +18,8 @@ def test_alm_bn_inception_parameter_count(attributes, published):
     assert abs(count - published) / published < 0.01
 
 
-@pytest.mark.parametrize("backbone", ["bn_inception", "efficientnet_lite0", "resnet18", "resnet50"])
+@pytest.mark.parametrize("backbone", ["bn_inception", "efficientnet_lite0", "resnet18", "resnet50", "vgg16",
+                                      "resnet50_half", "mobilenet_v2"])
 @pytest.mark.parametrize("arch", ["alm", "baseline"])
 def test_forward_shapes(backbone, arch):
     model = build_model(arch, backbone, 7, logit_bn=backbone == "resnet18")
@@ -77,7 +78,7 @@ def test_logit_bn_normalizes_every_output_and_exports(arch, tmp_path):
 
 
 def test_backbone_pyramid_strides():
-    for name in ["bn_inception", "efficientnet_lite0", "resnet18"]:
+    for name in ["bn_inception", "efficientnet_lite0", "resnet18", "vgg16", "resnet50_half", "mobilenet_v2"]:
         body = build_backbone(name, pretrained=False)
         maps = body(torch.randn(1, 3, 256, 128))
         assert [m.shape[1] for m in maps] == list(body.channels), name

@@ -212,7 +212,8 @@ def test_freezing_more_stages_than_the_backbone_has_is_a_clear_error():
         freeze_stages(build_backbone("resnet18", False), 6)
 
 
-@pytest.mark.parametrize("name,count", [("efficientnet_lite0", 4), ("resnet18", 2), ("bn_inception", 3)])
+@pytest.mark.parametrize("name,count", [("efficientnet_lite0", 4), ("resnet18", 2), ("bn_inception", 3),
+                                        ("resnet50_half", 3), ("mobilenet_v2", 4)])
 def test_folding_frozen_batchnorms_keeps_the_function_and_the_state_dict(name, count):
     from lwpar.models.backbones import build_backbone, folded_frozen_batchnorm, freeze_stages
 
@@ -316,7 +317,7 @@ def test_unknown_schedule_is_a_clear_error():
         _rates("linear")
 
 
-def test_the_training_step_benchmark_compares_folded_and_unfolded_steps():
+def test_the_training_step_benchmark_compares_its_settings_interleaved():
     import importlib.util
     from pathlib import Path
 
@@ -327,5 +328,43 @@ def test_the_training_step_benchmark_compares_folded_and_unfolded_steps():
     args = bench.get_args_parser().parse_args(
         ["--height", "64", "--width", "32", "--batch", "2", "--rounds", "2", "--frozen", "4", "--fold", "off", "on"])
     result = bench.main(args)
-    assert set(result["frozen_stages"]) == {"4 fold off", "4 fold on"}
+    assert set(result["frozen_stages"]) == {"4 fold off", "4 fold on"} and "cpu_flags" in result
     assert result["frozen_stages"]["4 fold off"]["speedup"] == 1.0
+    args = bench.get_args_parser().parse_args(
+        ["--height", "64", "--width", "32", "--batch", "2", "--rounds", "2", "--frozen", "0", "--precision", "float32",
+         "bfloat16", "--backbone", "resnet18"])
+    assert set(bench.main(args)["frozen_stages"]) == {"0 float32", "0 bfloat16"}
+
+
+def test_runtime_amp_chooses_the_training_precision_by_device_and_cpu():
+    from lwpar.runtime import training_precision
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    amx, avx512_bf16, avx2 = {"avx2", "amx_bf16"}, {"avx2", "avx512f", "avx512_bf16"}, {"avx2", "fma"}
+    assert training_precision(False, cpu, amx) == training_precision(False, cuda, amx) == torch.float32
+    assert training_precision(True, cuda, avx2) == torch.float16 and training_precision(True, cpu, amx) == torch.float32
+    assert training_precision("auto", cuda, avx2) == torch.float16
+    assert training_precision("auto", cpu, amx) == training_precision("auto", cpu, avx512_bf16) == torch.bfloat16
+    assert training_precision("auto", cpu, avx2) == torch.float32
+    assert training_precision("bf16", cuda, avx2) == training_precision("bf16", cpu, amx) == torch.bfloat16
+    with pytest.warns(UserWarning, match=r"runtime.amp: bf16 on a CPU without amx_bf16 or avx512_bf16: .*slower"):
+        assert training_precision("bf16", cpu, avx2) == torch.bfloat16
+
+
+def test_bfloat16_training_runs_and_changes_the_computation(tiny, tmp_path):
+    """Under bf16 autocast the same steps train to other (finite) weights than in float32."""
+    from lwpar.data.loader import Prepared
+    from lwpar.models import build_model
+    from lwpar.train import fit
+
+    tmp, params = tiny
+    cfg = {**params["train"], "epochs": 1, "max_steps_per_epoch": 2, "warmup_epochs": 0}
+    weights = {}
+    for precision in (torch.float32, torch.bfloat16):
+        torch.manual_seed(0)
+        model = build_model("alm", "resnet18", 35)
+        result = fit(model, Prepared(tmp / "prepared"), [64, 32], cfg, tmp_path / str(precision), torch.device("cpu"),
+                     seed=0, workers=0, precision=precision)
+        weights[precision] = result.state_dict["main_branch.layer4.1.conv2.weight"]
+        assert torch.isfinite(weights[precision]).all() and weights[precision].dtype == torch.float32
+    assert not torch.equal(weights[torch.float32], weights[torch.bfloat16])

@@ -68,6 +68,7 @@ def _run(params: dict, w: dict, name: str) -> str:
 
 REFERENCE = "baseline_reference"  # the baseline's weights run through the published ALM head
 MODELS = ["models/__init__.py", "models/alm.py", "models/backbones.py", "models/bninception.py", "models/weights.py",
+          "models/packaged.py", "models/convert.py",
           "runtime.py", "decompose/__init__.py", "decompose/_cp.py", "decompose/factorize.py", "decompose/layers.py",
           "prune.py", "complexity.py"]
 LOADER = ["data/loader.py"]

@@ -27,6 +27,44 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+# CPU instructions that run bfloat16 matrix products at speed (Intel AMX, AVX-512 BF16 on Intel and AMD)
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags as Linux reports them (empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def training_precision(amp, device: torch.device, flags: set[str] | None = None) -> torch.dtype:
+    """The dtype that training, fine-tuning and the sensitivity probes autocast to (`runtime.amp`):
+    false: float32; true: float16 on CUDA (float32 elsewhere); bf16: bfloat16 on any device; auto:
+    float16 on CUDA, bfloat16 on a CPU with AMX or AVX-512 BF16, float32 on other CPUs. An explicit bf16
+    on a CPU without those instructions runs, with a warning: there it is slower than float32."""
+    flags = cpu_flags() if flags is None else flags
+    has_bf16 = any(flag in flags for flag in BF16_CPU_FLAGS)
+    if amp == "bf16":
+        if device.type == "cpu" and not has_bf16:
+            import warnings
+
+            warnings.warn(f"runtime.amp: bf16 on a CPU without {' or '.join(BF16_CPU_FLAGS)}: "
+                          "it runs, but slower than float32", stacklevel=2)
+        return torch.bfloat16
+    if amp is True or amp == "auto":
+        if device.type == "cuda":
+            return torch.float16
+        if amp == "auto" and device.type == "cpu" and has_bf16:
+            return torch.bfloat16
+    return torch.float32
+
+
 def configure(params: dict) -> torch.device:
     threads = params["runtime"]["threads"]
     if threads:

@@ -66,7 +66,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: dict, steps_per_epoch
 
 
 def fit(model: torch.nn.Module, data: Prepared, input_size, cfg: dict, out_dir: Path, device: torch.device,
-        seed: int, workers: int, amp: bool = False, eval_batch: int = 128, threshold: float = 0.5,
+        seed: int, workers: int, precision: torch.dtype = torch.float32, eval_batch: int = 128, threshold: float = 0.5,
         teacher: torch.nn.Module | None = None, distill: dict | None = None, fingerprint: str = "",
         frozen_stages: int = 0) -> TrainResult:
     """Train `model` in place on `data`; checkpoints go to `out_dir/checkpoint.pt`. The backbone's first
@@ -91,7 +91,8 @@ def fit(model: torch.nn.Module, data: Prepared, input_size, cfg: dict, out_dir: 
     scheduler = build_scheduler(optimizer, cfg, steps_per_epoch, warmup_steps)
     per_step = cfg["schedule"] in PER_UPDATE_SCHEDULES
     base_lrs = [g["lr"] for g in optimizer.param_groups]
-    scaler = torch.amp.GradScaler(device.type, enabled=amp and device.type == "cuda")
+    # a loss scale only for float16, whose exponent range underflows small gradients
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == torch.float16 and device.type == "cuda")
 
     augment = build_transform(input_size, True, **cfg["augment"])
     plain = build_transform(input_size, False)
@@ -134,7 +135,7 @@ def fit(model: torch.nn.Module, data: Prepared, input_size, cfg: dict, out_dir: 
                         group["lr"] = base * (global_step + 1) / warmup_steps
                 images = images.to(device, non_blocking=True, memory_format=torch.channels_last)
                 targets = targets.to(device, non_blocking=True)
-                with torch.autocast(device.type, enabled=amp and device.type == "cuda"):
+                with torch.autocast(device.type, dtype=precision, enabled=precision != torch.float32):
                     outputs = model(images)
                     loss = criterion(outputs, targets)
                     if teacher is not None and distill:

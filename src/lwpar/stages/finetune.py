@@ -22,12 +22,14 @@ def add_arguments(parser) -> None:
 def run(args, params) -> None:
     import time
 
+    import torch
+
     from lwpar import LwparError
     from lwpar.data.loader import Prepared, build_transform, make_loader
     from lwpar.evaluation import predict_torch
     from lwpar.io import write_json
     from lwpar.metrics import pedestrian_metrics, summary
-    from lwpar.runtime import configure, load_model, load_torch, save_model, seed_everything
+    from lwpar.runtime import configure, load_model, load_torch, save_model, seed_everything, training_precision
     from lwpar.stages.train import fingerprint
     from lwpar.train import CHECKPOINT, fit, recalibrate_batchnorm, write_history
 
@@ -61,7 +63,9 @@ def run(args, params) -> None:
         teacher, _ = load_model(args.teacher)
         teacher.to(device).eval()
     structure = [{k: v for k, v in step.items() if k != "tp_state"} for step in blob.get("structure", [])]
-    stamp = fingerprint(recipe, params["train"], params["seed"], structure, data.meta.get("sources"))
+    precision = training_precision(params["runtime"]["amp"], device)
+    stamp = fingerprint(recipe, params["train"], params["seed"], structure, data.meta.get("sources"),
+                        *([str(precision)] if precision != torch.float32 else []))
     checkpoint = args.out / CHECKPOINT
     if checkpoint.exists() and load_torch(checkpoint, "training checkpoint").get("fingerprint", stamp) != stamp:
         checkpoint.unlink()
@@ -70,7 +74,7 @@ def run(args, params) -> None:
     if recipe["epochs"] > 0:
         start_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         distill = {"weight": recipe["distill_weight"], "temperature": recipe["distill_temperature"]}
-        result = fit(model, data, size, cfg, args.out, device, params["seed"], workers, params["runtime"]["amp"],
+        result = fit(model, data, size, cfg, args.out, device, params["seed"], workers, precision,
                      batch, threshold, teacher=teacher, distill=distill, fingerprint=stamp)
         history, best_epoch = result.history, result.best_epoch
         start_score = (recalibrated or before)[cfg["select_metric"]]
@@ -86,7 +90,8 @@ def run(args, params) -> None:
     write_json(args.out / "finetune.json", {
         "variant": args.variant, "val_before": before, "val_after_bn_recalibration": recalibrated,
         "val_after": after, "best_epoch": best_epoch, "epochs": recipe["epochs"],
-        "seconds": round(time.time() - started, 1), "device": str(device)})
+        "seconds": round(time.time() - started, 1), "device": str(device),
+        "precision": str(precision).removeprefix("torch.")})
     print(f"{args.variant}: val mA {before['mA']:.4f} before fine-tuning"
           + (f", {recalibrated['mA']:.4f} after BN recalibration" if recalibrated else "")
           + f", {after['mA']:.4f} after -> {args.out / 'model.pt'}")

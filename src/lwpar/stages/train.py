@@ -25,12 +25,14 @@ def fingerprint(*parts) -> str:
 
 
 def run(args, params) -> None:
+    import torch
+
     from lwpar import LwparError
     from lwpar.config import weights_dir
     from lwpar.data.loader import Prepared
     from lwpar.io import write_json
-    from lwpar.models import model_from_params
-    from lwpar.runtime import configure, load_torch, save_model, seed_everything
+    from lwpar.models import model_from_params, weights_provenance
+    from lwpar.runtime import configure, load_torch, save_model, seed_everything, training_precision
     from lwpar.train import CHECKPOINT, fit, write_history
 
     if args.model not in params["models"]:
@@ -40,9 +42,11 @@ def run(args, params) -> None:
         raise LwparError(f"train.frozen_stages: {params['train']['frozen_stages']} freezes randomly initialised "
                          f"layers of model {args.model!r} (pretrained: false); set it to 0")
     device = configure(params)
+    precision = training_precision(params["runtime"]["amp"], device)
     data = Prepared(args.dataset_dir)
+    # float32 runs keep their fingerprint from before the precision was a setting
     stamp = fingerprint(model_cfg, params["train"], params["seed"], data.meta.get("sources"),
-                        data.meta["split_sizes"])
+                        data.meta["split_sizes"], *([str(precision)] if precision != torch.float32 else []))
     checkpoint = args.out / CHECKPOINT
     if checkpoint.exists() and load_torch(checkpoint, "training checkpoint").get("fingerprint", stamp) != stamp:
         checkpoint.unlink()  # written under other settings: resuming it would mix two runs
@@ -50,7 +54,7 @@ def run(args, params) -> None:
     model = model_from_params(model_cfg, len(data.attributes), weights_dir(params))
     started = time.time()
     result = fit(model, data, model_cfg["input_size"], params["train"], args.out, device, params["seed"],
-                 params["runtime"]["workers"], params["runtime"]["amp"], params["evaluate"]["batch_size"],
+                 params["runtime"]["workers"], precision, params["evaluate"]["batch_size"],
                  params["evaluate"]["threshold"], fingerprint=stamp, frozen_stages=params["train"]["frozen_stages"])
     model.load_state_dict(result.state_dict)
     save_model(args.out / "model.pt", model, model_cfg, data.attributes, trained_on=str(args.dataset_dir))
@@ -62,7 +66,8 @@ def run(args, params) -> None:
         "val": {k[4:]: v for k, v in best.items() if k.startswith("val_")},
         "epochs": params["train"]["epochs"], "seconds_this_run": round(time.time() - started, 1),
         "train_seconds_total": round(sum(h["train_seconds"] for h in result.history), 1),
-        "device": str(device), "fingerprint": stamp,
+        "device": str(device), "precision": str(precision).removeprefix("torch."), "fingerprint": stamp,
+        "pretrained_weights": weights_provenance(model_cfg["backbone"]) if model_cfg["pretrained"] else None,
     })
     print(f"{args.model}: best epoch {result.best_epoch}, val {params['train']['select_metric']} "
           f"{result.best_metric:.4f} -> {args.out / 'model.pt'}")
