@@ -262,3 +262,20 @@ def test_provenance_names_package_version_hash_licence_and_training():
         assert (record["package"], record["version"], record["sha256"]) == (spec.package, spec.version, spec.sha256)
         assert record["licence"] and "ImageNet" in record["trained_on"]
     assert weights_provenance("resnet50")["url"].startswith("https://download.pytorch.org/")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_saved_model_on_a_packaged_backbone_reloads_to_the_same_function(name, hub, tmp_path):
+    """A model file is rebuilt without its pretrained weights (`load_model`): whatever the pretrained
+    backbone adds to the computation (the Caffe input map) must be there all the same."""
+    from lwpar.models import build_model
+    from lwpar.runtime import load_model, save_model
+
+    cfg = {"arch": "alm", "backbone": name, "pretrained": True, "alm_head": "fused", "align_corners": False,
+           "logit_bn": False, "input_size": [64, 32]}
+    model = build_model("alm", name, 5, pretrained=True, weights_dir=tmp_path / "weights").eval()
+    save_model(tmp_path / "model.pt", model, cfg, [f"a{i}" for i in range(5)])
+    reloaded, _ = load_model(tmp_path / "model.pt")
+    x = torch.randn(2, 3, 64, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded.eval()(x), model(x))

@@ -170,12 +170,12 @@ class Vgg16Pyramid(nn.Module):
     VGG16 has no convolution below stride 16, so its last pool is the stride-32 level. Pools round up,
     as Keras' 'same' pooling that HED was trained with does on odd sizes."""
 
-    def __init__(self, features: nn.Sequential, mean_bgr: tuple[float, float, float] | None):
+    def __init__(self, features: nn.Sequential, mean_bgr: tuple[float, float, float]):
         super().__init__()
         for module in features:
             if isinstance(module, nn.MaxPool2d):
                 module.ceil_mode = True
-        self.input = CaffeInput(mean_bgr) if mean_bgr else nn.Identity()
+        self.input = CaffeInput(mean_bgr)
         self.to_stride8, self.to_stride16, self.pool5 = features[:23], features[23:30], features[30]
         self.channels = [512, 512, 512]
         self.reductions = [8, 16, 32]
@@ -206,7 +206,9 @@ def vgg16(pretrained: bool, weights_dir: Path | None) -> nn.Module:
     if pretrained:
         features.load_state_dict(packaged.load_state(
             "vgg16", weights_dir, lambda path: convert.keras_vgg16_state(path, features.state_dict())))
-    return Vgg16Pyramid(features, HED_MEAN_BGR if pretrained else None)
+    # the input map is part of the architecture, pretrained or not: a saved model is rebuilt without
+    # its pretrained weights and must compute the same function
+    return Vgg16Pyramid(features, HED_MEAN_BGR)
 
 
 def resnet50_half_model() -> nn.Module:
@@ -226,9 +228,9 @@ def resnet50_half_model() -> nn.Module:
 class ResNetHalfPyramid(TorchvisionResNet):
     """open_nsfw's ResNet-50-1by2 returning its last three stages (256 / 512 / 1024 channels)."""
 
-    def __init__(self, model: nn.Module, caffe_input: bool):
+    def __init__(self, model: nn.Module):
         nn.Module.__init__(self)
-        self.input = CaffeInput(OPEN_NSFW_MEAN_BGR) if caffe_input else nn.Identity()
+        self.input = CaffeInput(OPEN_NSFW_MEAN_BGR)
         self.conv1, self.bn1, self.relu, self.maxpool = model.conv1, model.bn1, model.act1, model.maxpool
         self.layer1, self.layer2, self.layer3, self.layer4 = model.layer1, model.layer2, model.layer3, model.layer4
         self.channels = [256, 512, 1024]
@@ -246,7 +248,7 @@ def resnet50_half(pretrained: bool, weights_dir: Path | None) -> nn.Module:
     if pretrained:
         model.load_state_dict(packaged.load_state(
             "resnet50_half", weights_dir, lambda path: convert.caffe_resnet_state(path, model.state_dict())))
-    return ResNetHalfPyramid(model, caffe_input=pretrained)
+    return ResNetHalfPyramid(model)  # with its input map, pretrained or not (see vgg16)
 
 
 class MobileNetV2Pyramid(nn.Module):
