@@ -196,19 +196,24 @@ HED_MEAN_BGR = (104.00699, 116.66877, 122.67892)
 OPEN_NSFW_MEAN_BGR = (104.0, 117.0, 123.0)
 
 
-@register("vgg16")
-def vgg16(pretrained: bool, weights_dir: Path | None) -> nn.Module:
+def _torchvision_features(name: str, pretrained: bool, weights_dir: Path | None, convert_name: str) -> nn.Sequential:
+    """torchvision `<name>().features`, with the packaged weights converted by `convert.<convert_name>`."""
     import torchvision
 
     from lwpar.models import convert, packaged
 
-    features = torchvision.models.vgg16(weights=None).features
+    features = getattr(torchvision.models, name)(weights=None).features
     if pretrained:
-        features.load_state_dict(packaged.load_state(
-            "vgg16", weights_dir, lambda path: convert.keras_vgg16_state(path, features.state_dict())))
+        converter = getattr(convert, convert_name)
+        features.load_state_dict(packaged.load_state(name, weights_dir, lambda path: converter(path, features.state_dict())))
+    return features
+
+
+@register("vgg16")
+def vgg16(pretrained: bool, weights_dir: Path | None) -> nn.Module:
     # the input map is part of the architecture, pretrained or not: a saved model is rebuilt without
     # its pretrained weights and must compute the same function
-    return Vgg16Pyramid(features, HED_MEAN_BGR)
+    return Vgg16Pyramid(_torchvision_features("vgg16", pretrained, weights_dir, "keras_vgg16_state"), HED_MEAN_BGR)
 
 
 def resnet50_half_model() -> nn.Module:
@@ -274,15 +279,7 @@ class MobileNetV2Pyramid(nn.Module):
 
 @register("mobilenet_v2")
 def mobilenet_v2(pretrained: bool, weights_dir: Path | None) -> nn.Module:
-    import torchvision
-
-    from lwpar.models import convert, packaged
-
-    features = torchvision.models.mobilenet_v2(weights=None).features
-    if pretrained:
-        features.load_state_dict(packaged.load_state(
-            "mobilenet_v2", weights_dir, lambda path: convert.torchvision_features_state(path, features.state_dict())))
-    return MobileNetV2Pyramid(features)
+    return MobileNetV2Pyramid(_torchvision_features("mobilenet_v2", pretrained, weights_dir, "torchvision_features_state"))
 
 
 def freeze_stages(backbone: nn.Module, count: int) -> list[nn.Module]:
