@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import math
 import os
 import random
 import shutil
@@ -63,6 +64,47 @@ def training_precision(amp, device: torch.device, flags: set[str] | None = None)
         if amp == "auto" and device.type == "cpu" and has_bf16:
             return torch.bfloat16
     return torch.float32
+
+
+# Largest relative change of the logits that autocast may cause before its kernels count as faulty.
+# Rounding alone moves them by 0.7-5 % (bfloat16, measured on the packaged backbones); a faulty kernel
+# gives NaN or values unrelated to float32's.
+AUTOCAST_TOLERANCE = 0.25
+
+
+def checked_precision(model: torch.nn.Module, precision: torch.dtype, input_size, device: torch.device) -> torch.dtype:
+    """`precision`, or float32 with a warning when autocasting `model` to it at `input_size` changes its
+    logits beyond rounding. Some oneDNN builds compute wrong bfloat16 convolutions on AMX for a few
+    shapes (stride 2 with a one-column output, seen in torch 2.14.1); training through them diverges or
+    learns from garbage. One forward of two fixed random images in eval mode: no state or RNG changes."""
+    if precision == torch.float32:
+        return precision
+    was_training = model.training
+    images = torch.randn(2, 3, *input_size, generator=torch.Generator().manual_seed(0))
+    images = images.to(device).contiguous(memory_format=torch.channels_last)
+    model.eval()
+    try:
+        with torch.no_grad():
+            exact = _logits(model(images))
+            with torch.autocast(device.type, dtype=precision):
+                rounded = _logits(model(images))
+    finally:
+        model.train(was_training)
+    scale = exact.abs().max().clamp_min(1e-12)
+    change = ((rounded - exact).abs().max() / scale).item() if torch.isfinite(rounded).all() else math.inf
+    if change <= AUTOCAST_TOLERANCE:
+        return precision
+    import warnings
+
+    name = str(precision).removeprefix("torch.")
+    warnings.warn(f"runtime.amp: {name} autocast changes this model's logits by {change:.3g} (relative) at input "
+                  f"{list(input_size)} on this {device.type} (a faulty kernel); running in float32", stacklevel=2)
+    return torch.float32
+
+
+def _logits(outputs) -> torch.Tensor:
+    outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+    return torch.cat([o.float().flatten() for o in outputs])
 
 
 def configure(params: dict) -> torch.device:

@@ -29,7 +29,8 @@ def run(args, params) -> None:
     from lwpar.evaluation import predict_torch
     from lwpar.io import write_json
     from lwpar.metrics import pedestrian_metrics, summary
-    from lwpar.runtime import configure, load_model, load_torch, save_model, seed_everything, training_precision
+    from lwpar.runtime import (checked_precision, configure, load_model, load_torch, save_model, seed_everything,
+                               training_precision)
     from lwpar.stages.train import fingerprint
     from lwpar.train import CHECKPOINT, fit, recalibrate_batchnorm, write_history
 
@@ -63,7 +64,7 @@ def run(args, params) -> None:
         teacher, _ = load_model(args.teacher)
         teacher.to(device).eval()
     structure = [{k: v for k, v in step.items() if k != "tp_state"} for step in blob.get("structure", [])]
-    precision = training_precision(params["runtime"]["amp"], device)
+    precision = checked_precision(model, training_precision(params["runtime"]["amp"], device), size, device)
     stamp = fingerprint(recipe, params["train"], params["seed"], structure, data.meta.get("sources"),
                         *([str(precision)] if precision != torch.float32 else []))
     checkpoint = args.out / CHECKPOINT

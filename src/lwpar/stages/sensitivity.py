@@ -41,7 +41,8 @@ def run(args, params) -> None:
     from lwpar.decompose.search import MEASURED, SensitivityProbe, cache_settings, load_cache, plan, save_cache
     from lwpar.io import read_json
     from lwpar.metrics import pedestrian_metrics
-    from lwpar.runtime import check_start_model, configure, load_model, seed_everything, training_precision
+    from lwpar.runtime import (check_start_model, checked_precision, configure, load_model, seed_everything,
+                               training_precision)
     from lwpar.train import recalibrate_batchnorm
 
     recipe = params["variants"].get(args.variant, {}).get("decompose")
@@ -50,12 +51,12 @@ def run(args, params) -> None:
                          f"({' or '.join(MEASURED)})")
     search = recipe["rank"]["search"]
     device = configure(params)
-    precision = training_precision(params["runtime"]["amp"], device)
     seed_everything(params["seed"])
     model, blob = load_model(args.model)
     earlier = check_start_model(args.model, blob, args.variant, params["variants"][args.variant]["base"])
     model.to(device, memory_format=torch.channels_last).eval()
     size = blob["model_cfg"]["input_size"]
+    precision = checked_precision(model, training_precision(params["runtime"]["amp"], device), size, device)
     data = Prepared(args.dataset_dir)
     plain = build_transform(size, False)
     batch, threshold = params["evaluate"]["batch_size"], params["evaluate"]["threshold"]
