@@ -317,25 +317,6 @@ def test_unknown_schedule_is_a_clear_error():
         _rates("linear")
 
 
-def test_the_training_step_benchmark_compares_its_settings_interleaved():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).parents[1] / "benchmarks" / "train_step.py"
-    spec = importlib.util.spec_from_file_location("train_step_benchmark", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    args = bench.get_args_parser().parse_args(
-        ["--height", "64", "--width", "32", "--batch", "2", "--rounds", "2", "--frozen", "4", "--fold", "off", "on"])
-    result = bench.main(args)
-    assert set(result["frozen_stages"]) == {"4 fold off", "4 fold on"} and "cpu_flags" in result
-    assert result["frozen_stages"]["4 fold off"]["speedup"] == 1.0
-    args = bench.get_args_parser().parse_args(
-        ["--height", "64", "--width", "32", "--batch", "2", "--rounds", "2", "--frozen", "0", "--precision", "float32",
-         "bfloat16", "--backbone", "resnet18"])
-    assert set(bench.main(args)["frozen_stages"]) == {"0 float32", "0 bfloat16"}
-
-
 def test_runtime_amp_chooses_the_training_precision_by_device_and_cpu():
     from lwpar.runtime import training_precision
 
