@@ -144,6 +144,18 @@ def test_cli_help_lists_every_stage():
         assert stage in out
 
 
+def test_the_cli_imports_only_the_chosen_stage():
+    probe = ("import sys; from lwpar.cli import build_parser; build_parser({chosen}); "
+             "print(sorted(m for m in sys.modules if m.startswith('lwpar.stages.')))")
+    imported = {}
+    for chosen in (None, "train"):
+        run = subprocess.run([sys.executable, "-c", probe.format(chosen=repr(chosen))], capture_output=True, text=True)
+        imported[chosen] = run.stdout.strip()
+    assert imported == {None: "[]", "train": "['lwpar.stages.train']"}
+    run = subprocess.run([sys.executable, "-m", "lwpar", "prune", "--help"], capture_output=True, text=True)
+    assert run.returncode == 0 and "--summary" in run.stdout  # the stage's own arguments
+
+
 @pytest.mark.fault
 def test_key_given_twice_is_refused(tmp_path):
     text = (ROOT / "params.yaml").read_text()
@@ -211,3 +223,22 @@ def test_multi_stage_bases_are_checked():
     def heads_maybe(p):
         p["variants"]["lwalm_heads"]["decompose"]["include_heads"] = "maybe"
     assert problem(heads_maybe).startswith("params.yaml: variants.lwalm_heads.decompose.include_heads: expected one of")
+
+
+def test_every_schema_key_has_a_description():
+    from lwpar.config import schema_keys
+
+    keys = schema_keys()
+    assert len(keys) > 100
+    assert [path for path, node in keys if not node.get("description")] == []
+
+
+def test_the_configuration_reference_is_generated_from_the_schema():
+    from pathlib import Path
+
+    from lwpar.config import load_params, reference_markdown
+
+    root = Path(__file__).parents[1]
+    committed = (root / "docs" / "configuration.md").read_text()
+    assert committed == reference_markdown(load_params(root / "params.yaml")), \
+        "docs/configuration.md is stale: python -m lwpar.config reference > docs/configuration.md"

@@ -7,7 +7,7 @@ import torch
 
 from lwpar import LwparError
 from lwpar.models import build_model
-from lwpar.models.alm import LocalizationLevel
+from lwpar.models.alm import LocalizationLevel, StrongBaseline
 from lwpar.models.backbones import build_backbone
 
 
@@ -20,7 +20,7 @@ def test_alm_bn_inception_parameter_count(attributes, published):
 
 @pytest.mark.parametrize("backbone", ["bn_inception", "efficientnet_lite0", "resnet18", "resnet50", "vgg16",
                                       "resnet50_half", "mobilenet_v2"])
-@pytest.mark.parametrize("arch", ["alm", "baseline"])
+@pytest.mark.parametrize("arch", ["alm", "strong_baseline"])
 def test_forward_shapes(backbone, arch):
     model = build_model(arch, backbone, 7, logit_bn=backbone == "resnet18")
     x = torch.randn(2, 3, 128, 64)
@@ -38,7 +38,7 @@ def test_forward_shapes(backbone, arch):
             torch.testing.assert_close(voted, torch.stack(model(x)).amax(0))
 
 
-@pytest.mark.parametrize("arch", ["alm", "baseline"])
+@pytest.mark.parametrize("arch", ["alm", "strong_baseline"])
 def test_logit_bn_normalizes_every_output_and_exports(arch, tmp_path):
     """With `logit_bn`, each output's logits are batch-normalized per attribute in training and, in
     evaluation, scaled and shifted by the running statistics before the vote; ONNX Runtime agrees.
@@ -215,3 +215,7 @@ def test_bn_inception_stride_one_pools_export_without_ceil_mode():
     stride_one = [m for m in pools if m.stride in (1, (1, 1))]
     assert len(stride_one) == 8 and not any(m.ceil_mode for m in stride_one)
     assert all(m.ceil_mode for m in pools if m not in stride_one)  # stride 2: the official output sizes
+
+
+def test_model_files_from_before_the_rename_still_build_the_strong_baseline():
+    assert isinstance(build_model("baseline", "resnet18", 3), StrongBaseline)

@@ -28,25 +28,30 @@ STAGES = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only the `chosen` stage's module is imported (its arguments, its --help), so
+    `lwpar --help` and each stage start without loading the other stages' libraries."""
     parser = argparse.ArgumentParser(
         prog="lwpar", description="Lightweight pedestrian attribute recognition pipeline stages.")
     parser.add_argument("--version", action="version", version=f"lwpar {__version__}")
     sub = parser.add_subparsers(dest="stage", metavar="<stage>", required=True)
     for name, (module_name, help_text) in STAGES.items():
-        module = importlib.import_module(module_name)
-        stage = sub.add_parser(name, help=help_text, description=module.__doc__,
+        module = importlib.import_module(module_name) if name == chosen else None
+        stage = sub.add_parser(name, help=help_text, description=module.__doc__ if module else help_text,
                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-        stage.add_argument("--params", default="params.yaml", help="the params file (validated against the schema)")
-        module.add_arguments(stage)
-        stage.set_defaults(_run=module.run)
+        if module is not None:
+            stage.add_argument("--params", default="params.yaml", help="the params file (validated against the schema)")
+            module.add_arguments(stage)
+            stage.set_defaults(_run=module.run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     from lwpar.config import load_params
 
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    chosen = next((arg for arg in argv if not arg.startswith("-")), None)
+    args = build_parser(chosen).parse_args(argv)
     try:
         params = load_params(args.params)
         args._run(args, params)

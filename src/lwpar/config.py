@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from functools import lru_cache
@@ -202,3 +203,78 @@ def weights_dir(params: dict) -> Path | None:
     """Where pretrained backbone files are looked for: LWPAR_WEIGHTS, paths.weights, else the mirror."""
     value = os.environ.get(WEIGHTS_ENV) or params["paths"]["weights"]
     return Path(value) if value else mirror_dir(params)
+
+
+def schema_keys(node: dict | None = None, prefix: str = "") -> list[tuple[str, dict]]:
+    """Every params key the schema defines, as (dotted path, its schema), parents before children;
+    `*` stands for a user-chosen name (a dataset, model, variant or target)."""
+    node = schema() if node is None else node
+    keys = []
+    for key, sub in node.get("properties", {}).items():
+        path = f"{prefix}{key}"
+        keys.append((path, sub))
+        keys += schema_keys(_resolved(sub), f"{path}.")
+    named = node.get("additionalProperties")
+    if isinstance(named, dict):
+        keys += schema_keys(_resolved(named), f"{prefix}*.")
+    return keys
+
+
+def _resolved(node: dict) -> dict:
+    ref = node.get("$ref")
+    return schema()["$defs"][ref.rsplit("/", 1)[1]] if ref else node
+
+
+def _allowed(node: dict) -> str:
+    node = _resolved(node)
+    if "enum" in node:
+        return " \\| ".join(f"`{json.dumps(v)}`" for v in node["enum"])
+    if "oneOf" in node:
+        return " or ".join(_allowed(branch) for branch in node["oneOf"])
+    kinds = node.get("type", "object")
+    kinds = [kinds] if isinstance(kinds, str) else kinds
+    text = " or ".join(_JSON_TYPES.get(k, k) for k in kinds)
+    bounds = [f"{op} {node[k]}" for k, op in (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<="),
+                                            ("exclusiveMaximum", "<")) if k in node]
+    if "items" in node and "array" in kinds:
+        text += f" of {_allowed(node['items'])}"
+    return text + (f" ({', '.join(bounds)})" if bounds else "")
+
+
+def _value_at(params: dict, path: str):
+    """The value at a dotted path, `*` taking the first entry; None when absent."""
+    value = params
+    for part in path.split("."):
+        if not isinstance(value, dict) or not value:
+            return None
+        value = next(iter(value.values())) if part == "*" else value.get(part)
+    return value
+
+
+def reference_markdown(params: dict, source: str = "params.yaml") -> str:
+    """docs/configuration.md: every key with its allowed values, its value in `source` and its meaning."""
+    lines = ["# Configuration", "",
+             f"Every key of `{source}`, generated from the schema (`src/lwpar/schemas/params.schema.yaml`) by",
+             "`python -m lwpar.config reference > docs/configuration.md`; a test fails when this file is stale.",
+             f"Every key is required. The value column is `{source}`'s, the default experiment's; for a",
+             "named entry (`*`: a dataset, model, variant or target) it is the first entry's.", ""]
+    for path, node in schema_keys():
+        if "." not in path:
+            section = "properties" in _resolved(node) or isinstance(_resolved(node).get("additionalProperties"), dict)
+            lines += ["", f"## `{path}`", "", *([node.get("description", ""), ""] if section else []),
+                      "| key | allowed | value | meaning |", "|---|---|---|---|"]
+            if section:
+                continue
+        value = _value_at(params, path)
+        shown = "" if isinstance(value, dict) else f"`{json.dumps(value)}`"
+        lines.append(f"| `{path}` | {_allowed(node)} | {shown} | {node.get('description', '')} |")
+    return "\n".join(lines).replace("\n\n\n", "\n\n") + "\n"
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:2] != ["reference"]:
+        raise SystemExit("usage: python -m lwpar.config reference [PARAMS]  (prints docs/configuration.md)")
+    print(reference_markdown(load_params(sys.argv[2] if len(sys.argv) > 2 else "params.yaml"),
+                             sys.argv[2] if len(sys.argv) > 2 else "params.yaml"), end="")

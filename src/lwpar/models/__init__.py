@@ -10,7 +10,9 @@ from lwpar import LwparError
 from lwpar.models.alm import ALM, LocalizationLevel, StrongBaseline
 from lwpar.models.backbones import BACKBONES, build_backbone
 
-ARCHS = ("alm", "baseline")
+ARCHS = ("alm", "strong_baseline")
+# model files saved before the strong baseline was renamed ("baseline" now names only the uncompressed model)
+LEGACY_ARCHS = {"baseline": "strong_baseline"}
 
 
 def build_model(arch: str, backbone: str, num_attributes: int, pretrained: bool = False,
@@ -19,10 +21,11 @@ def build_model(arch: str, backbone: str, num_attributes: int, pretrained: bool 
     """One factory for every model. In eval mode each returns one (B, num_attributes) logit tensor;
     in train mode a tuple of logit tensors (ALM: three levels and the main branch). `logit_bn` adds a
     BatchNorm1d after every classifier (Rethinking of PAR's strong baseline; not in the ALM paper)."""
+    arch = LEGACY_ARCHS.get(arch, arch)
     body = build_backbone(backbone, pretrained, weights_dir)
     if arch == "alm":
         return ALM(body, num_attributes, alm_head, align_corners, logit_bn)
-    if arch == "baseline":
+    if arch == "strong_baseline":
         return StrongBaseline(body, num_attributes, logit_bn)
     raise LwparError(f"arch {arch!r}: unknown (known: {', '.join(ARCHS)})")
 
