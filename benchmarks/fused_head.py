@@ -81,7 +81,7 @@ def with_svd_heads(model, fraction: float):
     import copy
 
     from lwpar.decompose.factorize import apply_plan, layer_info, select_layers
-    from lwpar.decompose.layers import rank_for_fraction
+    from lwpar.decompose.methods import rank_for_fraction
 
     model = copy.deepcopy(model)
     names = [n for n in select_layers(model, ["pointwise"], include_heads=True) if ".att_list." in n]

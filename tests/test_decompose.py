@@ -8,10 +8,11 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from lwpar import LwparError
 from lwpar.decompose import cp_als, cpd_epc, relative_error, sensitivity, sum_of_squared_norms
-from lwpar.decompose import layers as L
 from lwpar.decompose.factorize import (empty_factorized, factorize_layer, factorized_macs, original_macs,
                                        plan_ranks, select_layers)
+from lwpar.decompose.methods import METHODS, rank_for_fraction
 
 
 def _low_rank_conv(cin, cout, k, rank, stride=1, padding=1, dilation=1, seed=0):
@@ -126,12 +127,21 @@ def test_mac_and_parameter_formulas_equal_flop_counter(method):
     per_rank = {"cp": 24 + 9 + 32, "cp4": 24 + 3 + 3 + 32, "svd": 24 * (9 if kxk else 1) + 32,
                 "spatial_svd": 24 * 3 + 32 * 3}
     expected = 8 * per_rank[method] if method != "tucker2" else 24 * 8 + 8 * 8 * 9 + 8 * 32
-    assert weights == expected
+    assert weights == expected == METHODS[method].params(shape, 8)
+
+
+def test_every_registered_method_is_tested_and_an_unknown_one_is_named():
+    assert set(METHODS) == {"cp", "cp4", "tucker2", "svd", "spatial_svd"}
+    with pytest.raises(LwparError, match=r"unknown decomposition method 'cpx' \(known: cp, cp4, tucker2, svd, spatial_svd\)"):
+        factorize_layer(nn.Conv2d(8, 8, 3), "cpx", 4)
+    for name in METHODS:  # the largest rank a fraction of 1 gives is the method's cap, never more
+        shape = {"in": 24, "out": 32, "kh": 3, "kw": 3}
+        assert rank_for_fraction(name, shape, 1.0, 1) <= METHODS[name].max_rank(shape)
 
 
 def test_rank_for_fraction_rounds_to_multiple():
     shape = {"in": 256, "out": 256, "kh": 3, "kw": 3}
-    rank = L.rank_for_fraction("cp", shape, 0.5, 8)
+    rank = rank_for_fraction("cp", shape, 0.5, 8)
     assert rank % 8 == 0 and abs(rank * (256 + 256 + 9) - 0.5 * 256 * 256 * 9) <= 8 * (256 + 256 + 9)
 
 

@@ -6,13 +6,12 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import tensorly as tl
 import torch
 from torch import nn
 
 from lwpar import LwparError
-from lwpar.decompose import _cp
 from lwpar.decompose import layers as L
+from lwpar.decompose import methods as M
 
 
 def _kernel_shape(layer: nn.Module) -> dict:
@@ -93,20 +92,8 @@ def layer_io_sizes(model: nn.Module, names: list[str], input_size) -> dict[str, 
 
 
 def factorized_macs(method: str, shape: dict, rank: int, io: tuple) -> int:
-    """MACs of the factorized layer, by formula (checked against torch.utils.flop_counter in tests)."""
-    (hi, wi), (ho, wo) = io
-    cin, cout, kh, kw = shape["in"], shape["out"], shape["kh"], shape["kw"]
-    if method == "cp":
-        return hi * wi * cin * rank + ho * wo * rank * kh * kw + ho * wo * rank * cout
-    if method == "cp4":  # vertical pass keeps the input width until the horizontal stride
-        return hi * wi * cin * rank + ho * wi * rank * kh + ho * wo * rank * kw + ho * wo * rank * cout
-    if method == "tucker2":
-        return hi * wi * cin * rank + ho * wo * rank * rank * kh * kw + ho * wo * rank * cout
-    if method == "svd":
-        return ho * wo * rank * (cin * kh * kw + cout)
-    if method == "spatial_svd":
-        return ho * wi * cin * rank * kh + ho * wo * rank * cout * kw
-    raise ValueError(method)
+    """MACs of the factorized layer, by the method's formula."""
+    return M.method(method).macs(shape, rank, io)
 
 
 def original_macs(shape: dict, io: tuple) -> int:
@@ -141,7 +128,7 @@ def plan_ranks(model: nn.Module, names: list[str], methods: dict, input_size, po
     multiple = policy.get("multiple", 8)
     if policy["policy"] == "ratio":
         for entry in info:
-            entry["rank"] = L.rank_for_fraction(entry["method"], entry["shape"], policy["fraction"], multiple)
+            entry["rank"] = M.rank_for_fraction(entry["method"], entry["shape"], policy["fraction"], multiple)
     elif policy["policy"] == "energy":
         for entry in info:
             weight = modules[entry["layer"]].weight.detach().double()
@@ -156,7 +143,7 @@ def plan_ranks(model: nn.Module, names: list[str], methods: dict, input_size, po
         target = policy["macs_fraction"] * total_macs
 
         def total(fraction):
-            ranks = [L.rank_for_fraction(e["method"], e["shape"], fraction, multiple) for e in info]
+            ranks = [M.rank_for_fraction(e["method"], e["shape"], fraction, multiple) for e in info]
             return fixed + sum(factorized_macs(e["method"], e["shape"], r, e["io"]) for e, r in zip(info, ranks)), ranks
         lo, hi = 1e-4, 1.0
         if total(lo)[0] > target:
@@ -182,51 +169,7 @@ def factorize_layer(layer: nn.Module, method: str, rank: int, seed: int = 0, epc
     """Factorize one layer; returns the replacement and figures for the layer table."""
     weight = layer.weight.detach().double().cpu().numpy()
     started = time.time()
-    stats = {}
-    if method in ("cp", "cp4"):
-        if isinstance(layer, nn.Linear) or layer.kernel_size == (1, 1):
-            raise LwparError(f"CP needs a k x k convolution, got {type(layer).__name__} {tuple(weight.shape)}")
-        cout, cin, kh, kw = weight.shape
-        if method == "cp":
-            tensor = weight.transpose(1, 0, 2, 3).reshape(cin, cout, kh * kw)
-            cp = _cp.cp_als(tensor, rank, seed=seed, n_iter_max=epc.get("als_iter", 100) if epc else 100)
-            stats["lambda_sq_before"] = _cp.sum_of_squared_norms(cp)
-            stats["sensitivity_before"] = _cp.sensitivity(cp)
-            if epc and epc.get("enabled"):
-                cp = _cp.cpd_epc(tensor, rank, seed=seed, init=cp, objective=epc.get("objective", "norm"),
-                                 n_iter_max=epc.get("iterations", 100))
-            stats["lambda_sq_after"] = _cp.sum_of_squared_norms(cp)
-            stats["sensitivity_after"] = _cp.sensitivity(cp)
-            new = L.cp_layer(layer, cp.weights, cp.factors)
-            approx = tl.cp_to_tensor(cp).reshape(cin, cout, kh, kw).transpose(1, 0, 2, 3)
-        else:
-            tensor = weight.transpose(1, 0, 2, 3)
-            with tl.backend_context("numpy"):
-                cp = tl.decomposition.parafac(tensor, rank, init="svd", random_state=seed, n_iter_max=100)
-            new = L.cp4_layer(layer, np.asarray(cp.weights), [np.asarray(f) for f in cp.factors])
-            approx = tl.cp_to_tensor(cp).transpose(1, 0, 2, 3)
-    elif method == "tucker2":
-        (core, (u_out, u_in)), _ = tl.decomposition.partial_tucker(weight, rank=[rank, rank], modes=[0, 1],
-                                                                    random_state=seed)
-        new = L.tucker2_layer(layer, core, u_in, u_out)
-        approx = tl.tenalg.multi_mode_dot(core, [u_out, u_in], modes=[0, 1])
-    elif method == "svd":
-        matrix = weight.reshape(weight.shape[0], -1)
-        u, s, vt = np.linalg.svd(matrix, full_matrices=False)
-        left, right = u[:, :rank] * s[:rank], vt[:rank]
-        new = L.svd_layer(layer, left, right)
-        approx = (left @ right).reshape(weight.shape)
-    elif method == "spatial_svd":
-        cout, cin, kh, kw = weight.shape
-        matrix = weight.transpose(1, 2, 0, 3).reshape(cin * kh, cout * kw)
-        u, s, vt = np.linalg.svd(matrix, full_matrices=False)
-        root = np.sqrt(s[:rank])
-        vertical = (u[:, :rank] * root).T.reshape(rank, cin, kh)
-        horizontal = (vt[:rank].T * root).reshape(cout, kw, rank).transpose(0, 2, 1)
-        new = L.spatial_svd_layer(layer, vertical, horizontal)
-        approx = (u[:, :rank] * s[:rank] @ vt[:rank]).reshape(cin, kh, cout, kw).transpose(2, 0, 1, 3)
-    else:
-        raise LwparError(f"unknown decomposition method {method!r} (known: {', '.join(L.METHODS)})")
+    new, approx, stats = M.method(method).factorize(layer, weight, rank, seed, epc)
     stats["relative_error"] = float(np.linalg.norm(weight - approx) / np.linalg.norm(weight))
     stats["seconds"] = round(time.time() - started, 3)
     return new.to(layer.weight.dtype), stats
@@ -234,20 +177,7 @@ def factorize_layer(layer: nn.Module, method: str, rank: int, seed: int = 0, epc
 
 def empty_factorized(layer: nn.Module, method: str, rank: int) -> nn.Module:
     """The replacement's structure with zero weights (to load a saved decomposed model into)."""
-    shape = _kernel_shape(layer)
-    cin, cout, kh, kw = shape["in"], shape["out"], shape["kh"], shape["kw"]
-    z = np.zeros
-    if method == "cp":
-        return L.cp_layer(layer, np.ones(rank), [z((cin, rank)), z((cout, rank)), z((kh * kw, rank))])
-    if method == "cp4":
-        return L.cp4_layer(layer, np.ones(rank), [z((cin, rank)), z((cout, rank)), z((kh, rank)), z((kw, rank))])
-    if method == "tucker2":
-        return L.tucker2_layer(layer, z((rank, rank, kh, kw)), z((cin, rank)), z((cout, rank)))
-    if method == "svd":
-        return L.svd_layer(layer, z((cout, rank)), z((rank, cin * kh * kw)))
-    if method == "spatial_svd":
-        return L.spatial_svd_layer(layer, z((rank, cin, kh)), z((cout, rank, kw)))
-    raise LwparError(f"unknown decomposition method {method!r}")
+    return M.method(method).empty(layer, _kernel_shape(layer), rank)
 
 
 def apply_plan(model: nn.Module, plan: list[dict], decompose: bool = True, seed: int = 0, epc: dict | None = None,

@@ -1,16 +1,11 @@
 """Factorized replacements built only from plain nn.Conv2d / nn.Linear (so export, pruning and
-quantization work on them and their speed is real), and exact parameter / MAC formulas."""
+quantization work on them and their speed is real). Each method's formulas are in `methods`."""
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import torch
 from torch import nn
-
-METHODS = ("cp", "cp4", "tucker2", "svd", "spatial_svd")
-
 
 def _conv_like(conv: nn.Conv2d, cin: int, cout: int, kernel, stride=1, padding=0, dilation=1, groups=1,
                bias=False) -> nn.Conv2d:
@@ -143,29 +138,3 @@ def conv_macs(layer: nn.Module, out_hw: tuple[int, int]) -> int:
         return layer.in_features * layer.out_features
     kh, kw = layer.kernel_size
     return out_hw[0] * out_hw[1] * layer.out_channels * (layer.in_channels // layer.groups) * kh * kw
-
-
-def rank_for_fraction(method: str, shape: dict, fraction: float, multiple: int = 8) -> int:
-    """The rank whose factorized layer has `fraction` of the original's parameters (weights only),
-    rounded to a multiple of `multiple` (at least `multiple`, at most full rank)."""
-    cin, cout, kh, kw = shape["in"], shape["out"], shape["kh"], shape["kw"]
-    full = cin * cout * kh * kw
-    target = fraction * full
-    if method in ("cp", "cp4"):
-        per_rank = cin + cout + (kh * kw if method == "cp" else kh + kw)
-        rank = target / per_rank
-        cap = full // per_rank
-    elif method == "tucker2":  # R1 = R2 = R: cin R + R^2 kh kw + R cout = target
-        a, b = kh * kw, cin + cout
-        rank = (-b + math.sqrt(b * b + 4 * a * target)) / (2 * a)
-        cap = min(cin, cout)
-    elif method == "svd":
-        rank = target / (cin * kh * kw + cout)
-        cap = min(cin * kh * kw, cout)
-    elif method == "spatial_svd":
-        rank = target / (cin * kh + cout * kw)
-        cap = min(cin * kh, cout * kw)
-    else:
-        raise ValueError(f"unknown method {method!r}")
-    rounded = max(multiple, int(round(rank / multiple)) * multiple) if multiple else max(1, int(round(rank)))
-    return int(min(rounded, max(cap, 1)))

@@ -35,9 +35,9 @@ from torch import nn
 from torch.utils._pytree import tree_map_only
 
 from lwpar import LwparError
-from lwpar.decompose import layers as L
 from lwpar.decompose._evbmf import evbmf_rank
 from lwpar.decompose.factorize import _replace, factorize_layer, factorized_macs, layer_info, original_macs, plan_ranks
+from lwpar.decompose.methods import rank_for_fraction
 
 MEASURED = ("search", "greedy")
 BASELINE = "baseline"
@@ -193,7 +193,7 @@ class SensitivityProbe:
 def candidate_ranks(entry: dict, multiple: int) -> list[int]:
     """Multiples of `multiple` whose factorized layer costs fewer MACs than the layer itself (rounding
     the break-even rank up to a multiple could otherwise make a "compressed" layer dearer)."""
-    top = L.rank_for_fraction(entry["method"], entry["shape"], 1.0, multiple)
+    top = rank_for_fraction(entry["method"], entry["shape"], 1.0, multiple)
     before = original_macs(entry["shape"], entry["io"])
     return [r for r in range(multiple, top + 1, multiple)
             if factorized_macs(entry["method"], entry["shape"], r, entry["io"]) < before]
@@ -219,7 +219,7 @@ def greedy_allocation(probe: SensitivityProbe, info: list[dict], fractions: list
     reference = probe.baseline()
     curves = []  # per layer: (rank, MACs, score), cheapest first
     for entry in info:
-        ranks = sorted({L.rank_for_fraction(entry["method"], entry["shape"], f, multiple) for f in fractions})
+        ranks = sorted({rank_for_fraction(entry["method"], entry["shape"], f, multiple) for f in fractions})
         curves.append([(r, factorized_macs(entry["method"], entry["shape"], r, entry["io"]), probe(entry, r))
                        for r in ranks])
     before = [original_macs(e["shape"], e["io"]) for e in info]
