@@ -51,4 +51,4 @@ smoke: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/snakemake --cores 2 --config params=workflow/params/smoke.yaml
 
 dvc-yaml: $(STAMP)
-	$(VENV)/bin/python -m lwpar.pipeline dvc
+	$(VENV)/bin/lwpar dvc

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import sys
 
 import pytest
 import yaml
@@ -73,7 +72,7 @@ def _expected_after_finetune_change(params) -> list[str]:
 
 
 def _write_dvc_yaml(work):
-    generate = run_command([sys.executable, "-m", "lwpar.pipeline", "dvc", "--params", PARAMS, "--out", "dvc.yaml"],
+    generate = run_command([str(BIN / "lwpar"), "dvc", "--params", PARAMS, "--out", "dvc.yaml"],
                            work)
     assert generate.returncode == 0, generate.stderr
 

@@ -188,8 +188,7 @@ def test_killed_training_under_dvc_is_rerun_and_resumes(real_mirror, tmp_path):
     # DVC has no records of the shared run, so it prepares the data itself (a subset: seconds)
     params = scratch_workflow(tmp_path, real_mirror, edit=_two_epoch_smoke)
     (tmp_path / "params.yaml").write_text((tmp_path / "smoke.yaml").read_text())
-    generate = run_command([sys.executable, "-m", "lwpar.pipeline", "dvc", "--params", "params.yaml",
-                            "--out", "dvc.yaml"], tmp_path)
+    generate = run_command([str(BIN / "lwpar"), "dvc", "--params", "params.yaml", "--out", "dvc.yaml"], tmp_path)
     assert generate.returncode == 0, generate.stderr
     for command in (["git", "init", "-q"], [str(BIN / "dvc"), "init", "-q"],
                     [str(BIN / "dvc"), "config", "core.analytics", "false"]):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import onnx
@@ -16,14 +15,14 @@ from lwpar.report import COLUMNS
 
 
 def test_dvc_yaml_is_generated_and_fresh():
-    run = _run([sys.executable, "-m", "lwpar.pipeline", "dvc", "--check"], ROOT)
+    run = _run([str(BIN / "lwpar"), "dvc", "--check"], ROOT)
     assert run.returncode == 0, run.stderr
 
 
 def test_stale_dvc_yaml_is_detected(tmp_path):
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
-    run = _run([sys.executable, "-m", "lwpar.pipeline", "dvc", "--check", "--out", str(tmp_path / "dvc.yaml")], ROOT)
-    assert run.returncode == 1 and "dvc.yaml is stale" in run.stderr
+    run = _run([str(BIN / "lwpar"), "dvc", "--check", "--out", str(tmp_path / "dvc.yaml")], ROOT)
+    assert run.returncode == 2 and "dvc.yaml is stale: run `lwpar dvc" in run.stderr
 
 
 def test_every_dvc_stage_mirrors_a_snakemake_job():

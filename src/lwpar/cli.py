@@ -1,4 +1,5 @@
-"""The one command-line interface: `lwpar <stage> ...`, one subcommand per pipeline stage.
+"""The one command-line interface: `lwpar <stage> ...`, one subcommand per pipeline stage (and
+`lwpar dvc`, which writes dvc.yaml).
 
 Each stage module exposes `add_arguments(parser)` and `run(args, params)`. Snakemake rules and
 DVC stages only call these subcommands; every input, output and parameter comes in as an argument.
@@ -26,6 +27,10 @@ STAGES = {
     "report": ("lwpar.stages.report", "comparison tables and plots from every variant's results"),
     "profile": ("lwpar.stages.profile", "measure latency, memory, size and MACs of ONNX artifacts on a target"),
 }
+# commands that are not stages of the pipeline
+TOOLS = {
+    "dvc": ("lwpar.pipeline", "write (or --check) dvc.yaml from the pipeline definition"),
+}
 
 
 def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
@@ -35,7 +40,7 @@ def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
         prog="lwpar", description="Lightweight pedestrian attribute recognition pipeline stages.")
     parser.add_argument("--version", action="version", version=f"lwpar {__version__}")
     sub = parser.add_subparsers(dest="stage", metavar="<stage>", required=True)
-    for name, (module_name, help_text) in STAGES.items():
+    for name, (module_name, help_text) in {**STAGES, **TOOLS}.items():
         module = importlib.import_module(module_name) if name == chosen else None
         stage = sub.add_parser(name, help=help_text, description=module.__doc__ if module else help_text,
                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
