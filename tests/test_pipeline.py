@@ -161,3 +161,37 @@ def test_a_control_variant_fine_tunes_its_start_model_without_a_compression_job(
     assert stage.inputs(params, {**w, "variant": "svd_r50"})["model"].endswith("/svd_r50/compressed.pt")
     # Snakemake also tries the rule for baseline/model.pt (the train rule's output): no error, no producer.
     assert stage.inputs(params, {**w, "variant": "baseline"})["model"].endswith("/baseline/compressed.pt")
+
+
+def _imported_modules(module: str, root: Path, seen: set[str]) -> set[str]:
+    """The package files `module` imports, directly or through others (by reading the source)."""
+    import ast
+
+    if module in seen or not (root / module).is_file():
+        return seen
+    seen.add(module)
+    for node in ast.walk(ast.parse((root / module).read_text())):
+        names = []
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "lwpar":
+            base = node.module.split(".")[1:]
+            names = ["/".join(base), *("/".join([*base, alias.name]) for alias in node.names)]
+        elif isinstance(node, ast.Import):
+            names = ["/".join(a.name.split(".")[1:]) for a in node.names if a.name.split(".")[0] == "lwpar"]
+        for name in filter(None, names):
+            for candidate in (f"{name}.py", f"{name}/__init__.py"):
+                _imported_modules(candidate, root, seen)
+    return seen
+
+
+def test_every_job_depends_on_every_module_its_stage_imports():
+    """A module missing from a stage's list would let a code change leave that stage's results stale."""
+    from lwpar import pipeline
+
+    root = ROOT / "src" / "lwpar"
+    missing = {}
+    for stage in pipeline.stages(yaml.safe_load((ROOT / "params.yaml").read_text())).values():
+        listed = {*stage.modules, *pipeline.COMMON_MODULES}
+        unlisted = _imported_modules(stage.modules[0], root, set()) - listed
+        if unlisted:
+            missing[stage.name] = sorted(unlisted)
+    assert missing == {}

@@ -68,6 +68,7 @@ REFERENCE = "baseline_reference"  # the baseline's weights run through the publi
 MODELS = ["models/__init__.py", "models/alm.py", "models/backbones.py", "models/bninception.py", "models/weights.py",
           "models/packaged.py", "models/convert.py",
           "runtime.py", "decompose/__init__.py", "decompose/_cp.py", "decompose/factorize.py", "decompose/layers.py",
+          "decompose/methods.py",
           "prune.py", "complexity.py"]
 LOADER = ["data/loader.py"]
 SEARCH = ["decompose/search.py", "decompose/_evbmf.py"]
@@ -168,7 +169,7 @@ def stages(params: dict) -> dict[str, Stage]:
             param_keys=lambda p, w: ["seed", f"variants.{w['variant']}.base", f"variants.{w['variant']}.decompose"],
             args=lambda i, o, w: ["--model", i["model"], "--variant", w["variant"], "--out", o["model"],
                                   "--table", o["table"], *(["--sensitivity", i["sensitivity"]] if "sensitivity" in i else [])],
-            modules=["stages/decompose.py", *SEARCH, "complexity.py", *MODELS],
+            modules=["stages/decompose.py", *SEARCH, "complexity.py", *LOADER, *MODELS],
         ),
         Stage(
             name="prune", wildcards=("dataset", "model", "variant"),
@@ -240,7 +241,7 @@ def stages(params: dict) -> dict[str, Stage]:
                                   *(f"{k[5:]}={v}" for k, v in i.items() if k.startswith("onnx_")), "--backbone",
                                   *(f"{k[9:]}={v}" for k, v in i.items() if k.startswith("backbone_")), "--torch",
                                   *(f"{k[6:]}={v}" for k, v in i.items() if k.startswith("torch_"))],
-            modules=["stages/profile.py", "profile.py", "bench_worker.py", "complexity.py", *MODELS],
+            modules=["stages/profile.py", "profile.py", "bench_worker.py", "complexity.py", *LOADER, *MODELS],
             metrics=("profile",),
         ),
         Stage(
