@@ -85,9 +85,9 @@ def checked_precision(model: torch.nn.Module, precision: torch.dtype, input_size
     model.eval()
     try:
         with torch.no_grad():
-            exact = _logits(model(images))
+            exact = model(images).float()  # in eval mode every lwpar model returns one logit tensor
             with torch.autocast(device.type, dtype=precision):
-                rounded = _logits(model(images))
+                rounded = model(images).float()
     finally:
         model.train(was_training)
     scale = exact.abs().max().clamp_min(1e-12)
@@ -100,11 +100,6 @@ def checked_precision(model: torch.nn.Module, precision: torch.dtype, input_size
     warnings.warn(f"runtime.amp: {name} autocast changes this model's logits by {change:.3g} (relative) at input "
                   f"{list(input_size)} on this {device.type} (a faulty kernel); running in float32", stacklevel=2)
     return torch.float32
-
-
-def _logits(outputs) -> torch.Tensor:
-    outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
-    return torch.cat([o.float().flatten() for o in outputs])
 
 
 def configure(params: dict) -> torch.device:
