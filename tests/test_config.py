@@ -14,10 +14,11 @@ from lwpar.config import ParamsError, load_params, schema, validate_params
 from conftest import ROOT
 
 DEFAULT = yaml.safe_load((ROOT / "params.yaml").read_text())
+SMOKE = yaml.safe_load((ROOT / "workflow/params/smoke.yaml").read_text())  # has every rank policy and a two-stage variant
 
 
-def problem(mutate) -> str:
-    params = copy.deepcopy(DEFAULT)
+def problem(mutate, base: dict | None = None) -> str:
+    params = copy.deepcopy(base or DEFAULT)
     mutate(params)
     with pytest.raises(ParamsError) as info:
         validate_params(params)
@@ -159,7 +160,7 @@ def test_the_cli_imports_only_the_chosen_stage():
 @pytest.mark.fault
 def test_key_given_twice_is_refused(tmp_path):
     text = (ROOT / "params.yaml").read_text()
-    start = text.index("  svd_r50:\n")
+    start = text.index("  svd_r50:")
     end = text.index("\nexperiment:")
     block = text[start:end]
     path = tmp_path / "params.yaml"
@@ -197,13 +198,13 @@ def test_remote_targets_and_shared_sensitivity_are_checked():
 
     def from_formula_variant(p):
         p["variants"]["svd_greedy50"]["decompose"]["rank"]["search"]["sensitivity_from"] = "svd_r50"
-    assert problem(from_formula_variant) == (
+    assert problem(from_formula_variant, SMOKE) == (
         "params.yaml: variants.svd_greedy50.decompose.rank.search.sensitivity_from: 'svd_r50' is not a "
         "decomposition variant with a measured rank policy (search or greedy)")
 
     def from_other_layers(p):
         p["variants"]["svd_greedy50"]["decompose"]["rank"]["search"]["sensitivity_from"] = "lwalm"
-    assert problem(from_other_layers).endswith("'lwalm' factorizes other layers or by other methods: "
+    assert problem(from_other_layers, SMOKE).endswith("'lwalm' factorizes other layers or by other methods: "
                                                "its measurements do not apply")
 
 
@@ -211,18 +212,38 @@ def test_remote_targets_and_shared_sensitivity_are_checked():
 def test_multi_stage_bases_are_checked():
     def circle(p):
         p["variants"]["lwalm"]["base"] = "lwalm_heads"
-    assert problem(circle).startswith("params.yaml: variants.")
-    assert "start from each other in a circle" in problem(circle)
+    assert problem(circle, SMOKE).startswith("params.yaml: variants.")
+    assert "start from each other in a circle" in problem(circle, SMOKE)
 
     def base_outside_experiment(p):
         p["experiment"]["variants"] = ["lwalm_heads"]
         p["experiment"]["int8"] = ["baseline"]
-    assert problem(base_outside_experiment) == (
+    assert problem(base_outside_experiment, SMOKE) == (
         "params.yaml: variants.lwalm_heads.base: 'lwalm' must be a variant of the experiment (it is built first)")
 
     def heads_maybe(p):
         p["variants"]["lwalm_heads"]["decompose"]["include_heads"] = "maybe"
-    assert problem(heads_maybe).startswith("params.yaml: variants.lwalm_heads.decompose.include_heads: expected one of")
+    assert problem(heads_maybe, SMOKE).startswith("params.yaml: variants.lwalm_heads.decompose.include_heads: expected one of")
+
+
+@pytest.mark.fault
+def test_every_compressed_variant_needs_its_matched_control():
+    from lwpar.config import matched_control
+
+    assert matched_control(SMOKE, "lwalm") == "control"
+    assert matched_control(SMOKE, "lwalm_heads+int8") == "control_ft2"  # two stages: the two-stage control
+    assert matched_control(SMOKE, "control") is None
+
+    def other_schedule(p):
+        p["variants"]["lwalm"]["finetune"]["lr"] = 0.001
+    assert problem(other_schedule, SMOKE) == (
+        "params.yaml: experiment.variants[2]: 'lwalm' has no matched control: the experiment needs a variant "
+        "without compression whose fine-tuning schedule is the same (1 stage: the `finetune` keys of the variant "
+        "and of each base)")
+
+    def no_second_stage_control(p):
+        p["experiment"]["variants"].remove("control_ft2")
+    assert "'lwalm_heads' has no matched control" in problem(no_second_stage_control, SMOKE)
 
 
 def test_every_schema_key_has_a_description():

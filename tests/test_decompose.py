@@ -192,6 +192,34 @@ def _kernel_tensor(cin=64, cout=64, seed=0):
     return weight.permute(1, 0, 2, 3).reshape(cin, cout, 9)
 
 
+def _swamp_tensor(seed, shape=(32, 32, 9), rank=12, congruence=0.97, noise=1e-3):
+    """A conv-shaped tensor of CP rank 12 whose factors are nearly collinear (congruence 0.97 to a
+    common direction), plus a little noise: the case where ALS crawls through a swamp."""
+    rng = np.random.default_rng(seed)
+    factors = [congruence * rng.standard_normal((n, 1)) + (1 - congruence ** 2) ** 0.5 * rng.standard_normal((n, rank))
+               for n in shape]
+    tensor = np.einsum("r,ir,jr,kr->ijk", rng.uniform(0.5, 2.0, rank), *factors)
+    noise_tensor = rng.standard_normal(shape)
+    return tensor / np.linalg.norm(tensor) + noise * noise_tensor / np.linalg.norm(noise_tensor)
+
+
+@pytest.mark.timeout(60)
+def test_cp_als_does_not_stop_in_a_swamp():
+    from tensorly.decomposition import parafac
+
+    attainable = 1e-3  # the noise: a rank-12 fit can reach it
+    early, robust = [], []
+    for seed in range(3):
+        tensor = _swamp_tensor(seed)
+        info = {}
+        robust.append(relative_error(tensor, cp_als(tensor, 12, n_iter_max=5000, info=info)))
+        assert info["converged"]
+        # tensorly's own rule (stop once one iteration improves by less than tol)
+        early.append(relative_error(tensor, parafac(tensor, 12, init="svd", n_iter_max=1000, tol=1e-7)))
+    assert max(early) > 2 * attainable  # the tensors are hard: the per-iteration rule stops in a swamp
+    assert max(robust) < 1.1 * attainable
+
+
 @pytest.mark.parametrize("objective,measure", [("norm", sum_of_squared_norms), ("sensitivity", sensitivity)])
 def test_cpd_epc_keeps_error_and_shrinks_terms(objective, measure):
     tensor = _kernel_tensor()

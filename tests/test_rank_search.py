@@ -231,8 +231,9 @@ def test_interrupted_sensitivity_stage_resumes_from_its_partial_file(tmp_path, m
     rank["search"] = {**rank["search"], "val_images": 16, "calibration_batches": 1}
     params["variants"] = {"probe": {"base": None, "finetune": params["variants"]["lwalm"]["finetune"], "decompose": {
         **params["variants"]["lwalm"]["decompose"], "kinds": ["pointwise"], "rank": rank,
-        "epc": {**params["variants"]["lwalm"]["decompose"]["epc"], "enabled": False}}}}
-    params["experiment"].update(variants=["probe"], int8=[])
+        "epc": {**params["variants"]["lwalm"]["decompose"]["epc"], "enabled": False}}},
+        "control": {"base": None, "finetune": params["variants"]["lwalm"]["finetune"]}}
+    params["experiment"].update(variants=["probe", "control"], int8=[])
     path = synthetic.write_params(tmp_path / "params.yaml", params)
     assert main(["train", "--params", str(path), "--dataset-dir", str(tmp_path / "prepared"), "--model", "tiny",
                  "--out", str(tmp_path / "baseline")]) == 0

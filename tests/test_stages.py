@@ -18,7 +18,7 @@ from lwpar import pipeline
 from lwpar.cli import main
 
 pytestmark = pytest.mark.timeout(600)  # the first test runs the chain
-VARIANTS = ["svd_r50", "prune_l2_r50"]  # decomposition and pruning (the sensitivity CLI: test_rank_search)
+VARIANTS = ["svd_r50", "prune_l2_r50", "control"]  # decomposition, pruning and their matched control (the sensitivity CLI: test_rank_search)
 
 
 @pytest.fixture(scope="module")

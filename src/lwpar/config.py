@@ -178,6 +178,13 @@ def _semantic_problems(params: dict):
         elif len(chain) > 1 and any(v not in params["experiment"]["variants"] for v in chain[1:]):
             missing = next(v for v in chain[1:] if v not in params["experiment"]["variants"])
             yield f"variants.{name}.base", f"{missing!r} must be a variant of the experiment (it is built first)"
+        elif step is None and name in params["variants"] and matched_control(params, name) is None \
+                and not is_control(params["variants"][name]):
+            stages = len(schedule(params, name))
+            yield (f"experiment.variants[{params['experiment']['variants'].index(name)}]",
+                   f"{name!r} has no matched control: the experiment needs a variant without compression whose "
+                   f"fine-tuning schedule is the same ({stages} stage{'s' if stages > 1 else ''}: the `finetune` keys "
+                   f"of the variant and of each base)")
     for name, variant in params["variants"].items():
         rank = variant.get("decompose", {}).get("rank", {})
         source = rank.get("search", {}).get("sensitivity_from")
@@ -191,6 +198,31 @@ def _semantic_problems(params: dict):
               or params["variants"][source]["base"] != variant["base"]):
             yield (f"variants.{name}.decompose.rank.search.sensitivity_from",
                    f"{source!r} factorizes other layers or by other methods: its measurements do not apply")
+
+
+def is_control(recipe: dict) -> bool:
+    """A variant with no compression step: its fine-tuning applied to the uncompressed start model."""
+    return "decompose" not in recipe and "prune" not in recipe
+
+
+def schedule(params: dict, variant: str) -> list[dict]:
+    """The fine-tuning recipes a variant's model went through, first stage first (its `base` chain)."""
+    chain = []
+    while variant is not None:
+        chain.append(params["variants"][variant]["finetune"])
+        variant = params["variants"][variant]["base"]
+    return chain[::-1]
+
+
+def matched_control(params: dict, variant: str) -> str | None:
+    """The experiment's control whose schedule is exactly the variant's, so that a delta against it
+    measures the compression and not the extra training; None for a control or the baseline."""
+    name = variant.removesuffix("+int8")
+    if name == "baseline" or is_control(params["variants"][name]):
+        return None
+    wanted = schedule(params, name)
+    return next((c for c in params["experiment"]["variants"]
+                 if is_control(params["variants"][c]) and schedule(params, c) == wanted), None)
 
 
 def mirror_dir(params: dict) -> Path | None:

@@ -253,7 +253,9 @@ def stages(params: dict) -> dict[str, Stage]:
                      "latency_svg": f"{results}/plots/mA_vs_latency.svg",
                      "macs_png": f"{results}/plots/mA_vs_macs.png", "macs_svg": f"{results}/plots/mA_vs_macs.svg"},
             inputs=lambda p, w: _report_inputs(p),
-            param_keys=lambda p, w: ["experiment"],
+            # the variants' schedules pick each one's matched control
+            param_keys=lambda p, w: ["experiment", *(f"variants.{v}.{k}" for v in p["experiment"]["variants"]
+                                                     for k in ("base", "finetune"))],
             args=lambda i, o, w: ["--results", results, "--out-dir", results],
             modules=["stages/report.py", "report.py"],
             plots=("csv", "latency_png", "macs_png"), local=True, cached=False,

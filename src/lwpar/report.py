@@ -10,11 +10,12 @@ import pandas as pd
 
 COLUMNS = ["dataset", "model", "variant", "target", "batch", "threads", "mA", "accuracy", "precision", "recall",
            "f1", "params", "macs", "size_mb", "latency_ms_median", "latency_ms_p90", "speedup", "speedup_q1", "speedup_q3", "mac_reduction",
-           "speedup_per_mac_reduction", "delta_mA"]
+           "speedup_per_mac_reduction", "delta_mA", "control", "delta_control_mA"]
 
 
-def collect(results: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """One row per dataset, model, variant, target, batch and threads; per-attribute mA deltas."""
+def collect(results: Path, params: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One row per dataset, model, variant, target, batch and threads; per-attribute mA deltas.
+    With `params`, each compressed variant is also read against its matched control."""
     rows, attributes = [], []
     for dataset, model, run, profile in _profiles(results):
         base_attr = _per_attribute(run / "baseline")
@@ -34,8 +35,8 @@ def collect(results: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
                 attributes += [{"dataset": dataset, "model": model, "variant": variant, "attribute": a,
                                 "delta_mA": d} for a, d in delta.items()]
     table = pd.DataFrame(rows, columns=[c for c in COLUMNS if c not in ("mac_reduction", "speedup_per_mac_reduction",
-                                                                         "delta_mA")])
-    return against_baseline(table), pd.DataFrame(attributes)
+                                                                         "delta_mA", "control", "delta_control_mA")])
+    return against_control(against_baseline(table), params), pd.DataFrame(attributes)
 
 
 def against_baseline(table: pd.DataFrame) -> pd.DataFrame:
@@ -50,6 +51,24 @@ def against_baseline(table: pd.DataFrame) -> pd.DataFrame:
         table["mac_reduction"] = np.asarray(base_macs, dtype=float) / table["macs"].astype(float)
         table["speedup_per_mac_reduction"] = table["speedup"] / table["mac_reduction"]
         table["delta_mA"] = [m - base["mA"].get(k, np.nan) for m, k in zip(table.mA, keys)]
+    return table.reindex(columns=COLUMNS)
+
+
+def against_control(table: pd.DataFrame, params: dict | None) -> pd.DataFrame:
+    """Adds each compressed variant's matched control (the uncompressed model given the same
+    fine-tuning schedule, `config.matched_control`) and its mA delta against it: what the compression
+    costs once the extra training is paid for. An INT8 variant is read against the FP32 control."""
+    from lwpar.config import matched_control
+
+    table = table.copy()
+    controls = [matched_control(params, v) if params and (v.removesuffix("+int8") in params["variants"]) else None
+                for v in table.variant]
+    table["control"] = controls
+    scores = table.set_index(["dataset", "model", "variant", "target", "batch", "threads"])["mA"]
+    table["delta_control_mA"] = [
+        m - scores.get((d, mo, c, ta, b, th), np.nan) if c else np.nan
+        for m, d, mo, c, ta, b, th in zip(table.mA, table.dataset, table.model, controls, table.target, table.batch,
+                                           table.threads)]
     return table.reindex(columns=COLUMNS)
 
 
@@ -82,10 +101,12 @@ def _runs(results: Path):
             yield dataset, model, run, profile
 
 
-def compression(results: Path) -> pd.DataFrame:
+def compression(results: Path, params: dict | None = None) -> pd.DataFrame:
     """Per compressed variant: its method, MACs and parameters as fractions of the baseline's,
     validation mA before fine-tuning, after BatchNorm recalibration and after fine-tuning, and the
-    test mA of its deployed artifact."""
+    test mA of its deployed artifact against the baseline's and (with `params`) its matched control's."""
+    from lwpar.config import matched_control
+
     rows = []
     for dataset, model, run, profile in _runs(results):
         measured = profile["variants"]
@@ -100,13 +121,15 @@ def compression(results: Path) -> pd.DataFrame:
                 return figures[key] / base[key] if figures.get(key) and base.get(key) else np.nan
             recalibrated = summary.get("val_after_bn_recalibration") or {}
             test = _metrics(run / variant)["mA"]
+            control = matched_control(params, variant) if params and variant in params["variants"] else None
             rows.append({"dataset": dataset, "model": model, "variant": variant, "method": _method(run / variant),
                          "macs_fraction": fraction("macs"), "params_fraction": fraction("params"),
                          "val_mA_before_ft": summary["val_before"]["mA"],
                          "val_mA_after_bn_recalibration": recalibrated.get("mA", np.nan),
                          "val_mA_after_ft": summary["val_after"]["mA"], "ft_epochs": summary["epochs"],
                          "ft_best_epoch": summary["best_epoch"], "ft_seconds": summary["seconds"],
-                         "test_mA": test, "test_delta_mA": test - base_test})
+                         "test_mA": test, "test_delta_mA": test - base_test, "control": control,
+                         "test_delta_control_mA": test - _metrics(run / control)["mA"] if control else np.nan})
     return pd.DataFrame(rows)
 
 
@@ -171,7 +194,8 @@ def latency_split(results: Path) -> pd.DataFrame:
 def markdown(table: pd.DataFrame, stamp: str, split: pd.DataFrame | None = None,
              compressed: pd.DataFrame | None = None, decomposed: pd.DataFrame | None = None) -> str:
     shown = table.copy()
-    for column in ("mA", "accuracy", "precision", "recall", "f1", "delta_mA"):
+    shown["control"] = shown["control"].fillna("")
+    for column in ("mA", "accuracy", "precision", "recall", "f1", "delta_mA", "delta_control_mA"):
         shown[column] = (shown[column] * 100).map(lambda v: "" if pd.isna(v) else f"{v:.2f}")
     shown["params"] = shown["params"].map(lambda v: "" if pd.isna(v) else f"{v / 1e6:.2f} M")
     shown["macs"] = shown["macs"].map(lambda v: "" if pd.isna(v) else f"{v / 1e6:.1f} M")
@@ -191,7 +215,9 @@ def markdown(table: pd.DataFrame, stamp: str, split: pd.DataFrame | None = None,
             f"per-round speed-ups, baseline and variant timed back to back in each round, which is how much the "
             f"machine's noise moves it; mac_reduction: the baseline's MACs over the variant's (INT8 variants count "
             f"their source's); speedup_per_mac_reduction: the measured speed-up over it (1.00 = as fast as the "
-            f"MACs promise).\n\n" + header + body)
+            f"MACs promise); control: the variant's matched control, the uncompressed model given the same "
+            f"fine-tuning schedule, and delta_control_mA the mA against it (for INT8, against the FP32 control): "
+            f"the cost of the compression with the extra training paid for.\n\n" + header + body)
     if split is not None and len(split):
         text += ("\n## Where the time goes\n\nMedian latency (ms) of the whole model and of its backbone alone, "
                  "measured in the same run; the heads are the difference.\n\n"
@@ -202,14 +228,16 @@ def markdown(table: pd.DataFrame, stamp: str, split: pd.DataFrame | None = None,
     if compressed is not None and len(compressed):
         text += ("\n## Compression and fine-tuning\n\nValidation mA (%) of each compressed model before fine-tuning, "
                  "after re-estimating BatchNorm statistics, and after fine-tuning (the kept epoch); test mA (%) of its "
-                 "deployed ONNX artifact and the change against the baseline's.\n\n"
+                 "deployed ONNX artifact and the change against the baseline's and against its matched control's.\n\n"
                  "| dataset | model | variant | method | MACs | params | val mA before FT | after BN recal. | after FT "
-                 "| FT epochs | FT seconds | test mA | delta_mA |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+                 "| FT epochs | FT seconds | test mA | delta_mA | control | delta vs control |\n"
+                 "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
         pct = lambda v: "" if pd.isna(v) else f"{v * 100:.2f}"  # noqa: E731
         text += "".join(f"| {r.dataset} | {r.model} | {r.variant} | {r.method} | {r.macs_fraction:.3f} | "
                         f"{r.params_fraction:.3f} | {pct(r.val_mA_before_ft)} | "
                         f"{pct(r.val_mA_after_bn_recalibration)} | {pct(r.val_mA_after_ft)} | {r.ft_epochs} | "
-                        f"{r.ft_seconds:.0f} | {pct(r.test_mA)} | {pct(r.test_delta_mA)} |\n"
+                        f"{r.ft_seconds:.0f} | {pct(r.test_mA)} | {pct(r.test_delta_mA)} | {r.control if isinstance(r.control, str) else ''} | "
+                        f"{pct(r.test_delta_control_mA)} |\n"
                         for r in compressed.itertuples())
     if decomposed is not None and len(decomposed):
         text += ("\n## Decomposition\n\nPer variant and method, over the factorized layers only: their MACs before "

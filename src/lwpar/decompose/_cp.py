@@ -30,11 +30,32 @@ def _as_numpy(tensor) -> np.ndarray:
     return np.asarray(tensor, dtype=np.float64)
 
 
-def cp_als(tensor, rank: int, seed: int = 0, init: str = "svd", n_iter_max: int = 200, tol: float = 1e-7) -> CPTensor:
-    """CP-ALS of a 3-way tensor through tensorly's `parafac` (SVD or seeded random init)."""
+def cp_als(tensor, rank: int, seed: int = 0, init: str = "svd", n_iter_max: int = 1000, tol: float = 1e-5,
+           window: int = 50, info: dict | None = None) -> CPTensor:
+    """CP-ALS of a 3-way tensor through tensorly's `parafac` (SVD or seeded random init).
+
+    ALS on nearly collinear factors crawls through "swamps": the error falls by a tiny amount per
+    iteration for hundreds of iterations before it drops, so tensorly's per-iteration test (stop once
+    one iteration improves by less than `tol`) stops there, at several times the attainable error.
+    Here parafac extrapolates along the last update every other iteration (its `linesearch`, Bro's
+    remedy for swamps), and stops only when the relative error improved by less than `tol` of itself
+    over the last `window` iterations, or after `n_iter_max`. `info`, if given, receives the
+    iterations run, the final relative error and whether the rule (not the cap) stopped it.
+    """
+    errors: list[float] = []
+
+    def stalled(_cp, error) -> bool:
+        errors.append(float(error))
+        return len(errors) > window and errors[-window - 1] - errors[-1] <= tol * errors[-1]
+
     with tl.backend_context("numpy"):
+        # tensorly's own test stays on (its line search needs the error it tracks), at a tolerance
+        # that only an exact fixed point meets
         cp = parafac(tl.tensor(_as_numpy(tensor)), rank, init=init, random_state=seed, n_iter_max=n_iter_max,
-                     tol=tol, normalize_factors=False)
+                     tol=1e-15, normalize_factors=False, linesearch=True, callback=stalled)
+    if info is not None:
+        converged = len(errors) > window and errors[-window - 1] - errors[-1] <= tol * errors[-1]
+        info.update(iterations=len(errors) - 1, error=errors[-1], converged=converged or len(errors) - 1 < n_iter_max)
     return CPTensor((np.asarray(cp.weights), [np.asarray(f) for f in cp.factors]))
 
 

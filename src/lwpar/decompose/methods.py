@@ -95,8 +95,10 @@ class CP(Method):
         _kxk_only(layer, weight, "CP")
         cout, cin, kh, kw = weight.shape
         tensor = weight.transpose(1, 0, 2, 3).reshape(cin, cout, kh * kw)
-        cp = _cp.cp_als(tensor, rank, seed=seed, n_iter_max=epc.get("als_iter", 100) if epc else 100)
-        stats = {"lambda_sq_before": _cp.sum_of_squared_norms(cp), "sensitivity_before": _cp.sensitivity(cp)}
+        als = {}
+        cp = _cp.cp_als(tensor, rank, seed=seed, n_iter_max=epc.get("als_iter", 1000) if epc else 1000, info=als)
+        stats = {"lambda_sq_before": _cp.sum_of_squared_norms(cp), "sensitivity_before": _cp.sensitivity(cp),
+                 "als_error": als["error"], "als_iterations": als["iterations"], "als_converged": als["converged"]}
         if epc and epc.get("enabled"):
             cp = _cp.cpd_epc(tensor, rank, seed=seed, init=cp, objective=epc.get("objective", "norm"),
                              n_iter_max=epc.get("iterations", 100))

@@ -41,7 +41,8 @@ def run(args, params) -> None:
     data = Prepared(args.dataset_dir)
     model, blob = load_model(args.model)
     size = blob["model_cfg"]["input_size"]
-    cfg = {**params["train"], "epochs": recipe["epochs"], "lr": recipe["lr"], "warmup_epochs": 0}
+    cfg = {**params["train"], "epochs": recipe["epochs"], "lr": recipe["lr"], "warmup_epochs": 0,
+           "max_steps_per_epoch": recipe["max_steps_per_epoch"] or params["train"]["max_steps_per_epoch"]}
     workers, batch, threshold = params["runtime"]["workers"], params["evaluate"]["batch_size"], params["evaluate"]["threshold"]
     seed_everything(params["seed"])
     val_paths, val_labels = data.split("val")

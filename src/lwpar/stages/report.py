@@ -25,12 +25,12 @@ def run(args, params) -> None:
     from lwpar.report import (collect, compression, decomposition_layers, decomposition_summary, latency_split,
                               markdown, plots)
 
-    table, attributes = collect(args.results)
+    table, attributes = collect(args.results, params)
     if table.empty:
         raise LwparError(f"{args.results}: no profile results found (run the profile stage first)")
     stamp = (f"Produced by `lwpar report` on {platform.node() or 'unknown host'} ({platform.machine()}), "
              f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.")
-    compressed, layers = compression(args.results), decomposition_layers(args.results)
+    compressed, layers = compression(args.results, params), decomposition_layers(args.results)
     write_csv(args.out_dir / "comparison.csv", table)
     write_csv(args.out_dir / "compression.csv", compressed)
     write_csv(args.out_dir / "decomposition_layers.csv", layers)
