@@ -239,7 +239,8 @@ def test_cpd_epc_is_deterministic_and_accepts_numpy():
 def test_decomposed_model_round_trips_through_model_file(tmp_path):
     from lwpar.decompose.factorize import apply_plan
     from lwpar.models import build_model
-    from lwpar.runtime import load_model, save_model
+    from lwpar.runtime import save_model
+    from lwpar.structure import load_model
 
     model = build_model("alm", "resnet18", 4).eval()
     names = select_layers(model, ["kxk", "pointwise"])[:6]
@@ -262,7 +263,8 @@ def test_second_stage_factorizes_only_the_heads_and_round_trips(tmp_path):
     of an earlier factorized layer, and its model file rebuilds both stages."""
     from lwpar.decompose.factorize import apply_plan, factorized_layers
     from lwpar.models import build_model
-    from lwpar.runtime import load_model, save_model
+    from lwpar.runtime import save_model
+    from lwpar.structure import load_model
 
     torch.manual_seed(0)
     model = build_model("alm", "resnet18", 3).eval()
@@ -293,7 +295,7 @@ def test_second_stage_factorizes_only_the_heads_and_round_trips(tmp_path):
 @pytest.mark.fault
 def test_start_model_must_match_the_variants_base():
     from lwpar import LwparError
-    from lwpar.runtime import check_start_model
+    from lwpar.structure import check_start_model
 
     compressed = {"structure": [{"op": "decompose", "plan": []}]}
     assert check_start_model("m.pt", {}, "svd_r50", None) == []

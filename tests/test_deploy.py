@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from lwpar import LwparError
-from lwpar.evaluation import onnx_session
+from lwpar.artifact import onnx_session
 from lwpar.export import export_onnx, parity
 from lwpar.models import build_model
 

@@ -40,3 +40,21 @@ def test_threshold_applies_to_probabilities():
     gt = np.array([[1], [0]])
     assert pedestrian_metrics(gt, np.array([[0.6], [0.4]]))["mA"] == 1.0
     assert pedestrian_metrics(gt, np.array([[0.6], [0.4]]), threshold=0.7)["mA"] == 0.5
+
+
+def test_calibration_hand_computed_case():
+    from lwpar.metrics import calibration
+
+    labels = np.array([[1, 0], [1, 1]])
+    probs = np.array([[0.9, 0.2], [0.6, 0.4]])
+    result = calibration(labels, probs, bins=2)
+    # bin [0, 0.5): p 0.2 and 0.4, one positive of two: confidence 0.3, frequency 0.5, gap 0.2
+    # bin [0.5, 1]: p 0.9 and 0.6, both positive: confidence 0.75, frequency 1.0, gap 0.25
+    assert result["ece"] == pytest.approx(0.5 * 0.2 + 0.5 * 0.25)
+    assert result["mce"] == pytest.approx(0.25)
+    assert [b["count"] for b in result["reliability"]] == [2, 2]
+    assert result["reliability"][0]["confidence"] == pytest.approx(0.3)
+    assert result["reliability"][1]["frequency"] == pytest.approx(1.0)
+    # a perfectly calibrated case, and an empty bin
+    assert calibration(np.array([[1], [0]]), np.array([[1.0], [0.0]]), bins=3)["ece"] == 0.0
+    assert calibration(np.array([[1], [0]]), np.array([[1.0], [0.0]]), bins=3)["reliability"][1]["count"] == 0

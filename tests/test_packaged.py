@@ -269,7 +269,8 @@ def test_a_saved_model_on_a_packaged_backbone_reloads_to_the_same_function(name,
     """A model file is rebuilt without its pretrained weights (`load_model`): whatever the pretrained
     backbone adds to the computation (the Caffe input map) must be there all the same."""
     from lwpar.models import build_model
-    from lwpar.runtime import load_model, save_model
+    from lwpar.runtime import save_model
+    from lwpar.structure import load_model
 
     cfg = {"arch": "alm", "backbone": name, "pretrained": True, "alm_head": "fused", "align_corners": False,
            "logit_bn": False, "input_size": [64, 32]}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -11,6 +12,8 @@ import pytest
 import yaml
 
 from conftest import BIN, ROOT, run_command as _run
+from lwpar import pipeline
+from lwpar.config import load_params
 from lwpar.report import COLUMNS
 
 
@@ -163,35 +166,55 @@ def test_a_control_variant_fine_tunes_its_start_model_without_a_compression_job(
     assert stage.inputs(params, {**w, "variant": "baseline"})["model"].endswith("/baseline/compressed.pt")
 
 
-def _imported_modules(module: str, root: Path, seen: set[str]) -> set[str]:
-    """The package files `module` imports, directly or through others (by reading the source)."""
-    import ast
+@pytest.mark.timeout(300)
+def test_every_job_depends_on_the_modules_its_stage_loads():
+    """The job lists come from reading the sources; importing each stage in a fresh interpreter must
+    load no package module outside its job's list (a dynamic import the reading would miss)."""
+    import subprocess
+    import sys
 
-    if module in seen or not (root / module).is_file():
-        return seen
-    seen.add(module)
-    for node in ast.walk(ast.parse((root / module).read_text())):
-        names = []
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "lwpar":
-            base = node.module.split(".")[1:]
-            names = ["/".join(base), *("/".join([*base, alias.name]) for alias in node.names)]
-        elif isinstance(node, ast.Import):
-            names = ["/".join(a.name.split(".")[1:]) for a in node.names if a.name.split(".")[0] == "lwpar"]
-        for name in filter(None, names):
-            for candidate in (f"{name}.py", f"{name}/__init__.py"):
-                _imported_modules(candidate, root, seen)
-    return seen
-
-
-def test_every_job_depends_on_every_module_its_stage_imports():
-    """A module missing from a stage's list would let a code change leave that stage's results stale."""
-    from lwpar import pipeline
-
+    listed = {stage.name: {*stage.modules, *pipeline.COMMON_MODULES}
+              for stage in pipeline.stages(load_params(ROOT / "params.yaml")).values()}
+    code = ("import importlib, sys; importlib.import_module(sys.argv[1]); "
+            "print('\\n'.join(m.__file__ for n, m in list(sys.modules.items()) if n.startswith('lwpar') and getattr(m, '__file__', None)))")
     root = ROOT / "src" / "lwpar"
     missing = {}
-    for stage in pipeline.stages(yaml.safe_load((ROOT / "params.yaml").read_text())).values():
-        listed = {*stage.modules, *pipeline.COMMON_MODULES}
-        unlisted = _imported_modules(stage.modules[0], root, set()) - listed
-        if unlisted:
-            missing[stage.name] = sorted(unlisted)
+    for name in listed:
+        run = subprocess.run([sys.executable, "-c", code, f"lwpar.stages.{name}"], capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr
+        loaded = {str(Path(f).resolve().relative_to(root.resolve())) for f in run.stdout.split()}
+        if loaded - listed[name]:
+            missing[name] = sorted(loaded - listed[name])
     assert missing == {}
+
+
+def test_training_does_not_depend_on_compression_code():
+    """Core modules import no compression code, so editing the pruning or decomposition code reruns
+    only the jobs that can run it: not the baseline's training."""
+    compression = {"prune.py", "decompose/__init__.py", "decompose/factorize.py", "decompose/_cp.py"}
+    for core in ("config.py", "io.py", "runtime.py", "cli.py", "stages/train.py"):
+        assert compression.isdisjoint(pipeline.package_imports(core)), core
+    smoke = load_params(ROOT / "workflow/params/smoke.yaml")
+    on_prune = sorted({stage.name for stage, w in pipeline.grid(smoke)
+                       if f"{pipeline.PACKAGE}/prune.py" in stage.module_files()})
+    assert on_prune == ["prune"]
+
+
+@pytest.mark.fault
+@pytest.mark.timeout(120)
+def test_unreachable_budget_and_nothing_to_factorize_fail_at_planning():
+    from lwpar import LwparError
+
+    smoke = load_params(ROOT / "workflow/params/smoke.yaml")
+    pipeline.check_plannable(smoke)  # EfficientNet-Lite0 at 64 x 32: every variant plannable
+
+    tight = copy.deepcopy(smoke)
+    tight["variants"]["svd_r50"]["decompose"]["rank"]["macs_fraction"] = 0.05
+    with pytest.raises(LwparError, match=r"^variant svd_r50: MAC budget 0.05 is out of reach on alm_effl0: the "
+                                         r"smallest ranks its budget policy can choose leave 0\.\d+ of the MACs$"):
+        pipeline.check_plannable(tight)
+
+    depthwise = copy.deepcopy(smoke)
+    depthwise["variants"]["lwalm"]["decompose"]["kinds"] = ["kxk"]  # Lite0's k x k convs are depthwise
+    with pytest.raises(LwparError, match=r"^variant lwalm: nothing to factorize in alm_effl0 "):
+        pipeline.check_plannable(depthwise)

@@ -53,9 +53,10 @@ def test_heads_follow_the_pruned_pyramid(pruned):
 def test_pruned_model_exports_and_reloads(pruned, tmp_path):
     import torch_pruning as tp
 
-    from lwpar.evaluation import onnx_session
+    from lwpar.artifact import onnx_session
     from lwpar.export import export_onnx, parity
-    from lwpar.runtime import load_model, save_model
+    from lwpar.runtime import save_model
+    from lwpar.structure import load_model
 
     _, small, _, _ = pruned
     small.eval()

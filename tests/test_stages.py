@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -40,9 +41,11 @@ def chain(tmp_path_factory):
     jobs, seconds = [], {}
     for stage, wildcards in pipeline.grid(params):
         command = stage.command(str(params_file), params, wildcards)
-        started = time.perf_counter()
+        started, before = time.perf_counter(), set(sys.modules)
         code = main(shlex.split(command)[1:])
-        jobs.append((stage.name, wildcards, command, code, stage.job_outputs(wildcards)))
+        loaded = {Path(sys.modules[n].__file__).resolve() for n in set(sys.modules) - before
+                  if n.startswith("lwpar") and getattr(sys.modules[n], "__file__", None)}
+        jobs.append((stage.name, wildcards, command, code, stage.job_outputs(wildcards), loaded))
         seconds[stage.job_name(wildcards)] = round(time.perf_counter() - started, 1)
         assert code == 0, command
     print("job seconds:", sorted(seconds.items(), key=lambda item: -item[1]))
@@ -50,16 +53,32 @@ def chain(tmp_path_factory):
 
 
 def _outputs(chain, stage, **wildcards):
-    return next(outputs for name, w, _, _, outputs in chain[1] if name == stage and wildcards.items() <= w.items())
+    return next(outputs for name, w, _, _, outputs, _ in chain[1] if name == stage and wildcards.items() <= w.items())
 
 
 def test_every_job_runs_and_writes_every_declared_output(chain):
     _, jobs = chain
     assert {name for name, *_ in jobs} == {"data", "train", "decompose", "prune", "finetune",
                                           "export", "quantize", "evaluate", "profile", "report"}
-    for name, wildcards, command, code, outputs in jobs:
+    for name, wildcards, command, code, outputs, _ in jobs:
         missing = [path for path in outputs.values() if not Path(path).exists()]
         assert code == 0 and not missing, (command, missing)
+
+
+def test_no_job_runs_package_code_outside_its_module_list(chain):
+    """Every package module a job loaded for the first time (in this process: modules an earlier job
+    loaded are not seen again) is among its job's module inputs, so editing it reruns that job."""
+    root = (Path(pipeline.__file__).parent).resolve()
+    from conftest import ROOT
+    from lwpar.config import load_params
+
+    stages = pipeline.stages(load_params(ROOT / "params.yaml"))
+    unlisted = {}
+    for name, _, _, _, _, loaded in chain[1]:
+        listed = {root / m for m in [*pipeline.COMMON_MODULES, *stages[name].modules]}
+        if loaded - listed:
+            unlisted[name] = sorted(str(p.relative_to(root)) for p in loaded - listed)
+    assert unlisted == {}
 
 
 def _json(path) -> dict:

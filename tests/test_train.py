@@ -149,7 +149,7 @@ def test_truncated_model_file_is_a_clear_error(tiny, tmp_path):
     broken = tmp_path / "model.pt"
     broken.write_bytes(source.read_bytes()[:5000])
     from lwpar import LwparError
-    from lwpar.runtime import load_model
+    from lwpar.structure import load_model
     with pytest.raises(LwparError, match=r"model.pt: corrupt or truncated model file"):
         load_model(broken)
 

@@ -30,6 +30,7 @@ STAGES = {
 # commands that are not stages of the pipeline
 TOOLS = {
     "dvc": ("lwpar.pipeline", "write (or --check) dvc.yaml from the pipeline definition"),
+    "predict": ("lwpar.stages.predict", "attribute probabilities for images from an exported artifact (ONNX Runtime only)"),
 }
 
 
@@ -45,7 +46,8 @@ def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
         stage = sub.add_parser(name, help=help_text, description=module.__doc__ if module else help_text,
                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         if module is not None:
-            stage.add_argument("--params", default="params.yaml", help="the params file (validated against the schema)")
+            if getattr(module, "NEEDS_PARAMS", True):
+                stage.add_argument("--params", default="params.yaml", help="the params file (validated against the schema)")
             module.add_arguments(stage)
             stage.set_defaults(_run=module.run)
     return parser
@@ -58,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     chosen = next((arg for arg in argv if not arg.startswith("-")), None)
     args = build_parser(chosen).parse_args(argv)
     try:
-        params = load_params(args.params)
+        params = load_params(args.params) if hasattr(args, "params") else None
         args._run(args, params)
     except LwparError as exc:
         print(f"lwpar {args.stage}: error: {exc}", file=sys.stderr)

@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lwpar import LwparError
 from lwpar.data.loader import make_loader
 
 
@@ -20,21 +19,6 @@ def predict_torch(model: torch.nn.Module, paths, transform, batch_size: int, wor
     probs = [torch.sigmoid(model(images.to(device, memory_format=torch.channels_last)).float()).cpu().numpy()
              for images, _ in loader]
     return np.concatenate(probs) if probs else np.zeros((0, 0), np.float32)
-
-
-def onnx_session(path: str | Path, threads: int = 0, providers=None):
-    import onnxruntime as ort
-
-    path = Path(path)
-    if not path.is_file():
-        raise LwparError(f"{path}: ONNX model not found")
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    try:
-        return ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own exception types for damaged files
-        raise LwparError(f"{path}: corrupt or unreadable ONNX model ({str(exc).splitlines()[0][:160]})") from None
 
 
 def predict_onnx(session, paths, transform, batch_size: int, workers: int) -> np.ndarray:

@@ -52,3 +52,26 @@ def per_attribute_table(metrics: dict, attributes: list[str]):
 
 def summary(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if k != "per_attribute"}
+
+
+def calibration(labels: np.ndarray, probs: np.ndarray, bins: int = 15) -> dict:
+    """Calibration of the attribute probabilities, over every image and attribute: with equal-width
+    bins of the predicted probability, each bin's mean probability (confidence) against its fraction
+    of positive labels (frequency). ECE is the count-weighted mean of their gaps, MCE the largest gap
+    (Guo et al., ICML 2017; here of each binary attribute's positive-class probability)."""
+    p = np.asarray(probs, dtype=np.float64).ravel()
+    y = (np.asarray(labels) > 0.5).ravel().astype(np.float64)
+    index = np.minimum((p * bins).astype(int), bins - 1)
+    count = np.bincount(index, minlength=bins)
+    filled = count > 0
+    confidence = np.divide(np.bincount(index, weights=p, minlength=bins), count, where=filled, out=np.zeros(bins))
+    frequency = np.divide(np.bincount(index, weights=y, minlength=bins), count, where=filled, out=np.zeros(bins))
+    gap = np.abs(frequency - confidence)
+    return {
+        "bins": bins,
+        "ece": float(np.sum(count * gap) / max(len(p), 1)),
+        "mce": float(gap[filled].max()) if filled.any() else 0.0,
+        "reliability": [{"low": b / bins, "high": (b + 1) / bins, "count": int(count[b]),
+                         "confidence": float(confidence[b]) if filled[b] else None,
+                         "frequency": float(frequency[b]) if filled[b] else None} for b in range(bins)],
+    }

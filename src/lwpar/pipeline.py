@@ -65,13 +65,35 @@ def _run(params: dict, w: dict, name: str) -> str:
 
 
 REFERENCE = "baseline_reference"  # the baseline's weights run through the published ALM head
-MODELS = ["models/__init__.py", "models/alm.py", "models/backbones.py", "models/bninception.py", "models/weights.py",
-          "models/packaged.py", "models/convert.py",
-          "runtime.py", "decompose/__init__.py", "decompose/_cp.py", "decompose/factorize.py", "decompose/layers.py",
-          "decompose/methods.py",
-          "prune.py", "complexity.py"]
-LOADER = ["data/loader.py"]
-SEARCH = ["decompose/search.py", "decompose/_evbmf.py"]
+
+
+def package_imports(module: str, root: Path = Path(__file__).parent) -> list[str]:
+    """The package files `module` runs: itself and every lwpar module it imports, directly or through
+    others, at module level or inside functions (read from the source, not imported). A job depends
+    on exactly these, so a code change reruns the jobs whose stage can execute it, and no others."""
+    import ast
+
+    seen: set[str] = set()
+
+    def visit(name: str) -> None:
+        if name in seen or not (root / name).is_file():
+            return
+        seen.add(name)
+        for node in ast.walk(ast.parse((root / name).read_text())):
+            targets = []
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "lwpar":
+                base = node.module.split(".")[1:]
+                targets = ["/".join(base), *("/".join([*base, alias.name]) for alias in node.names)]
+            elif isinstance(node, ast.Import):
+                targets = ["/".join(a.name.split(".")[1:]) for a in node.names if a.name.split(".")[0] == "lwpar"]
+            for target in filter(None, targets):
+                for candidate in (f"{target}.py", f"{target}/__init__.py"):
+                    visit(candidate)
+        if "/" in name:  # a submodule's package runs first
+            visit(f"{name.rsplit('/', 1)[0]}/__init__.py")
+
+    visit(module)
+    return sorted(seen - set(COMMON_MODULES))
 
 
 def start_model(params: dict, w: dict) -> str:
@@ -136,8 +158,7 @@ def stages(params: dict) -> dict[str, Stage]:
             param_keys=lambda p, w: ["seed", f"datasets.{w['dataset']}"],
             args=lambda i, o, w: ["--dataset", w["dataset"], "--out", o["prepared"], "--manifest", o["manifest"],
                                   "--download-dir", f"{data_dir}/downloads"],
-            modules=["stages/data.py", "data/__init__.py", "data/prepare.py", "data/download.py",
-                     "data/archive.py", "data/parsers.py", "data/peta.py"],
+            modules=package_imports("stages/data.py"),
             local=True,
         ),
         Stage(
@@ -148,7 +169,7 @@ def stages(params: dict) -> dict[str, Stage]:
             param_keys=lambda p, w: ["seed", "runtime.amp", "train", "evaluate", f"models.{w['model']}"],
             args=lambda i, o, w: ["--dataset-dir", i["data"], "--model", w["model"],
                                   "--out", str(Path(o["model"]).parent)],
-            modules=["stages/train.py", "train.py", "losses.py", "evaluation.py", "metrics.py", *LOADER, *MODELS],
+            modules=package_imports("stages/train.py"),
             metrics=("summary",), plots=("history",),
         ),
         Stage(
@@ -159,8 +180,7 @@ def stages(params: dict) -> dict[str, Stage]:
                                      f"variants.{w['variant']}.base", f"variants.{w['variant']}.decompose"],
             args=lambda i, o, w: ["--model", i["model"], "--dataset-dir", i["data"], "--variant", w["variant"],
                                   "--out", o["cache"]],
-            modules=["stages/sensitivity.py", *SEARCH, "train.py", "losses.py", "evaluation.py", "metrics.py",
-                     *LOADER, *MODELS],
+            modules=package_imports("stages/sensitivity.py"),
         ),
         Stage(
             name="decompose", wildcards=("dataset", "model", "variant"),
@@ -169,7 +189,7 @@ def stages(params: dict) -> dict[str, Stage]:
             param_keys=lambda p, w: ["seed", f"variants.{w['variant']}.base", f"variants.{w['variant']}.decompose"],
             args=lambda i, o, w: ["--model", i["model"], "--variant", w["variant"], "--out", o["model"],
                                   "--table", o["table"], *(["--sensitivity", i["sensitivity"]] if "sensitivity" in i else [])],
-            modules=["stages/decompose.py", *SEARCH, "complexity.py", *LOADER, *MODELS],
+            modules=package_imports("stages/decompose.py"),
         ),
         Stage(
             name="prune", wildcards=("dataset", "model", "variant"),
@@ -178,7 +198,7 @@ def stages(params: dict) -> dict[str, Stage]:
             param_keys=lambda p, w: ["seed", f"variants.{w['variant']}.base", f"variants.{w['variant']}.prune"],
             args=lambda i, o, w: ["--model", i["model"], "--dataset-dir", i["data"], "--variant", w["variant"],
                                   "--out", o["model"], "--summary", o["summary"]],
-            modules=["stages/prune.py", "prune.py", "complexity.py", *LOADER, *MODELS],
+            modules=package_imports("stages/prune.py"),
             metrics=("summary",),
         ),
         Stage(
@@ -191,8 +211,7 @@ def stages(params: dict) -> dict[str, Stage]:
             param_keys=lambda p, w: ["seed", "runtime.amp", "train", "evaluate", f"variants.{w['variant']}.finetune"],
             args=lambda i, o, w: ["--model", i["model"], "--teacher", i["teacher"], "--dataset-dir", i["data"],
                                   "--variant", w["variant"], "--out", str(Path(o["model"]).parent)],
-            modules=["stages/finetune.py", "stages/train.py", "train.py", "losses.py", "evaluation.py", "metrics.py",
-                     *LOADER, *MODELS],
+            modules=package_imports("stages/finetune.py"),
             metrics=("summary",),
         ),
         Stage(
@@ -204,7 +223,7 @@ def stages(params: dict) -> dict[str, Stage]:
             args=lambda i, o, w: ["--model", i["model"], "--dataset-dir", i["data"], "--out", o["onnx"],
                                   "--parity-out", o["parity"], "--backbone-out", o["backbone"],
                                   *(["--alm-head", "reference"] if w["name"] == REFERENCE else [])],
-            modules=["stages/export.py", "export.py", "evaluation.py", *LOADER, *MODELS],
+            modules=package_imports("stages/export.py"),
             metrics=("parity",),
         ),
         Stage(
@@ -213,7 +232,7 @@ def stages(params: dict) -> dict[str, Stage]:
             inputs=lambda p, w: {"onnx": f"{_run(p, w, w['name'])}/model.onnx", "data": _prepared(p, w["dataset"])},
             param_keys=lambda p, w: ["seed", "quantize"],
             args=lambda i, o, w: ["--model", i["onnx"], "--dataset-dir", i["data"], "--out", o["onnx"]],
-            modules=["stages/quantize.py", "quantize.py", "evaluation.py", *LOADER],
+            modules=package_imports("stages/quantize.py"),
         ),
         Stage(
             name="evaluate", wildcards=("dataset", "model", "name"),
@@ -223,7 +242,7 @@ def stages(params: dict) -> dict[str, Stage]:
             param_keys=lambda p, w: ["evaluate"],
             args=lambda i, o, w: ["--dataset-dir", i["data"], "--model", i["onnx"], "--split", "test",
                                   "--out-dir", str(Path(o["metrics"]).parent)],
-            modules=["stages/evaluate.py", "evaluation.py", "metrics.py", *LOADER, *MODELS],
+            modules=package_imports("stages/evaluate.py"),
             metrics=("metrics",),
         ),
         Stage(
@@ -241,7 +260,8 @@ def stages(params: dict) -> dict[str, Stage]:
                                   *(f"{k[5:]}={v}" for k, v in i.items() if k.startswith("onnx_")), "--backbone",
                                   *(f"{k[9:]}={v}" for k, v in i.items() if k.startswith("backbone_")), "--torch",
                                   *(f"{k[6:]}={v}" for k, v in i.items() if k.startswith("torch_"))],
-            modules=["stages/profile.py", "profile.py", "bench_worker.py", "complexity.py", *LOADER, *MODELS],
+            # the benchmark worker runs as a script in its own process (on the target), not imported
+            modules=sorted({*package_imports("stages/profile.py"), *package_imports("bench_worker.py")}),
             metrics=("profile",),
         ),
         Stage(
@@ -251,13 +271,15 @@ def stages(params: dict) -> dict[str, Stage]:
                      "layers": f"{results}/decomposition_layers.csv",
                      "latency_png": f"{results}/plots/mA_vs_latency.png",
                      "latency_svg": f"{results}/plots/mA_vs_latency.svg",
-                     "macs_png": f"{results}/plots/mA_vs_macs.png", "macs_svg": f"{results}/plots/mA_vs_macs.svg"},
+                     "macs_png": f"{results}/plots/mA_vs_macs.png", "macs_svg": f"{results}/plots/mA_vs_macs.svg",
+                     "reliability_png": f"{results}/plots/reliability.png",
+                     "reliability_svg": f"{results}/plots/reliability.svg"},
             inputs=lambda p, w: _report_inputs(p),
             # the variants' schedules pick each one's matched control
             param_keys=lambda p, w: ["experiment", *(f"variants.{v}.{k}" for v in p["experiment"]["variants"]
                                                      for k in ("base", "finetune"))],
             args=lambda i, o, w: ["--results", results, "--out-dir", results],
-            modules=["stages/report.py", "report.py"],
+            modules=package_imports("stages/report.py"),
             plots=("csv", "latency_png", "macs_png"), local=True, cached=False,
         ),
     ]}
@@ -294,6 +316,48 @@ def grid(params: dict, upto: str | None = None) -> list[tuple[Stage, dict]]:
     if upto == "profile":
         return jobs
     return jobs + [(all_stages["report"], {})]
+
+
+def check_plannable(params: dict) -> None:
+    """What planning can know from the networks' shapes alone (no weights, no data): every decomposition
+    variant that starts from the baseline finds layers to factorize, and its MAC budget is within reach
+    of the smallest ranks its policy may choose. Raises LwparError naming the variant and the reason."""
+    from lwpar import LwparError
+    from lwpar.complexity import count_macs
+    from lwpar.decompose.factorize import layer_io_sizes, macs_at_fraction, select_layers
+    from lwpar.models import build_model
+
+    variants = [v for v in variants_of(params, "decompose") if params["variants"][v]["base"] is None]
+    if not variants:
+        return
+    for name in params["experiment"]["models"]:
+        cfg = params["models"][name]
+        # the attribute count only sizes the classifiers, which no budget check depends on much
+        model = build_model(cfg["arch"], cfg["backbone"], num_attributes=35, pretrained=False,
+                            alm_head=cfg["alm_head"], align_corners=cfg["align_corners"], logit_bn=cfg["logit_bn"]).eval()
+        total = count_macs(model, cfg["input_size"])
+        selected = {v: select_layers(model, params["variants"][v]["decompose"]["kinds"],
+                                     params["variants"][v]["decompose"]["include_first"],
+                                     params["variants"][v]["decompose"]["include_heads"]) for v in variants}
+        # one forward pass measures every selected layer's input and output sizes, for all variants
+        io = layer_io_sizes(model, sorted({n for names in selected.values() for n in names}), cfg["input_size"])
+        for variant in variants:
+            recipe = params["variants"][variant]["decompose"]
+            names = selected[variant]
+            if not names:
+                raise LwparError(f"variant {variant}: nothing to factorize in {name} ({cfg['backbone']} has no layer of "
+                                 f"kinds {recipe['kinds']} that the recipe selects)")
+            rank = recipe["rank"]
+            if rank["policy"] not in ("budget", "greedy"):
+                continue
+            # budget: any fraction down to rank `multiple`; greedy: the smallest fraction it measures
+            smallest = 1e-4 if rank["policy"] == "budget" else min(rank["search"]["fractions"])
+            reachable = macs_at_fraction(model, names, recipe["methods"], cfg["input_size"], smallest,
+                                         rank["multiple"], total, io) / total
+            if reachable > rank["macs_fraction"]:
+                raise LwparError(f"variant {variant}: MAC budget {rank['macs_fraction']:g} is out of reach on {name}: "
+                                 f"the smallest ranks its {rank['policy']} policy can choose leave {reachable:.3f} "
+                                 f"of the MACs")
 
 
 def variants_of(params: dict, kind: str) -> list[str]:

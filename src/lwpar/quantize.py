@@ -112,6 +112,7 @@ def quantize_model(source: Path, target: Path, cfg: dict, batches=None) -> None:
         if cfg["mode"] == "dynamic":
             quantize_dynamic(str(prepared), str(out), per_channel=cfg["per_channel"], weight_type=QuantType.QInt8,
                              reduce_range=cfg["reduce_range"], op_types_to_quantize=cfg["op_types"])
+            _carry_metadata(source, out, cfg)
             return
         import onnx
 
@@ -126,3 +127,14 @@ def quantize_model(source: Path, target: Path, cfg: dict, batches=None) -> None:
                         activation_type=getattr(QuantType, ACTIVATIONS[cfg["activations"]]),
                         calibrate_method=getattr(CalibrationMethod, METHODS[cfg["calibration"]]),
                         extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+        _carry_metadata(source, out, cfg)
+
+
+def _carry_metadata(source: Path, target: Path, cfg: dict) -> None:
+    """An lwpar artifact's INT8 form says what it is too (ONNX Runtime's quantizer drops metadata)."""
+    from lwpar.artifact import KEY, copy_metadata
+
+    import onnx
+
+    if any(p.key == KEY for p in onnx.load(str(source), load_external_data=False).metadata_props):
+        copy_metadata(source, target, precision="int8", quantization={k: cfg[k] for k in ("mode", "calibration")})

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-COLUMNS = ["dataset", "model", "variant", "target", "batch", "threads", "mA", "accuracy", "precision", "recall",
-           "f1", "params", "macs", "size_mb", "latency_ms_median", "latency_ms_p90", "speedup", "speedup_q1", "speedup_q3", "mac_reduction",
+COLUMNS = ["dataset", "model", "variant", "method", "target", "batch", "threads", "mA", "accuracy", "precision", "recall",
+           "f1", "ece", "mce", "params", "macs", "size_mb", "latency_ms_median", "latency_ms_p90", "speedup", "speedup_q1", "speedup_q3", "mac_reduction",
            "speedup_per_mac_reduction", "delta_mA", "control", "delta_control_mA"]
 
 
@@ -35,7 +35,8 @@ def collect(results: Path, params: dict | None = None) -> tuple[pd.DataFrame, pd
                 attributes += [{"dataset": dataset, "model": model, "variant": variant, "attribute": a,
                                 "delta_mA": d} for a, d in delta.items()]
     table = pd.DataFrame(rows, columns=[c for c in COLUMNS if c not in ("mac_reduction", "speedup_per_mac_reduction",
-                                                                         "delta_mA", "control", "delta_control_mA")])
+                                                                         "delta_mA", "control", "delta_control_mA",
+                                                                         "method")])
     return against_control(against_baseline(table), params), pd.DataFrame(attributes)
 
 
@@ -64,6 +65,7 @@ def against_control(table: pd.DataFrame, params: dict | None) -> pd.DataFrame:
     controls = [matched_control(params, v) if params and (v.removesuffix("+int8") in params["variants"]) else None
                 for v in table.variant]
     table["control"] = controls
+    table["method"] = [method_label(params, v) for v in table.variant]
     scores = table.set_index(["dataset", "model", "variant", "target", "batch", "threads"])["mA"]
     table["delta_control_mA"] = [
         m - scores.get((d, mo, c, ta, b, th), np.nan) if c else np.nan
@@ -75,9 +77,11 @@ def against_control(table: pd.DataFrame, params: dict | None) -> pd.DataFrame:
 def _metrics(folder: Path) -> dict:
     path = folder / "eval" / "metrics.json"
     if not path.exists():  # e.g. baseline_reference: the baseline's weights, not scored again
-        return {k: np.nan for k in ("mA", "accuracy", "precision", "recall", "f1")}
+        return {k: np.nan for k in ("mA", "accuracy", "precision", "recall", "f1", "ece", "mce")}
     data = json.loads(path.read_text())
-    return {k: data[k] for k in ("mA", "accuracy", "precision", "recall", "f1")}
+    calibrated = data.get("calibration", {})  # absent from evaluations made before it
+    return {**{k: data[k] for k in ("mA", "accuracy", "precision", "recall", "f1")},
+            "ece": calibrated.get("ece", np.nan), "mce": calibrated.get("mce", np.nan)}
 
 
 def _per_attribute(folder: Path):
@@ -169,6 +173,65 @@ def decomposition_summary(layers: pd.DataFrame) -> pd.DataFrame:
     return summary.reset_index()
 
 
+def reliability(results: Path) -> pd.DataFrame:
+    """Every scored artifact's reliability bins (the evaluate stage's calibration), in one table."""
+    rows = []
+    for dataset, model, run, profile in _runs(results):
+        for variant in profile["variants"]:
+            path = run / variant / "eval" / "metrics.json"
+            bins = json.loads(path.read_text()).get("calibration", {}).get("reliability", []) if path.exists() else []
+            rows += [{"dataset": dataset, "model": model, "variant": variant, **b} for b in bins]
+    return pd.DataFrame(rows)
+
+
+def method_label(params: dict, variant: str) -> str:
+    """What a variant does, without its budget: the name that groups one method's budgets (an INT8
+    variant is its source's method with +int8)."""
+    from lwpar.config import schedule
+
+    name = variant.removesuffix("+int8")
+    suffix = "+int8" if variant.endswith("+int8") else ""
+    recipe = params["variants"].get(name) if params else None
+    if name == "baseline" or recipe is None:
+        return name + suffix
+    if "prune" in recipe:
+        return f"prune {recipe['prune']['kind']} {recipe['prune']['importance']}" + suffix
+    if "decompose" not in recipe:
+        return "control" + suffix
+    d = recipe["decompose"]
+    kxk = f"{d['methods']['kxk']}{'-epc' if d['methods']['kxk'] == 'cp' and d['epc']['enabled'] else ''}"
+    parts = [kxk if "kxk" in d["kinds"] else None, d["methods"]["pointwise"] if {"pointwise", "linear"} & set(d["kinds"]) else None]
+    stages = len(schedule(params, name))
+    chain = f", {stages} stages" if stages > 1 else ""
+    return f"{'+'.join(p for p in parts if p)} ({d['rank']['policy']}{chain})" + suffix
+
+
+def breaking_points(table: pd.DataFrame, params: dict | None, tolerance: float = 0.01) -> list[str]:
+    """Per method, one sentence: the smallest MAC fraction at which it stays within `tolerance` of
+    its matched control's mA, and the largest at which it falls further (its breaking point)."""
+    if not params or table.empty:
+        return []
+    one = table[(table.batch == table.batch.min()) & (table.threads == table.threads.min())].dropna(subset=["delta_control_mA"])
+    sentences = []
+    for (dataset, model), group in one.groupby(["dataset", "model"], sort=False):
+        group = group.assign(method=[method_label(params, v) for v in group.variant],
+                             macs_fraction=1 / group.mac_reduction)
+        for method, rows in group.groupby("method", sort=False):
+            rows = rows.sort_values("macs_fraction", ascending=False)
+            holds = rows[rows.delta_control_mA >= -tolerance]
+            breaks = rows[rows.delta_control_mA < -tolerance]
+            budgets = ", ".join(f"{f:.0%}: {d * 100:+.2f}" for f, d in zip(rows.macs_fraction, rows.delta_control_mA))
+            if breaks.empty:
+                verdict = f"within {tolerance * 100:g} point of its control at every budget measured"
+            elif holds.empty:
+                verdict = f"more than {tolerance * 100:g} point below its control at every budget measured"
+            else:
+                verdict = (f"holds down to {holds.macs_fraction.min():.0%} of the MACs and breaks at "
+                           f"{breaks.macs_fraction.max():.0%}")
+            sentences.append(f"{dataset} / {model}, {method}: {verdict} (MAC fraction: mA against control, points: {budgets}).")
+    return sentences
+
+
 def pareto_front(latency: np.ndarray, score: np.ndarray) -> np.ndarray:
     """Mask of points no other point beats on both lower latency and higher score."""
     front = np.ones(len(latency), dtype=bool)
@@ -192,10 +255,11 @@ def latency_split(results: Path) -> pd.DataFrame:
 
 
 def markdown(table: pd.DataFrame, stamp: str, split: pd.DataFrame | None = None,
-             compressed: pd.DataFrame | None = None, decomposed: pd.DataFrame | None = None) -> str:
+             compressed: pd.DataFrame | None = None, decomposed: pd.DataFrame | None = None,
+             breaks: list[str] | None = None) -> str:
     shown = table.copy()
     shown["control"] = shown["control"].fillna("")
-    for column in ("mA", "accuracy", "precision", "recall", "f1", "delta_mA", "delta_control_mA"):
+    for column in ("mA", "accuracy", "precision", "recall", "f1", "ece", "mce", "delta_mA", "delta_control_mA"):
         shown[column] = (shown[column] * 100).map(lambda v: "" if pd.isna(v) else f"{v:.2f}")
     shown["params"] = shown["params"].map(lambda v: "" if pd.isna(v) else f"{v / 1e6:.2f} M")
     shown["macs"] = shown["macs"].map(lambda v: "" if pd.isna(v) else f"{v / 1e6:.1f} M")
@@ -217,7 +281,13 @@ def markdown(table: pd.DataFrame, stamp: str, split: pd.DataFrame | None = None,
             f"their source's); speedup_per_mac_reduction: the measured speed-up over it (1.00 = as fast as the "
             f"MACs promise); control: the variant's matched control, the uncompressed model given the same "
             f"fine-tuning schedule, and delta_control_mA the mA against it (for INT8, against the FP32 control): "
-            f"the cost of the compression with the extra training paid for.\n\n" + header + body)
+            f"the cost of the compression with the extra training paid for; ece and mce: expected and maximum "
+            f"calibration error of the attribute probabilities (percent, 15 bins; reliability diagram in "
+            f"`plots/reliability.svg`).\n\n" + header + body)
+    if breaks:
+        text += ("\n## Where each method breaks\n\nAt batch 1 on the fewest threads: for each method, the MAC "
+                 "budgets at which it stays within 1 point of mA of its matched control, and where it falls "
+                 "further.\n\n" + "".join(f"- {sentence}\n" for sentence in breaks))
     if split is not None and len(split):
         text += ("\n## Where the time goes\n\nMedian latency (ms) of the whole model and of its backbone alone, "
                  "measured in the same run; the heads are the difference.\n\n"
@@ -275,7 +345,7 @@ def label_offsets(x: np.ndarray, y: np.ndarray, names: list[str], width_pt: floa
     return [offset for _, offset in sorted(offsets, key=lambda pair: pair[0])]
 
 
-def plots(table: pd.DataFrame, out_dir: Path) -> list[Path]:
+def plots(table: pd.DataFrame, out_dir: Path, bins: pd.DataFrame | None = None) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -294,6 +364,11 @@ def plots(table: pd.DataFrame, out_dir: Path) -> list[Path]:
             ax.scatter(x, y, label=f"{dataset} / {model}")
             for name, xi, yi, offset in zip(group.variant, x, y, label_offsets(x, y, list(group.variant))):
                 ax.annotate(name, (xi, yi), fontsize=7, xytext=offset, textcoords="offset points")
+            for _, budgets in group.groupby("method"):  # one method's budgets, joined
+                if len(budgets) > 1:
+                    budgets = budgets.sort_values(column)
+                    ax.plot(budgets[column].to_numpy(float), budgets["mA"].to_numpy(float) * 100, "-", lw=0.6,
+                            alpha=0.5, color="gray")
             if kind == "latency" and len(x):
                 front = pareto_front(x, y)
                 order = np.argsort(x[front])
@@ -308,4 +383,28 @@ def plots(table: pd.DataFrame, out_dir: Path) -> list[Path]:
             fig.savefig(path, dpi=120)
             written.append(path)
         plt.close(fig)
+    written += _reliability_plot(bins if bins is not None else pd.DataFrame(), out_dir, plt)
+    return written
+
+
+def _reliability_plot(bins: pd.DataFrame, out_dir: Path, plt) -> list[Path]:
+    """Frequency of positive labels against mean predicted probability per bin, one line per artifact."""
+    groups = list(bins.groupby(["dataset", "model"])) if len(bins) else []
+    fig, axes = plt.subplots(1, max(len(groups), 1), figsize=(6 * max(len(groups), 1), 5), squeeze=False)
+    for ax, ((dataset, model), group) in zip(axes[0], groups):
+        ax.plot([0, 1], [0, 1], ":", color="gray", lw=1, label="calibrated")
+        for variant, rows in group.dropna(subset=["confidence"]).groupby("variant", sort=False):
+            ax.plot(rows.confidence, rows.frequency, marker=".", lw=1, label=variant)
+        ax.set_title(f"{dataset} / {model}", fontsize=9)
+        ax.set_xlabel("mean predicted probability (bin)")
+        ax.set_ylabel("fraction of positive labels")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    written = []
+    for suffix in ("png", "svg"):
+        path = out_dir / f"reliability.{suffix}"
+        fig.savefig(path, dpi=120)
+        written.append(path)
+    plt.close(fig)
     return written

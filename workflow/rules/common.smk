@@ -1,7 +1,7 @@
 import json
 import sys
 
-from lwpar import pipeline
+from lwpar import LwparError, pipeline
 from lwpar.config import ParamsError, load_params
 
 # The params file: params.yaml, or the one named by `--config params=FILE`. It is validated
@@ -9,8 +9,9 @@ from lwpar.config import ParamsError, load_params
 PARAMS_FILE = str(config.get("params", "params.yaml"))
 try:
     P = load_params(PARAMS_FILE)
-except ParamsError as exc:
-    sys.exit(f"lwpar: {exc}")
+    pipeline.check_plannable(P)
+except LwparError as exc:
+    sys.exit(f"lwpar: {PARAMS_FILE}: {exc}" if not isinstance(exc, ParamsError) else f"lwpar: {exc}")
 config.clear()
 config.update(P)
 STAGES = pipeline.stages(P)

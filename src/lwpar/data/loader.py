@@ -7,14 +7,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from lwpar import LwparError
+from lwpar import preprocess
 from lwpar.io import read_json, sha256_file
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from lwpar.preprocess import IMAGENET_MEAN, IMAGENET_STD  # noqa: F401 (the packaged backbones' input maps read them)
 
 
 class Prepared:
@@ -61,21 +59,42 @@ def _folder_of_manifest(manifest: Path) -> Path:
     return folder
 
 
+class _Resize:
+    """PIL's resize (`preprocess.resize`), the one every consumer of images shares."""
+
+    def __init__(self, input_size):
+        self.input_size = tuple(input_size)
+
+    def __call__(self, image):
+        return preprocess.resize(image, self.input_size)
+
+
+class _Evaluation:
+    """The evaluation input: exactly `preprocess.to_input`, which prediction without torch runs."""
+
+    def __init__(self, input_size):
+        self.spec = preprocess.describe(input_size)
+
+    def __call__(self, image):
+        return torch.from_numpy(preprocess.to_input(image, self.spec))
+
+
 def build_transform(input_size, train: bool, hflip: bool = False, pad: int = 0, erase: float = 0.0):
     """Resize, then (training) pad-and-crop and flip, normalize, and with probability `erase` blank
     one random rectangle (random erasing, Zhong et al. 2020: the person re-identification recipe
     against memorizing identities, which PAR on identity-disjoint splits overfits to)."""
     from torchvision.transforms import v2
 
-    steps = [v2.ToImage(), v2.Resize(tuple(input_size), antialias=True)]
-    if train:
-        if pad:
-            steps.append(v2.Pad(pad))
-            steps.append(v2.RandomCrop(tuple(input_size)))
-        if hflip:
-            steps.append(v2.RandomHorizontalFlip())
+    if not train:
+        return _Evaluation(input_size)
+    steps = [_Resize(input_size), v2.ToImage()]
+    if pad:
+        steps.append(v2.Pad(pad))
+        steps.append(v2.RandomCrop(tuple(input_size)))
+    if hflip:
+        steps.append(v2.RandomHorizontalFlip())
     steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
-    if train and erase > 0:
+    if erase > 0:
         steps.append(v2.RandomErasing(p=erase, value=0))     # 0 after normalization: the mean colour
     return v2.Compose(steps)
 
@@ -88,14 +107,7 @@ class ImageTable(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int):
-        path = self.paths[index]
-        try:
-            with Image.open(path) as img:
-                image = img.convert("RGB")
-        except FileNotFoundError:
-            raise LwparError(f"{path}: image not found") from None
-        except Exception as exc:  # PIL raises many types for damaged files
-            raise LwparError(f"{path}: cannot decode image ({type(exc).__name__})") from None
+        image = preprocess.open_rgb(self.paths[index])
         return self.transform(image), torch.from_numpy(self.labels[index])
 
 

@@ -73,15 +73,18 @@ def layer_io_sizes(model: nn.Module, names: list[str], input_size) -> dict[str, 
                 sizes[name] = ((1, 1), (1, 1))
         hooks.append(modules[name].register_forward_hook(hook))
     was_training = model.training
-    # The fused ALM head reads its attention weights without calling the modules, so the hooks would
-    # miss them: the sizes come from one pass through the published computation.
-    levels = [m for m in model.modules() if getattr(m, "head", None) == "fused"]
-    for level in levels:
-        level.head = "reference"
     model.eval()
+    levels = []
     try:
         with torch.no_grad():
             model(torch.zeros(1, 3, *input_size))
+            if set(names) - set(sizes):
+                # The fused ALM head reads its attention weights without calling the modules, so the
+                # hooks missed them: their sizes come from a pass through the published (slow) computation.
+                levels = [m for m in model.modules() if getattr(m, "head", None) == "fused"]
+                for level in levels:
+                    level.head = "reference"
+                model(torch.zeros(1, 3, *input_size))
     finally:
         model.train(was_training)
         for level in levels:
@@ -101,16 +104,26 @@ def original_macs(shape: dict, io: tuple) -> int:
     return ho * wo * shape["in"] * shape["out"] * shape["kh"] * shape["kw"]
 
 
-def layer_info(model: nn.Module, names: list[str], methods: dict, input_size) -> list[dict]:
-    """Per selected layer: name, kind, method, kernel shape and I/O sizes (what every rank policy needs)."""
+def layer_info(model: nn.Module, names: list[str], methods: dict, input_size, io: dict | None = None) -> list[dict]:
+    """Per selected layer: name, kind, method, kernel shape and I/O sizes (what every rank policy needs;
+    `io`: the sizes from `layer_io_sizes`, if already measured)."""
     modules = dict(model.named_modules())
-    io = layer_io_sizes(model, names, input_size)
+    io = io or layer_io_sizes(model, names, input_size)
     info = []
     for name in names:
         kind = L.eligible(modules[name])
         info.append({"layer": name, "kind": kind, "method": method_for(kind, methods),
                      "shape": _kernel_shape(modules[name]), "io": io[name]})
     return info
+
+
+def macs_at_fraction(model: nn.Module, names: list[str], methods: dict, input_size, fraction: float,
+                     multiple: int, total_macs: int, io: dict | None = None) -> int:
+    """The model's MACs with every named layer factorized at `fraction` of its parameters."""
+    info = layer_info(model, names, methods, input_size, io)
+    ranks = [M.rank_for_fraction(e["method"], e["shape"], fraction, multiple) for e in info]
+    return total_macs - sum(original_macs(e["shape"], e["io"]) - factorized_macs(e["method"], e["shape"], r, e["io"])
+                            for e, r in zip(info, ranks))
 
 
 def plan_ranks(model: nn.Module, names: list[str], methods: dict, input_size, policy: dict,

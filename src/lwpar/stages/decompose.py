@@ -29,7 +29,8 @@ def run(args, params) -> None:
                                            select_layers)
     from lwpar.decompose.search import MEASURED, SensitivityProbe, cache_settings, load_cache, plan
     from lwpar.io import write_csv
-    from lwpar.runtime import check_start_model, load_model, save_model
+    from lwpar.runtime import save_model
+    from lwpar.structure import check_start_model, load_model
 
     if "decompose" not in params["variants"].get(args.variant, {}):
         raise LwparError(f"--variant {args.variant!r}: not a decomposition variant in params variants")

@@ -22,10 +22,12 @@ def add_arguments(parser) -> None:
 def run(args, params) -> None:
     from lwpar import LwparError
     from lwpar.data.loader import Prepared, build_transform
-    from lwpar.evaluation import onnx_session, predict_onnx, predict_torch
+    from lwpar.artifact import onnx_session
+    from lwpar.evaluation import predict_onnx, predict_torch
     from lwpar.io import write_csv, write_json
-    from lwpar.metrics import pedestrian_metrics, per_attribute_table, summary
-    from lwpar.runtime import configure, load_model
+    from lwpar.metrics import calibration, pedestrian_metrics, per_attribute_table, summary
+    from lwpar.runtime import configure
+    from lwpar.structure import load_model
 
     data = Prepared(args.dataset_dir)
     paths, labels = data.split(args.split)
@@ -51,7 +53,7 @@ def run(args, params) -> None:
                          f"{len(data.attributes)} (trained on another dataset?)")
     metrics = pedestrian_metrics(labels, probs, params["evaluate"]["threshold"])
     result = {"model": str(args.model), "dataset": data.meta["dataset"], "split": args.split,
-              "images": len(paths), **summary(metrics)}
+              "images": len(paths), **summary(metrics), "calibration": calibration(labels, probs)}
     write_csv(args.out_dir / "per_attribute.csv", per_attribute_table(metrics, data.attributes))
     write_json(args.out_dir / "metrics.json", result)
     print(f"{args.model} on {args.split}: mA {result['mA']:.4f}, accuracy {result['accuracy']:.4f}, "

@@ -25,11 +25,13 @@ def add_arguments(parser) -> None:
 def run(args, params) -> None:
     import torch
 
+    from lwpar import preprocess
+    from lwpar.artifact import write_metadata
     from lwpar.data.loader import ImageTable, Prepared, build_transform
-    from lwpar.evaluation import onnx_session
+    from lwpar.artifact import onnx_session
     from lwpar.export import PooledBackbone, export_onnx, parity
     from lwpar.io import write_json
-    from lwpar.runtime import load_model
+    from lwpar.structure import load_model
 
     model, blob = load_model(args.model)
     if args.alm_head:
@@ -45,6 +47,10 @@ def run(args, params) -> None:
     images = torch.stack([table[i][0] for i in range(len(table))])
     tmp = args.out.with_name(args.out.name + ".unchecked")
     export_onnx(model, size, tmp)
+    cfg = blob["model_cfg"]
+    write_metadata(tmp, {"attributes": blob["attributes"], "preprocessing": preprocess.describe(size),
+                         "model": {k: cfg.get(k) for k in ("arch", "backbone", "alm_head")},
+                         "structure": [step.get("op") for step in blob.get("structure", [])], "precision": "float32"})
     try:
         report = parity(model, onnx_session(tmp, threads=1), images)
     except BaseException:

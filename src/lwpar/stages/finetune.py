@@ -29,8 +29,9 @@ def run(args, params) -> None:
     from lwpar.evaluation import predict_torch
     from lwpar.io import write_json
     from lwpar.metrics import pedestrian_metrics, summary
-    from lwpar.runtime import (checked_precision, configure, load_model, load_torch, save_model, seed_everything,
+    from lwpar.runtime import (checked_precision, configure, load_torch, save_model, seed_everything,
                                training_precision)
+    from lwpar.structure import load_model
     from lwpar.stages.train import fingerprint
     from lwpar.train import CHECKPOINT, fit, recalibrate_batchnorm, write_history
 

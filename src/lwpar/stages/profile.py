@@ -39,7 +39,7 @@ def run(args, params) -> None:
     from lwpar.complexity import count_macs, count_params
     from lwpar.io import write_json
     from lwpar.profile import benchmark, machine_info, paired_speedup
-    from lwpar.runtime import load_model
+    from lwpar.structure import load_model
 
     cfg = params["profile"]
     if args.target not in cfg["targets"]:

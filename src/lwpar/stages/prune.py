@@ -30,7 +30,8 @@ def run(args, params) -> None:
     from lwpar.data.loader import ImageTable, Prepared, build_transform
     from lwpar.io import write_json
     from lwpar.prune import prune_to_budget, sparsity, unstructured_prune
-    from lwpar.runtime import check_start_model, load_model, save_model
+    from lwpar.runtime import save_model
+    from lwpar.structure import check_start_model, load_model
 
     variant = params["variants"].get(args.variant)
     if variant is None or "prune" not in variant:

@@ -20,7 +20,7 @@ def add_arguments(parser) -> None:
 
 def run(args, params) -> None:
     from lwpar.data.loader import Prepared, build_transform
-    from lwpar.evaluation import onnx_session
+    from lwpar.artifact import onnx_session
     from lwpar.quantize import calibration_batches, quantize_model
 
     cfg = params["quantize"]

@@ -23,7 +23,7 @@ def run(args, params) -> None:
     from lwpar import LwparError
     from lwpar.io import atomic_path, write_csv, write_text
     from lwpar.report import (collect, compression, decomposition_layers, decomposition_summary, latency_split,
-                              markdown, plots)
+                              breaking_points, markdown, plots, reliability)
 
     table, attributes = collect(args.results, params)
     if table.empty:
@@ -35,10 +35,10 @@ def run(args, params) -> None:
     write_csv(args.out_dir / "compression.csv", compressed)
     write_csv(args.out_dir / "decomposition_layers.csv", layers)
     write_text(args.out_dir / "comparison.md", markdown(table, stamp, latency_split(args.results), compressed,
-                                                        decomposition_summary(layers)))
+                                                        decomposition_summary(layers), breaking_points(table, params)))
     write_csv(args.out_dir / "per_attribute_delta.csv", attributes)
     with tempfile.TemporaryDirectory(dir=args.out_dir) as tmp:
-        for path in plots(table, Path(tmp)):
+        for path in plots(table, Path(tmp), reliability(args.results)):
             with atomic_path(args.out_dir / "plots" / path.name) as target:
                 path.replace(target)
     print(f"{args.out_dir / 'comparison.md'}: {len(table)} rows")

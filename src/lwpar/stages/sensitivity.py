@@ -41,8 +41,8 @@ def run(args, params) -> None:
     from lwpar.decompose.search import MEASURED, SensitivityProbe, cache_settings, load_cache, plan, save_cache
     from lwpar.io import read_json
     from lwpar.metrics import pedestrian_metrics
-    from lwpar.runtime import (check_start_model, checked_precision, configure, load_model, seed_everything,
-                               training_precision)
+    from lwpar.runtime import checked_precision, configure, seed_everything, training_precision
+    from lwpar.structure import check_start_model, load_model
     from lwpar.train import recalibrate_batchnorm
 
     recipe = params["variants"].get(args.variant, {}).get("decompose")

@@ -1,0 +1,66 @@
+"""What an exported ONNX artifact says about itself, in the model file's own metadata (ONNX
+`metadata_props`), so that the file alone is enough to run it: the attribute names in output order
+and the preprocessing (`preprocess.describe`). Written by `lwpar export`, carried over by
+`lwpar quantize`, read by `lwpar predict` through ONNX Runtime. No torch here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from lwpar import LwparError
+
+KEY = "lwpar"  # one metadata entry, a JSON object
+FORMAT = "lwpar-artifact/1"
+
+
+def onnx_session(path: str | Path, threads: int = 0, providers=None):
+    """An ONNX Runtime session; a missing or damaged file is an LwparError naming it."""
+    import onnxruntime as ort
+
+    path = Path(path)
+    if not path.is_file():
+        raise LwparError(f"{path}: ONNX model not found")
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    try:
+        return ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types for damaged files
+        raise LwparError(f"{path}: corrupt or unreadable ONNX model ({str(exc).splitlines()[0][:160]})") from None
+
+
+def write_metadata(path: Path, fields: dict) -> None:
+    """Set the artifact's metadata on the ONNX file at `path` (rewritten in place: call it on a
+    file that is not yet in its final place)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    kept = [p for p in model.metadata_props if p.key != KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    entry = model.metadata_props.add()
+    entry.key, entry.value = KEY, json.dumps({"format": FORMAT, **fields}, sort_keys=True)
+    onnx.save(model, str(path))
+
+
+def copy_metadata(source: Path, target: Path, **changes) -> None:
+    """The source artifact's metadata onto `target` (e.g. its INT8 form), with `changes` applied."""
+    write_metadata(target, {**_without_format(read_metadata(source)), **changes})
+
+
+def read_metadata(path: str | Path, session=None) -> dict:
+    """The metadata of an lwpar artifact; an ONNX model without it is an LwparError naming the file."""
+    session = session or onnx_session(path)
+    text = session.get_modelmeta().custom_metadata_map.get(KEY)
+    if text is None:
+        raise LwparError(f"{path}: not an lwpar artifact (no '{KEY}' metadata: export it with `lwpar export`)")
+    fields = json.loads(text)
+    if fields.get("format") != FORMAT:
+        raise LwparError(f"{path}: artifact metadata {fields.get('format')!r}, this lwpar reads {FORMAT!r}")
+    return fields
+
+
+def _without_format(fields: dict) -> dict:
+    return {k: v for k, v in fields.items() if k != "format"}
