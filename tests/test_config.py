@@ -230,9 +230,11 @@ def test_multi_stage_bases_are_checked():
 def test_every_compressed_variant_needs_its_matched_control():
     from lwpar.config import matched_control
 
-    assert matched_control(SMOKE, "lwalm") == "control"
-    assert matched_control(SMOKE, "lwalm_heads+int8") == "control_ft2"  # two stages: the two-stage control
-    assert matched_control(SMOKE, "control") is None
+    staged = copy.deepcopy(SMOKE)
+    staged["experiment"]["variants"] += ["lwalm_heads", "control_ft2"]
+    assert matched_control(staged, "lwalm") == "control"
+    assert matched_control(staged, "lwalm_heads+int8") == "control_ft2"  # two stages: the two-stage control
+    assert matched_control(staged, "control") is None
 
     def other_schedule(p):
         p["variants"]["lwalm"]["finetune"]["lr"] = 0.001
@@ -242,7 +244,7 @@ def test_every_compressed_variant_needs_its_matched_control():
         "and of each base)")
 
     def no_second_stage_control(p):
-        p["experiment"]["variants"].remove("control_ft2")
+        p["experiment"]["variants"].append("lwalm_heads")
     assert "'lwalm_heads' has no matched control" in problem(no_second_stage_control, SMOKE)
 
 

@@ -154,7 +154,7 @@ def test_predict_on_the_smoke_runs_artifacts_matches_evaluate(smoke_run, tmp_pat
         shutil.copy(path, folder / f"{i:02d}{path.suffix.lower()}")
     (folder / "zz_broken.jpg").write_bytes(b"not an image")
     copies = sorted(p for p in folder.iterdir() if p.name != "zz_broken.jpg")
-    for name in ("baseline", "lwalm_heads+int8"):
+    for name in ("baseline", "lwalm+int8"):
         artifact = run / name
         size = read_metadata(artifact / "model.onnx")["preprocessing"]["input_size"]
         expected = predict_onnx(onnx_session(artifact / "model.onnx"), paths, build_transform(size, False), 4, 0)
