@@ -21,6 +21,7 @@ from lwpar.config import load_params
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3000)]
 
 VARIANT = "svd_r50"
+CONTROL = "control_changed_lr"  # the matched control of VARIANT once its fine-tuning changes
 
 
 PARAMS = "smoke.yaml"  # the shared run's params file: its name is part of every job's command
@@ -61,8 +62,8 @@ def _run_by_dvc(output: str) -> list[str]:
 
 def _expected_after_finetune_change(params) -> list[str]:
     """The variant's jobs from fine-tuning on (its decomposition does not read fine-tuning settings),
-    its INT8 form's, and the jobs that read every variant (profile, report)."""
-    names = {VARIANT, f"{VARIANT}+int8"}
+    its INT8 form's, its new matched control's, and the jobs that read every variant (profile, report)."""
+    names = {VARIANT, f"{VARIANT}+int8", CONTROL}
     jobs = []
     for stage, wildcards in pipeline.grid(params):
         mine = (wildcards.get("variant") in names and stage.name != "decompose") or wildcards.get("name") in names
@@ -80,6 +81,10 @@ def _write_dvc_yaml(work):
 def _set_finetune_lr(work, lr):
     params = yaml.safe_load((work / PARAMS).read_text())
     params["variants"][VARIANT]["finetune"]["lr"] = lr
+    # its schedule is now its own: it needs a matched control with the same one
+    params["variants"][CONTROL] = {"base": None, "finetune": dict(params["variants"][VARIANT]["finetune"])}
+    if CONTROL not in params["experiment"]["variants"]:
+        params["experiment"]["variants"].append(CONTROL)
     params["profile"].update(batch_sizes=[1], threads=[1], warmup=1, rounds=2, iters_per_round=1)
     (work / PARAMS).write_text(yaml.safe_dump(params, sort_keys=False))
     _write_dvc_yaml(work)
