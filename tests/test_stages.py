@@ -107,3 +107,27 @@ def test_each_stage_did_its_work(chain):
     assert set(_json(_outputs(chain, "profile", target="local_cpu")["profile"])["variants"]) == {"baseline_reference", *scored}
     table = pd.read_csv(_outputs(chain, "report")["csv"])
     assert set(table.variant) == {"baseline_reference", *scored} and (table[table.variant == "baseline"].speedup == 1.0).all()
+
+
+def test_every_model_file_records_its_lineage_and_no_two_jobs_write_the_same_bytes(chain):
+    """Two jobs whose weights come out equal (a fine-tuning that keeps its start model) must still
+    write different files: DVC's hardlink cache would join them, and touching one would move the
+    other's mtime under Snakemake."""
+    import hashlib
+
+    from lwpar.artifact import read_metadata
+    from lwpar.runtime import load_torch
+
+    steps = {"control": ["train", "finetune"], "svd_r50": ["train", "decompose", "finetune"],
+             "prune_l2_r50": ["train", "prune", "finetune"]}
+    for variant, expected in steps.items():
+        model = load_torch(_outputs(chain, "finetune", variant=variant)["model"])
+        assert [step["stage"] for step in model["lineage"]] == expected, variant
+        assert model["lineage"][-1]["variant"] == variant
+        assert read_metadata(_outputs(chain, "export", name=variant)["onnx"])["lineage"] == model["lineage"]
+    digests = {}
+    for _, _, _, _, outputs, _ in chain[1]:
+        for path in outputs.values():
+            if Path(path).is_file() and Path(path).suffix in (".pt", ".onnx"):
+                digests.setdefault(hashlib.sha256(Path(path).read_bytes()).hexdigest(), []).append(path)
+    assert [paths for paths in digests.values() if len(paths) > 1] == []

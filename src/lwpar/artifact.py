@@ -31,17 +31,17 @@ def onnx_session(path: str | Path, threads: int = 0, providers=None):
         raise LwparError(f"{path}: corrupt or unreadable ONNX model ({str(exc).splitlines()[0][:160]})") from None
 
 
-def write_metadata(path: Path, fields: dict) -> None:
+def write_metadata(path: Path, fields: dict, key: str = KEY) -> None:
     """Set the artifact's metadata on the ONNX file at `path` (rewritten in place: call it on a
     file that is not yet in its final place)."""
     import onnx
 
     model = onnx.load(str(path))
-    kept = [p for p in model.metadata_props if p.key != KEY]
+    kept = [p for p in model.metadata_props if p.key != key]
     del model.metadata_props[:]
     model.metadata_props.extend(kept)
     entry = model.metadata_props.add()
-    entry.key, entry.value = KEY, json.dumps({"format": FORMAT, **fields}, sort_keys=True)
+    entry.key, entry.value = key, json.dumps({"format": FORMAT, **fields}, sort_keys=True)
     onnx.save(model, str(path))
 
 

@@ -163,6 +163,13 @@ def load_torch(path: str | Path, what: str = "checkpoint") -> dict:
         raise LwparError(f"{path}: corrupt or truncated {what} ({type(exc).__name__})") from None
 
 
+def lineage(blob: dict, **step) -> list[dict]:
+    """The steps that made a model file, this one appended. Every job's model then differs from every
+    other job's, even when their weights are equal (a fine-tuning that keeps its start model): DVC's
+    cache would otherwise hardlink two jobs' outputs into one file, and touching one moves both mtimes."""
+    return [*blob.get("lineage", []), step]
+
+
 def save_model(path: str | Path, model: torch.nn.Module, model_cfg: dict, attributes: list[str], **extra) -> None:
     save_torch({"format": MODEL_FORMAT, "model_cfg": model_cfg, "attributes": attributes,
                 "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, **extra}, path)

@@ -29,7 +29,7 @@ def run(args, params) -> None:
                                            select_layers)
     from lwpar.decompose.search import MEASURED, SensitivityProbe, cache_settings, load_cache, plan
     from lwpar.io import write_csv
-    from lwpar.runtime import save_model
+    from lwpar.runtime import lineage, save_model
     from lwpar.structure import check_start_model, load_model
 
     if "decompose" not in params["variants"].get(args.variant, {}):
@@ -68,6 +68,7 @@ def run(args, params) -> None:
     table = pd.DataFrame(rows)
     write_csv(args.table, table)
     save_model(args.out, model, blob["model_cfg"], blob["attributes"], structure=structure,
-               macs={"before": macs_before, "after": macs_after}, params={"before": params_before, "after": params_after})
+               macs={"before": macs_before, "after": macs_after}, params={"before": params_before, "after": params_after},
+               lineage=lineage(blob, stage="decompose", variant=args.variant))
     print(f"{args.variant}: {len(rows)} layers factorized; MACs {macs_before / 1e6:.1f} M -> {macs_after / 1e6:.1f} M "
           f"({macs_after / macs_before:.3f}); parameters {params_before / 1e6:.2f} M -> {params_after / 1e6:.2f} M")

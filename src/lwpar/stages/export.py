@@ -49,7 +49,9 @@ def run(args, params) -> None:
     export_onnx(model, size, tmp)
     cfg = blob["model_cfg"]
     write_metadata(tmp, {"attributes": blob["attributes"], "preprocessing": preprocess.describe(size),
-                         "model": {k: cfg.get(k) for k in ("arch", "backbone", "alm_head")},
+                         "model": {**{k: cfg.get(k) for k in ("arch", "backbone")},
+                                   "alm_head": args.alm_head or cfg.get("alm_head")},
+                         "lineage": blob.get("lineage", []),
                          "structure": [step.get("op") for step in blob.get("structure", [])], "precision": "float32"})
     try:
         report = parity(model, onnx_session(tmp, threads=1), images)
@@ -58,6 +60,10 @@ def run(args, params) -> None:
         raise
     tmp.replace(args.out)
     if args.backbone_out:
-        export_onnx(PooledBackbone(model.main_branch), size, args.backbone_out)
+        backbone = args.backbone_out.with_name(args.backbone_out.name + ".unlabelled")
+        export_onnx(PooledBackbone(model.main_branch), size, backbone)
+        # not a PAR artifact (no attributes): its own key, so `predict` refuses it
+        write_metadata(backbone, {"part": "backbone", "of": str(args.out), "lineage": blob.get("lineage", [])}, key="lwpar-part")
+        backbone.replace(args.backbone_out)
     write_json(args.parity_out, {"model": str(args.model), "onnx": str(args.out), **report})
     print(f"{args.out}: parity max |diff| {report['max_abs_diff']:.2e} on {report['images']} test images")

@@ -29,7 +29,7 @@ def run(args, params) -> None:
     from lwpar.evaluation import predict_torch
     from lwpar.io import write_json
     from lwpar.metrics import pedestrian_metrics, summary
-    from lwpar.runtime import (checked_precision, configure, load_torch, save_model, seed_everything,
+    from lwpar.runtime import (checked_precision, configure, lineage, load_torch, save_model, seed_everything,
                                training_precision)
     from lwpar.structure import load_model
     from lwpar.stages.train import fingerprint
@@ -87,7 +87,8 @@ def run(args, params) -> None:
             model.load_state_dict(start_state)
             best_epoch = 0
     extra = {k: blob[k] for k in ("structure", "macs", "params") if k in blob}
-    save_model(args.out / "model.pt", model, blob["model_cfg"], blob["attributes"], **extra)
+    save_model(args.out / "model.pt", model, blob["model_cfg"], blob["attributes"], **extra,
+               lineage=lineage(blob, stage="finetune", variant=args.variant, recipe=recipe, best_epoch=best_epoch))
     write_history(history, args.out / "history.csv")
     after = validate(model.to(device))
     write_json(args.out / "finetune.json", {

@@ -30,7 +30,7 @@ def run(args, params) -> None:
     from lwpar.data.loader import ImageTable, Prepared, build_transform
     from lwpar.io import write_json
     from lwpar.prune import prune_to_budget, sparsity, unstructured_prune
-    from lwpar.runtime import save_model
+    from lwpar.runtime import lineage, save_model
     from lwpar.structure import check_start_model, load_model
 
     variant = params["variants"].get(args.variant)
@@ -61,7 +61,8 @@ def run(args, params) -> None:
         extra = {"channel_ratio": ratio, "macs_fraction": fraction}
     macs_after, params_after = count_macs(model, size), count_params(model)
     save_model(args.out, model, blob["model_cfg"], blob["attributes"], structure=structure,
-               macs={"before": macs_before, "after": macs_after}, params={"before": params_before, "after": params_after})
+               macs={"before": macs_before, "after": macs_after}, params={"before": params_before, "after": params_after},
+               lineage=lineage(blob, stage="prune", variant=args.variant))
     write_json(args.summary, {"variant": args.variant, "kind": cfg["kind"], "macs_before": macs_before,
                               "macs_after": macs_after, "params_before": params_before, "params_after": params_after,
                               "seconds": round(time.time() - started, 1), **extra})

@@ -59,7 +59,8 @@ def run(args, params) -> None:
                  params["runtime"]["workers"], precision, params["evaluate"]["batch_size"],
                  params["evaluate"]["threshold"], fingerprint=stamp, frozen_stages=params["train"]["frozen_stages"])
     model.load_state_dict(result.state_dict)
-    save_model(args.out / "model.pt", model, model_cfg, data.attributes, trained_on=str(args.dataset_dir))
+    save_model(args.out / "model.pt", model, model_cfg, data.attributes, trained_on=str(args.dataset_dir),
+               lineage=[{"stage": "train", "model": args.model}])
     write_history(result.history, args.out / "history.csv")
     best = result.history[result.best_epoch - 1]
     write_json(args.out / "train.json", {
