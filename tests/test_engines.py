@@ -62,12 +62,13 @@ def _run_by_dvc(output: str) -> list[str]:
 
 def _expected_after_finetune_change(params) -> list[str]:
     """The variant's jobs from fine-tuning on (its decomposition does not read fine-tuning settings),
-    its INT8 form's, its new matched control's, and the jobs that read every variant (profile, report)."""
+    its INT8 form's, its new matched control's, and the jobs that read every variant (profile, the
+    model cards, report)."""
     names = {VARIANT, f"{VARIANT}+int8", CONTROL}
     jobs = []
     for stage, wildcards in pipeline.grid(params):
         mine = (wildcards.get("variant") in names and stage.name != "decompose") or wildcards.get("name") in names
-        if mine or stage.name in ("profile", "report"):
+        if mine or stage.name in ("profile", "card", "report"):  # every card reads the profile
             jobs.append(stage.job_name(wildcards))
     return sorted(jobs)
 

@@ -58,3 +58,33 @@ def test_calibration_hand_computed_case():
     # a perfectly calibrated case, and an empty bin
     assert calibration(np.array([[1], [0]]), np.array([[1.0], [0.0]]), bins=3)["ece"] == 0.0
     assert calibration(np.array([[1], [0]]), np.array([[1.0], [0.0]]), bins=3)["reliability"][1]["count"] == 0
+
+
+def test_balanced_thresholds_hand_computed_case():
+    from lwpar.metrics import balanced_thresholds, pedestrian_metrics
+
+    labels = np.array([[1, 1, 0], [1, 0, 0], [0, 0, 0], [0, 1, 1]])
+    probs = np.array([[0.30, 0.9, 0.1], [0.25, 0.8, 0.2], [0.20, 0.7, 0.3], [0.10, 0.6, 0.4]])
+    thresholds = balanced_thresholds(labels, probs)
+    # attribute 0: the two positives score highest: cut between 0.25 and 0.20
+    assert thresholds[0] == pytest.approx(0.225)
+    # attribute 1: positives at 0.9 and 0.6 around two negatives; the best cut keeps only 0.9 (0.75)
+    assert thresholds[1] == pytest.approx(0.85)
+    # attribute 2: the one positive scores highest
+    assert thresholds[2] == pytest.approx(0.35)
+    assert pedestrian_metrics(labels, probs, thresholds)["mA"] == pytest.approx((1 + 0.75 + 1) / 3)
+
+
+def test_balanced_thresholds_are_the_best_cut_and_keep_the_default_where_undefined():
+    from lwpar.metrics import balanced_thresholds, pedestrian_metrics
+
+    rng = np.random.default_rng(0)
+    labels = rng.random((200, 4)) < 0.3
+    probs = np.clip(labels * 0.2 + rng.random((200, 4)) * 0.8, 0, 1).round(2)  # ties on purpose
+    labels[:, 3] = False  # no positive: threshold undefined
+    thresholds = balanced_thresholds(labels, probs)
+    assert thresholds[3] == 0.5
+    tuned = pedestrian_metrics(labels, probs, thresholds)["per_attribute"]["mA"]
+    for a in range(3):  # no threshold on a fine grid does better
+        grid = [pedestrian_metrics(labels[:, [a]], probs[:, [a]], t)["mA"] for t in np.linspace(0, 1, 401)]
+        assert tuned[a] >= max(grid) - 1e-12 and tuned[a] > 0.5

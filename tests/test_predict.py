@@ -57,10 +57,133 @@ def test_predictor_matches_the_evaluate_onnx_path(artifact):
     result = Predictor(folder).predict(paths)
     assert result.attributes == ATTRIBUTES and result.probabilities.shape == (5, len(ATTRIBUTES))
     np.testing.assert_allclose(result.probabilities, expected, rtol=0, atol=1e-6)
-    assert (result.decisions == (expected >= 0.5)).all()
+    assert (result.decisions == (expected > 0.5)).all()
     one = Predictor(folder / "model.onnx", threshold=0.9).predict(Image.open(paths[0]))
     np.testing.assert_allclose(one.probabilities[0], expected[0], rtol=0, atol=1e-6)
-    assert (one.decisions[0] == (expected[0] >= 0.9)).all()
+    assert (one.decisions[0] == (expected[0] > 0.9)).all()
+
+
+@pytest.mark.timeout(120)
+def test_tuned_thresholds_beside_the_artifact_decide_unless_one_threshold_is_given(artifact, tmp_path):
+    import shutil
+
+    from lwpar.artifact import thresholds_file
+
+    folder, images = artifact
+    copy = tmp_path / "artifact"
+    shutil.copytree(folder, copy)
+    tuned = np.array([0.1, 0.9, 0.5, 0.3, 0.7])
+    (copy / "thresholds.json").write_text(json.dumps(thresholds_file(ATTRIBUTES[::-1], tuned[::-1], 10)))
+    result = Predictor(copy).predict(_images(images))
+    np.testing.assert_array_equal(result.thresholds, tuned)
+    assert (result.decisions == (result.probabilities > tuned)).all()
+    assert (Predictor(copy, threshold=0.5).predict(_images(images)).thresholds == 0.5).all()
+    run = subprocess.run([str(BIN / "lwpar"), "predict", "--model", str(copy), str(images)], capture_output=True, text=True)
+    assert run.returncode == 0 and "thresholds.json" in run.stderr.splitlines()[-1], run.stderr
+    (copy / "thresholds.json").write_text(json.dumps(thresholds_file(ATTRIBUTES[:2], tuned[:2], 10)))
+    with pytest.raises(LwparError, match=r"thresholds.json: thresholds for other attributes"):
+        Predictor(copy)
+
+
+@pytest.mark.timeout(120)
+def test_bundle_copies_an_artifact_that_predict_accepts(artifact, tmp_path):
+    folder, images = artifact
+
+    def bundle(*args):
+        return subprocess.run([str(BIN / "lwpar"), "bundle", *args], capture_output=True, text=True)
+
+    refused = bundle("--model", str(folder), "--out", str(tmp_path / "device"), "--require-card")
+    assert refused.returncode == 2 and "no thresholds.json, card.json, card.md" in refused.stderr
+    assert not (tmp_path / "device").exists()
+    made = bundle("--model", str(folder / "model.onnx"), "--out", str(tmp_path / "device"))
+    assert made.returncode == 0, made.stderr
+    assert sorted(p.name for p in (tmp_path / "device").iterdir()) == ["model.onnx"]
+    assert oct((tmp_path / "device").stat().st_mode & 0o777) != oct(0o700)
+    np.testing.assert_array_equal(Predictor(tmp_path / "device").predict(_images(images)).probabilities,
+                                  Predictor(folder).predict(_images(images)).probabilities)
+    again = bundle("--model", str(folder), "--out", str(tmp_path / "device"))
+    assert again.returncode == 2 and "device: exists and is not empty" in again.stderr
+    assert list(tmp_path.glob(".device.*")) == []
+
+
+def _video(path, frames=6, size=(96, 160)):
+    """A small MJPEG video of smooth moving images, and its frames as OpenCV decodes them (RGB)."""
+    cv2 = pytest.importorskip("cv2")
+    height, width = size
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 5, (width, height))
+    yy, xx = np.mgrid[0:height, 0:width]
+    for t in range(frames):
+        pixels = np.stack([(xx * 2 + t * 20) % 256, (yy + t * 9) % 256, (xx + yy) % 256], -1).astype(np.uint8)
+        writer.write(pixels)
+    writer.release()
+    capture, decoded = cv2.VideoCapture(str(path)), []
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        decoded.append(Image.fromarray(frame[:, :, ::-1].copy()))
+    assert len(decoded) == frames
+    return decoded
+
+
+def _probabilities(csv_path):
+    by_image = {}
+    for row in csv.DictReader(open(csv_path)):
+        by_image.setdefault(row["image"], []).append(float(row["probability"]))
+    return by_image
+
+
+@pytest.mark.timeout(120)
+def test_predict_on_a_videos_frames_and_on_the_person_crops_of_a_box_file(artifact, tmp_path):
+    folder, _ = artifact
+    video = tmp_path / "walk.avi"
+    frames = _video(video)
+    predictor = Predictor(folder)
+
+    def predict(*args):
+        return subprocess.run([str(BIN / "lwpar"), "predict", "--model", str(folder), *args], capture_output=True, text=True)
+
+    run = predict(str(video), "--every", "2", "--out", str(tmp_path / "frames.csv"))
+    assert run.returncode == 0 and "3 images, 0 skipped" in run.stderr, run.stderr
+    got = _probabilities(tmp_path / "frames.csv")
+    assert list(got) == [f"{video}#frame={i}" for i in (0, 2, 4)]
+    np.testing.assert_allclose(list(got.values()), predictor.predict([frames[i] for i in (0, 2, 4)]).probabilities,
+                               rtol=0, atol=1e-6)
+
+    boxes = tmp_path / "boxes.csv"
+    boxes.write_text("frame,id,x,y,w,h\n1,7,10,5,40,80\n1,8,100,0,60,96\n4,7,12,6,40,80\n")
+    run = predict(str(video), "--boxes", str(boxes), "--out", str(tmp_path / "crops.csv"))
+    assert run.returncode == 0 and "3 images" in run.stderr, run.stderr
+    got = _probabilities(tmp_path / "crops.csv")
+    assert list(got) == [f"{video}#frame=1&box=10,5,40,80&id=7", f"{video}#frame=1&box=100,0,60,96&id=8",
+                         f"{video}#frame=4&box=12,6,40,80&id=7"]
+    crops = [frames[1].crop((10, 5, 50, 85)), frames[1].crop((100, 0, 160, 96)), frames[4].crop((12, 6, 52, 86))]
+    np.testing.assert_allclose(list(got.values()), predictor.predict(crops).probabilities, rtol=0, atol=1e-6)
+
+
+@pytest.mark.fault
+@pytest.mark.timeout(120)
+def test_bad_videos_and_boxes_are_one_line_errors(artifact, tmp_path):
+    folder, images = artifact
+    video = tmp_path / "walk.avi"
+    _video(video, frames=3)
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"\x00\x00\x00 ftyp not a video")
+    cases = {"outside": ("frame,x,y,w,h\n0,0,0,10,10\n2,150,0,20,50\n", "boxes.csv: line 3: box x=150 y=0 w=20 h=50 outside frame 2 (160 x 96)"),
+             "late": ("frame,x,y,w,h\n5,0,0,10,10\n", "boxes.csv: line 2: frame 5, but the video has 3 frames"),
+             "columns": ("frame,x,y,width,h\n0,0,0,10,10\n", "boxes.csv: no column w"),
+             "text": ("frame,x,y,w,h\n0,a,0,10,10\n", "boxes.csv: line 2: frame, x, y, w, h must be numbers")}
+    out = tmp_path / "out.csv"
+    for content, message in cases.values():
+        (tmp_path / "boxes.csv").write_text(content)
+        run = subprocess.run([str(BIN / "lwpar"), "predict", "--model", str(folder), str(video), "--boxes",
+                              str(tmp_path / "boxes.csv"), "--out", str(out)], capture_output=True, text=True)
+        assert run.returncode == 2 and message in run.stderr and len(run.stderr.strip().splitlines()) == 1, run.stderr
+        assert not out.exists()  # nothing half-written
+    for inputs, message in (([str(broken)], "broken.mp4: cannot open video"),
+                            ([str(images), "--boxes", str(tmp_path / "boxes.csv")], "boxes apply to one video, and the inputs have 0")):
+        run = subprocess.run([str(BIN / "lwpar"), "predict", "--model", str(folder), *inputs], capture_output=True, text=True)
+        assert run.returncode == 2 and message in run.stderr and len(run.stderr.strip().splitlines()) == 1, run.stderr
 
 
 @pytest.mark.timeout(120)
@@ -160,6 +283,10 @@ def test_predict_on_the_smoke_runs_artifacts_matches_evaluate(smoke_run, tmp_pat
         expected = predict_onnx(onnx_session(artifact / "model.onnx"), paths, build_transform(size, False), 4, 0)
         api = Predictor(artifact).predict(copies)
         assert api.attributes == data.attributes
+        # `lwpar evaluate` chose the thresholds on validation, beside the artifact; predict decides with them
+        tuned = json.loads((artifact / "thresholds.json").read_text())["thresholds"]
+        np.testing.assert_array_equal(api.thresholds, [tuned[a] for a in data.attributes])
+        assert (api.decisions == (api.probabilities > api.thresholds)).all()
         np.testing.assert_allclose(api.probabilities, expected, rtol=0, atol=1e-6)
         out = tmp_path / f"{name}.csv"
         cli = subprocess.run([str(BIN / "lwpar"), "predict", "--model", str(artifact), str(folder), "--out", str(out)],
@@ -167,3 +294,13 @@ def test_predict_on_the_smoke_runs_artifacts_matches_evaluate(smoke_run, tmp_pat
         assert cli.returncode == 0 and f"{len(paths)} images, 1 skipped" in cli.stderr, cli.stderr
         rows = list(csv.DictReader(out.open()))
         assert len(rows) == len(paths) * len(data.attributes)
+    # the INT8 artifact as one folder for a device: model, thresholds and card; predict takes it as is
+    device = tmp_path / "device"
+    made = subprocess.run([str(BIN / "lwpar"), "bundle", "--model", str(run / "lwalm+int8"), "--out", str(device),
+                           "--require-card"], capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    assert sorted(p.name for p in device.iterdir()) == ["card.json", "card.md", "model.onnx", "thresholds.json"]
+    moved = Predictor(device).predict(copies)
+    np.testing.assert_array_equal(moved.probabilities, api.probabilities)
+    np.testing.assert_array_equal(moved.thresholds, api.thresholds)
+    assert json.loads((device / "card.json").read_text())["artifact"] == "lwalm+int8"

@@ -59,7 +59,7 @@ def _outputs(chain, stage, **wildcards):
 def test_every_job_runs_and_writes_every_declared_output(chain):
     _, jobs = chain
     assert {name for name, *_ in jobs} == {"data", "train", "decompose", "prune", "finetune",
-                                          "export", "quantize", "evaluate", "profile", "report"}
+                                          "export", "quantize", "evaluate", "profile", "card", "report"}
     for name, wildcards, command, code, outputs, _ in jobs:
         missing = [path for path in outputs.values() if not Path(path).exists()]
         assert code == 0 and not missing, (command, missing)
@@ -85,6 +85,12 @@ def _json(path) -> dict:
     return json.loads(Path(path).read_text())
 
 
+def trained_attributes(chain) -> list[str]:
+    from lwpar.runtime import load_torch
+
+    return load_torch(_outputs(chain, "train")["model"])["attributes"]
+
+
 def test_each_stage_did_its_work(chain):
     prepared = pd.read_csv(Path(_outputs(chain, "data")["prepared"]) / "samples.csv")
     assert set(prepared.split) == {"train", "val", "test"} and len(prepared) == chain[0]
@@ -95,7 +101,15 @@ def test_each_stage_did_its_work(chain):
     pruned = _json(_outputs(chain, "prune", variant="prune_l2_r50")["summary"])
     assert 0.45 < pruned["macs_after"] / pruned["macs_before"] < 0.55, pruned
     for variant in VARIANTS:
-        assert _json(_outputs(chain, "finetune", variant=variant)["summary"])["val_after"]["mA"] > 0, variant
+        outputs = _outputs(chain, "finetune", variant=variant)
+        tuned = _json(outputs["summary"])
+        assert tuned["val_after"]["mA"] > 0, variant
+        # the kept weights' validation score: the kept epoch's, or the starting point's if none beat it
+        if tuned["best_epoch"]:
+            kept = pd.read_csv(outputs["history"]).iloc[tuned["best_epoch"] - 1]
+            assert tuned["val_after"]["mA"] == pytest.approx(kept.val_mA), variant
+        else:
+            assert tuned["val_after"] == (tuned["val_after_bn_recalibration"] or tuned["val_before"]), variant
     for name in ("baseline", "baseline_reference", *VARIANTS):
         parity = _json(_outputs(chain, "export", name=name)["parity"])
         assert parity["max_abs_diff"] <= parity["bound"], name
@@ -105,8 +119,20 @@ def test_each_stage_did_its_work(chain):
     for name in scored:
         assert 0 < _json(_outputs(chain, "evaluate", name=name)["metrics"])["mA"] <= 1, name
     assert set(_json(_outputs(chain, "profile", target="local_cpu")["profile"])["variants"]) == {"baseline_reference", *scored}
+    for name in scored:  # thresholds chosen on val, and the test scores at them
+        tuned = _json(Path(_outputs(chain, "evaluate", name=name)["metrics"]).parents[1] / "thresholds.json")
+        assert tuned["chosen_on"] == "val" and len(tuned["thresholds"]) == len(trained_attributes(chain))
+        assert 0 < _json(_outputs(chain, "evaluate", name=name)["metrics"])["tuned_thresholds"]["mA"] <= 1
+    card = _json(_outputs(chain, "card", name="svd_r50+int8")["json"])
+    assert card["model"]["precision"] == "int8" and card["parity"]["of"] == "its FP32 source"
+    assert [step["stage"] for step in card["made_by"]] == ["train", "decompose", "finetune"]
+    assert card["made_by"][1]["recipe"]["rank"]["macs_fraction"] == 0.99
+    assert card["latency"][0]["median_ms"] > 0 and card["complexity"]["macs"] > 0
+    assert card["metrics"]["at_tuned_thresholds"]["mA"] > 0 and card["dataset"]["split_sizes"]["test"] > 0
+    assert "| tuned on validation" in Path(_outputs(chain, "card", name="svd_r50+int8")["markdown"]).read_text()
     table = pd.read_csv(_outputs(chain, "report")["csv"])
     assert set(table.variant) == {"baseline_reference", *scored} and (table[table.variant == "baseline"].speedup == 1.0).all()
+    assert table[table.variant != "baseline_reference"].mA_tuned.between(0, 1).all()
 
 
 def test_every_model_file_records_its_lineage_and_no_two_jobs_write_the_same_bytes(chain):

@@ -62,5 +62,34 @@ def read_metadata(path: str | Path, session=None) -> dict:
     return fields
 
 
+def is_artifact(session) -> bool:
+    return KEY in session.get_modelmeta().custom_metadata_map
+
+
+THRESHOLDS_FORMAT = "lwpar-thresholds/1"
+THRESHOLDS_FILE = "thresholds.json"  # beside the artifact's model.onnx
+
+
+def thresholds_file(attributes: list[str], thresholds, images: int) -> dict:
+    """The content of an artifact's tuned-thresholds file."""
+    return {"format": THRESHOLDS_FORMAT, "chosen_on": "val", "images": images,
+            "criterion": "each attribute's balanced accuracy (the quantity mA averages)",
+            "thresholds": {a: float(t) for a, t in zip(attributes, thresholds)}}
+
+
+def read_thresholds(path: Path, attributes: list[str]) -> list[float]:
+    """The tuned thresholds in `attributes` order; a file for other attributes is an LwparError."""
+    try:
+        fields = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise LwparError(f"{path}: unreadable thresholds file ({exc})") from None
+    if not isinstance(fields, dict) or fields.get("format") != THRESHOLDS_FORMAT:
+        raise LwparError(f"{path}: not an lwpar thresholds file ({THRESHOLDS_FORMAT})")
+    chosen = fields.get("thresholds", {})
+    if set(chosen) != set(attributes):
+        raise LwparError(f"{path}: thresholds for other attributes than the model's")
+    return [float(chosen[a]) for a in attributes]
+
+
 def _without_format(fields: dict) -> dict:
     return {k: v for k, v in fields.items() if k != "format"}

@@ -24,6 +24,7 @@ STAGES = {
     "finetune": ("lwpar.stages.finetune", "fine-tune a compressed model (BN recalibration, distillation)"),
     "export": ("lwpar.stages.export", "export a model to ONNX and check parity on real images"),
     "quantize": ("lwpar.stages.quantize", "INT8 quantization of an ONNX model with ONNX Runtime"),
+    "card": ("lwpar.stages.card", "write an artifact's model card (card.json, card.md) from the pipeline's records"),
     "report": ("lwpar.stages.report", "comparison tables and plots from every variant's results"),
     "profile": ("lwpar.stages.profile", "measure latency, memory, size and MACs of ONNX artifacts on a target"),
 }
@@ -31,6 +32,7 @@ STAGES = {
 TOOLS = {
     "dvc": ("lwpar.pipeline", "write (or --check) dvc.yaml from the pipeline definition"),
     "predict": ("lwpar.stages.predict", "attribute probabilities for images from an exported artifact (ONNX Runtime only)"),
+    "bundle": ("lwpar.stages.bundle", "copy one artifact with its thresholds and model card to a folder for a device"),
 }
 
 

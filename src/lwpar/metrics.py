@@ -54,6 +54,32 @@ def summary(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if k != "per_attribute"}
 
 
+def balanced_thresholds(labels: np.ndarray, probs: np.ndarray, default: float = 0.5) -> np.ndarray:
+    """Per attribute, the decision threshold (positive when the probability is above it, as
+    `pedestrian_metrics` decides) that maximises the attribute's balanced accuracy on these images,
+    the quantity mA averages. Each threshold lies midway between two consecutive distinct
+    probabilities; an attribute with no positive or no negative image, or that no cut separates
+    better than chance, keeps `default`."""
+    gt = np.asarray(labels) > 0.5
+    scores = np.asarray(probs, dtype=np.float64)
+    thresholds = np.full(scores.shape[1], default, dtype=np.float64)
+    for a in range(scores.shape[1]):
+        positives = int(gt[:, a].sum())
+        negatives = len(gt) - positives
+        if positives == 0 or negatives == 0:
+            continue
+        order = np.argsort(-scores[:, a], kind="stable")
+        ranked, truth = scores[order, a], gt[order, a]
+        # cut k: the k + 1 highest scores are positive; only between distinct scores
+        balanced = (np.cumsum(truth) / positives + 1 - np.cumsum(~truth) / negatives) / 2
+        balanced[:-1][ranked[:-1] == ranked[1:]] = -np.inf
+        k = int(np.argmax(balanced))
+        if balanced[k] <= 0.5:
+            continue
+        thresholds[a] = (ranked[k] + ranked[k + 1]) / 2 if k + 1 < len(ranked) else np.nextafter(ranked[k], -np.inf)
+    return thresholds
+
+
 def calibration(labels: np.ndarray, probs: np.ndarray, bins: int = 15) -> dict:
     """Calibration of the attribute probabilities, over every image and attribute: with equal-width
     bins of the predicted probability, each bin's mean probability (confidence) against its fraction

@@ -237,11 +237,12 @@ def stages(params: dict) -> dict[str, Stage]:
         Stage(
             name="evaluate", wildcards=("dataset", "model", "name"),
             outputs={"metrics": f"{run}/{{name}}/eval/metrics.json",
-                     "per_attribute": f"{run}/{{name}}/eval/per_attribute.csv"},
+                     "per_attribute": f"{run}/{{name}}/eval/per_attribute.csv",
+                     "thresholds": f"{run}/{{name}}/thresholds.json"},
             inputs=lambda p, w: {"data": _prepared(p, w["dataset"]), "onnx": f"{_run(p, w, w['name'])}/model.onnx"},
             param_keys=lambda p, w: ["evaluate"],
             args=lambda i, o, w: ["--dataset-dir", i["data"], "--model", i["onnx"], "--split", "test",
-                                  "--out-dir", str(Path(o["metrics"]).parent)],
+                                  "--out-dir", str(Path(o["metrics"]).parent), "--thresholds-out", o["thresholds"]],
             modules=package_imports("stages/evaluate.py"),
             metrics=("metrics",),
         ),
@@ -263,6 +264,24 @@ def stages(params: dict) -> dict[str, Stage]:
             # the benchmark worker runs as a script in its own process (on the target), not imported
             modules=sorted({*package_imports("stages/profile.py"), *package_imports("bench_worker.py")}),
             metrics=("profile",),
+        ),
+        Stage(
+            name="card", wildcards=("dataset", "model", "name"),
+            outputs={"json": f"{run}/{{name}}/card.json", "markdown": f"{run}/{{name}}/card.md"},
+            inputs=lambda p, w: {
+                "onnx": f"{_run(p, w, w['name'])}/model.onnx", "metrics": f"{_run(p, w, w['name'])}/eval/metrics.json",
+                "thresholds": f"{_run(p, w, w['name'])}/thresholds.json",
+                "parity": f"{_run(p, w, w['name'].removesuffix('+int8'))}/parity.json",
+                "training": f"{_run(p, w, 'baseline')}/train.json", "data": _prepared(p, w["dataset"]),
+                **{f"profile_{t}": f"{p['paths']['results']}/{w['dataset']}/{w['model']}/profile-{t}.json"
+                   for t in p["experiment"]["targets"]}},
+            param_keys=lambda p, w: [],
+            args=lambda i, o, w: ["--name", w["name"], "--model", i["onnx"], "--metrics", i["metrics"],
+                                  "--thresholds", i["thresholds"], "--parity", i["parity"], "--training", i["training"],
+                                  "--dataset-dir", i["data"], "--out", o["json"], "--profiles",
+                                  *(v for k, v in i.items() if k.startswith("profile_"))],
+            modules=package_imports("stages/card.py"),
+            local=True,
         ),
         Stage(
             name="report", wildcards=(),
@@ -315,6 +334,7 @@ def grid(params: dict, upto: str | None = None) -> list[tuple[Stage, dict]]:
     jobs += [(all_stages["profile"], {**w, "target": t}) for w in pairs for t in experiment["targets"]]
     if upto == "profile":
         return jobs
+    jobs += [(all_stages["card"], {**w, "name": n}) for w in pairs for n in artifact_names(params, w["model"])]
     return jobs + [(all_stages["report"], {})]
 
 
@@ -387,7 +407,8 @@ def variant_pattern(params: dict, kind: str) -> str:
 
 
 def final_targets(params: dict) -> list[str]:
-    return list(stages(params)["report"].job_outputs({}).values())
+    """The report and every artifact's model card (nothing else depends on the cards)."""
+    return [path for stage, w in grid(params) if stage.name in ("card", "report") for path in stage.job_outputs(w).values()]
 
 
 def dvc_yaml(params: dict, params_file: str) -> dict:

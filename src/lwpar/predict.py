@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from lwpar import LwparError, preprocess
-from lwpar.artifact import onnx_session, read_metadata
+from lwpar.artifact import THRESHOLDS_FILE, onnx_session, read_metadata, read_thresholds
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".gif", ".tif", ".tiff", ".webp"}
 
@@ -24,7 +24,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".gif", ".tif
 class Prediction:
     attributes: list[str]
     probabilities: np.ndarray   # (images, attributes), float32
-    decisions: np.ndarray       # (images, attributes), bool: probability >= threshold
+    decisions: np.ndarray       # (images, attributes), bool: probability > threshold, as evaluation decides
     thresholds: np.ndarray      # (attributes,)
 
 
@@ -40,15 +40,23 @@ def artifact_file(path: str | Path) -> Path:
 
 class Predictor:
     """Runs one artifact. `threshold`: one decision threshold for every attribute (0.5 as the PAR
-    literature scores); `threads`: ONNX Runtime intra-op threads (0: all cores)."""
+    literature scores); None takes the per-attribute thresholds tuned on validation from the
+    artifact's thresholds.json (beside its model.onnx) when it has one, else 0.5. `threads`: ONNX
+    Runtime intra-op threads (0: all cores)."""
 
-    def __init__(self, model: str | Path, threads: int = 0, threshold: float = 0.5, batch_size: int = 32):
+    def __init__(self, model: str | Path, threads: int = 0, threshold: float | None = None, batch_size: int = 32):
         self.path = artifact_file(model)
         self.session = onnx_session(self.path, threads)
         self.metadata = read_metadata(self.path, self.session)
         self.attributes: list[str] = list(self.metadata["attributes"])
         self.spec: dict = self.metadata["preprocessing"]
-        self.thresholds = np.full(len(self.attributes), threshold, dtype=np.float32)
+        tuned = self.path.with_name(THRESHOLDS_FILE)
+        if threshold is None and tuned.is_file():
+            self.thresholds = np.array(read_thresholds(tuned, self.attributes), dtype=np.float64)
+            self.threshold_source = str(tuned)
+        else:
+            self.thresholds = np.full(len(self.attributes), 0.5 if threshold is None else threshold, dtype=np.float64)
+            self.threshold_source = "tuned thresholds absent: 0.5" if threshold is None else f"--threshold {threshold}"
         self.batch_size = batch_size
         self._input = self.session.get_inputs()[0].name
 
@@ -60,7 +68,7 @@ class Predictor:
         return self.predict_arrays(np.stack(arrays) if arrays else np.zeros((0, 3, *self.spec["input_size"]), np.float32))
 
     def prepare(self, image) -> np.ndarray:
-        """One image (a path or a PIL image) as the network's input."""
+        """One image (a path or a PIL image, e.g. a video frame or a person crop) as the network's input."""
         image = preprocess.open_rgb(image) if isinstance(image, (str, Path)) else image.convert("RGB")
         return preprocess.to_input(image, self.spec)
 
@@ -70,21 +78,65 @@ class Predictor:
                   for i in range(0, len(batch), self.batch_size)]
         logits = np.concatenate(logits) if logits else np.zeros((0, len(self.attributes)), np.float32)
         probabilities = 1 / (1 + np.exp(-logits))  # as `lwpar evaluate` scores the same artifact
-        return Prediction(self.attributes, probabilities, probabilities >= self.thresholds, self.thresholds)
+        return Prediction(self.attributes, probabilities, probabilities > self.thresholds, self.thresholds)
 
 
 def expand_inputs(inputs: list[str | Path]) -> list[tuple[Path, bool]]:
-    """Image files from files and folders (recursively, sorted), each with whether it was named
-    explicitly (an unreadable named file is an error; one found in a folder is skipped)."""
+    """Image and video files from files and folders (folders: their images, recursively, sorted),
+    each with whether it was named explicitly (an unreadable named file is an error; one found in a
+    folder is skipped)."""
     found = []
     for item in map(Path, inputs):
         if item.is_dir():
             images = sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
             if not images:
-                raise LwparError(f"{item}: no images in this folder (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+                raise LwparError(f"{item}: no images in this folder (looked for {', '.join(sorted(IMAGE_SUFFIXES))}; "
+                                 f"name videos one by one)")
             found += [(p, False) for p in images]
         elif item.is_file():
             found.append((item, True))
         else:
             raise LwparError(f"{item}: no such file or folder")
     return found
+
+
+def is_video(path: Path) -> bool:
+    from lwpar.video import VIDEO_SUFFIXES
+
+    return path.suffix.lower() in VIDEO_SUFFIXES
+
+
+def read_inputs(items: list[tuple[Path, bool]], every: int = 1, boxes: Path | None = None):
+    """(label, named, load) per image to score, in order: `load()` gives the RGB image or raises
+    LwparError. A video gives every `every`-th frame, or with `boxes` (a CSV for the one video among
+    the inputs) the person crops it lists; its frames are decoded as they are consumed."""
+    from lwpar import video
+
+    videos = [p for p, _ in items if is_video(p)]
+    if boxes is not None and len(videos) != 1:
+        raise LwparError(f"{boxes}: boxes apply to one video, and the inputs have {len(videos)}")
+    by_frame = video.read_boxes(boxes) if boxes is not None else None
+    for path, named in items:
+        if is_video(path):
+            for label, image in video.images(path, every, by_frame, boxes):
+                yield label, True, (lambda image=image: image)
+        else:
+            yield str(path), named, (lambda path=path: preprocess.open_rgb(path))
+
+
+def count_inputs(items: list[tuple[Path, bool]], every: int = 1, boxes: Path | None = None) -> int | None:
+    """How many images `read_inputs` gives (for a progress bar): None when a video's length is unknown."""
+    from lwpar import video
+
+    total = 0
+    for path, _ in items:
+        if not is_video(path):
+            total += 1
+        elif boxes is not None:
+            total += sum(len(listed) for listed in video.read_boxes(boxes).values())
+        else:
+            frames = video.frame_count(path)
+            if not frames:
+                return None
+            total += -(-frames // every)
+    return total

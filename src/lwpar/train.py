@@ -155,7 +155,7 @@ def fit(model: torch.nn.Module, data: Prepared, input_size, cfg: dict, out_dir: 
                 total_loss += loss.item() * len(images)
                 bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{seen / (time.time() - started):.0f}")
             train_seconds = time.time() - started
-            probs = predict_torch(scored, val_paths, plain, eval_batch, workers, device)
+            probs = predict_torch(scored, val_paths, plain, eval_batch, workers, device, precision)
             metrics = summary(pedestrian_metrics(val_labels, probs, threshold))
             score = metrics[cfg["select_metric"]]
             if cfg["schedule"] == "plateau":

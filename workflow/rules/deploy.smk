@@ -100,6 +100,28 @@ rule profile:
         "{params.cmd} > {log} 2>&1"
 
 
+rule card:
+    """An artifact's model card from its metadata, evaluation, profiles and the baseline's records."""
+    input:
+        unpack(job_inputs("card")),
+        modules=STAGES["card"].module_files(),
+    output:
+        **outputs("card"),
+    params:
+        values=param_values("card"),
+        cmd=command("card"),
+    conda:
+        "../envs/lwpar.yaml"
+    log:
+        "logs/card/{dataset}/{model}/{name}.log",
+    benchmark:
+        "logs/benchmarks/card/{dataset}/{model}/{name}.tsv"
+    wildcard_constraints:
+        name="[A-Za-z0-9_+]+",
+    shell:
+        "{params.cmd} > {log} 2>&1"
+
+
 rule report:
     """Comparison tables and plots from every evaluation and profile."""
     input:
@@ -120,4 +142,4 @@ rule report:
         "{params.cmd} > {log} 2>&1"
 
 
-localrules: report
+localrules: report, card

@@ -69,6 +69,6 @@ def run(args, params) -> None:
     write_csv(args.table, table)
     save_model(args.out, model, blob["model_cfg"], blob["attributes"], structure=structure,
                macs={"before": macs_before, "after": macs_after}, params={"before": params_before, "after": params_after},
-               lineage=lineage(blob, stage="decompose", variant=args.variant))
+               lineage=lineage(blob, stage="decompose", variant=args.variant, recipe=recipe))
     print(f"{args.variant}: {len(rows)} layers factorized; MACs {macs_before / 1e6:.1f} M -> {macs_after / 1e6:.1f} M "
           f"({macs_after / macs_before:.3f}); parameters {params_before / 1e6:.2f} M -> {params_after / 1e6:.2f} M")

@@ -49,10 +49,13 @@ def run(args, params) -> None:
     val_paths, val_labels = data.split("val")
     plain = build_transform(size, False)
 
-    def validate(m):
-        return summary(pedestrian_metrics(val_labels, predict_torch(m, val_paths, plain, batch, workers, device), threshold))
-
     model.to(device)
+    precision = checked_precision(model, training_precision(params["runtime"]["amp"], device), size, device)
+
+    def validate(m):
+        probs = predict_torch(m, val_paths, plain, batch, workers, device, precision)
+        return summary(pedestrian_metrics(val_labels, probs, threshold))
+
     before = validate(model)
     if recipe["recalibrate_bn"]:
         train_paths, train_labels = data.split("train")
@@ -66,7 +69,6 @@ def run(args, params) -> None:
         teacher, _ = load_model(args.teacher)
         teacher.to(device).eval()
     structure = [{k: v for k, v in step.items() if k != "tp_state"} for step in blob.get("structure", [])]
-    precision = checked_precision(model, training_precision(params["runtime"]["amp"], device), size, device)
     stamp = fingerprint(recipe, params["train"], params["seed"], structure, data.meta.get("sources"),
                         *([str(precision)] if precision != torch.float32 else []))
     checkpoint = args.out / CHECKPOINT
@@ -86,11 +88,13 @@ def run(args, params) -> None:
         else:  # fine-tuning never beat the starting point on validation: keep the starting point
             model.load_state_dict(start_state)
             best_epoch = 0
+    # the kept weights were scored on validation already, in the same precision: no further pass
+    after = ({k.removeprefix("val_"): v for k, v in history[best_epoch - 1].items() if k.startswith("val_")}
+             if best_epoch else recalibrated or before)
     extra = {k: blob[k] for k in ("structure", "macs", "params") if k in blob}
     save_model(args.out / "model.pt", model, blob["model_cfg"], blob["attributes"], **extra,
                lineage=lineage(blob, stage="finetune", variant=args.variant, recipe=recipe, best_epoch=best_epoch))
     write_history(history, args.out / "history.csv")
-    after = validate(model.to(device))
     write_json(args.out / "finetune.json", {
         "variant": args.variant, "val_before": before, "val_after_bn_recalibration": recalibrated,
         "val_after": after, "best_epoch": best_epoch, "epochs": recipe["epochs"],

@@ -62,7 +62,7 @@ def run(args, params) -> None:
     macs_after, params_after = count_macs(model, size), count_params(model)
     save_model(args.out, model, blob["model_cfg"], blob["attributes"], structure=structure,
                macs={"before": macs_before, "after": macs_after}, params={"before": params_before, "after": params_after},
-               lineage=lineage(blob, stage="prune", variant=args.variant))
+               lineage=lineage(blob, stage="prune", variant=args.variant, recipe=cfg))
     write_json(args.summary, {"variant": args.variant, "kind": cfg["kind"], "macs_before": macs_before,
                               "macs_after": macs_after, "params_before": params_before, "params_after": params_after,
                               "seconds": round(time.time() - started, 1), **extra})
