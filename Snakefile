@@ -1,5 +1,5 @@
-# lwpar pipeline. The stages, their inputs, outputs, parameters and commands are defined once in
-# src/lwpar/pipeline.py; dvc.yaml is generated from the same definition.
+# lwpar pipeline. The stages, their inputs, outputs, parameters, commands and resources are defined
+# once in src/lwpar/pipeline.py; dvc.yaml and the SLURM profile are generated from the same definition.
 #
 #   snakemake --cores 8                                           # the default experiment (params.yaml)
 #   snakemake --cores 2 --config params=workflow/params/smoke.yaml  # another params file
@@ -7,10 +7,7 @@
 
 
 include: "workflow/rules/common.smk"
-include: "workflow/rules/data.smk"
-include: "workflow/rules/train.smk"
-include: "workflow/rules/compress.smk"
-include: "workflow/rules/deploy.smk"
+include: "workflow/rules/stages.smk"
 
 
 rule all:

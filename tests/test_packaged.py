@@ -5,7 +5,6 @@ synthetic files written here."""
 
 from __future__ import annotations
 
-import struct
 import sys
 from dataclasses import replace
 from pathlib import Path

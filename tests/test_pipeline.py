@@ -28,6 +28,29 @@ def test_stale_dvc_yaml_is_detected(tmp_path):
     assert run.returncode == 2 and "dvc.yaml is stale: run `lwpar dvc" in run.stderr
 
 
+def test_slurm_profile_is_generated_and_fresh(tmp_path):
+    run = _run([str(BIN / "lwpar"), "slurm-profile", "--check"], ROOT)
+    assert run.returncode == 0, run.stderr
+    stale = tmp_path / "config.yaml"
+    stale.write_text("executor: slurm\n")
+    run = _run([str(BIN / "lwpar"), "slurm-profile", "--check", "--out", str(stale)], ROOT)
+    assert run.returncode == 2 and "config.yaml is stale: run `lwpar slurm-profile" in run.stderr
+
+
+def test_each_stage_entry_is_one_rule_and_one_subcommand():
+    """The rules are made from the stage entries (workflow/rules/stages.smk), with their descriptions;
+    the CLI has a subcommand for each."""
+    from lwpar.cli import STAGES as COMMANDS
+
+    stages = pipeline.stages(load_params(ROOT / "params.yaml"))
+    run = _run([str(BIN / "snakemake"), "--list-rules"], ROOT, timeout=300)
+    assert run.returncode == 0, run.stderr
+    rules = {line.split(" ", 1)[0]: line for line in run.stdout.splitlines() if line.strip()}
+    assert set(rules) == {"all", *stages}
+    assert all(stage.doc and stage.doc in rules[name] for name, stage in stages.items())
+    assert set(COMMANDS) == set(stages)
+
+
 def test_every_dvc_stage_mirrors_a_snakemake_job():
     from lwpar import pipeline
     from lwpar.config import load_params

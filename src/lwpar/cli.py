@@ -31,6 +31,7 @@ STAGES = {
 # commands that are not stages of the pipeline
 TOOLS = {
     "dvc": ("lwpar.pipeline", "write (or --check) dvc.yaml from the pipeline definition"),
+    "slurm-profile": ("lwpar.stages.slurm_profile", "write (or --check) the SLURM profile from the pipeline definition"),
     "predict": ("lwpar.stages.predict", "attribute probabilities for images from an exported artifact (ONNX Runtime only)"),
     "bundle": ("lwpar.stages.bundle", "copy one artifact with its thresholds and model card to a folder for a device"),
 }

@@ -1,8 +1,10 @@
 """The pipeline, defined once: stage templates and the job grid from params.
 
-The Snakefile's rules (workflow/rules/*.smk) take their inputs, outputs, parameters and commands
-from here, and `lwpar dvc` writes dvc.yaml from the same definitions, one DVC
-stage per Snakemake job. Neither engine owns a command line: both call the `lwpar` CLI.
+Each stage is one entry of `stages()`: its outputs, inputs, params keys, command-line arguments and
+how it runs (threads, memory, time, GPU). The Snakefile makes one rule per entry
+(workflow/rules/stages.smk), `lwpar dvc` writes dvc.yaml from the same entries, one DVC stage per
+Snakemake job, and `lwpar slurm-profile` the SLURM profile's per-rule settings. Neither engine owns a
+command line: both call the `lwpar` CLI.
 """
 
 from __future__ import annotations
@@ -32,12 +34,24 @@ class Stage:
     plots: tuple[str, ...] = ()
     local: bool = False                                      # runs on the submitting host, not a cluster node
     cached: bool = True                                      # False: outputs are committed to git, not DVC's cache
-    log: str = ""
-    benchmark: str = ""
-    extra: dict = field(default_factory=dict)
+    # How Snakemake runs it (the rule, and the SLURM profile's per-rule settings):
+    doc: str = ""                                            # one line, the rule's description
+    threads: int | str = "heavy"                             # "heavy": every core Snakemake has (one such job
+    #                                                          at a time, no oversubscription); "all": the same,
+    #                                                          also under a cluster profile; or a number
+    cluster_threads: int | None = None                       # threads and CPUs of its SLURM job
+    mem_mb: int = 4000                                       # per attempt: a retried job asks for more
+    runtime_min: int = 60                                    # per attempt
+    gpu: bool = False                                        # asks a cluster for one GPU
+    constraints: Callable[[dict], dict[str, str]] = field(default=lambda p: {})  # wildcard patterns (params ->)
+    report_category: str | None = None                       # outputs shown in `snakemake --report`
 
     def format(self, pattern: str, wildcards: dict) -> str:
         return pattern.format(**wildcards)
+
+    def log_pattern(self, folder: str = "logs") -> str:
+        return "/".join([folder, self.name, *(f"{{{w}}}" for w in self.wildcards)]) + ".log" if self.wildcards \
+            else f"{folder}/{self.name}.log"
 
     def job_outputs(self, wildcards: dict) -> dict[str, str]:
         return {k: self.format(v, wildcards) for k, v in self.outputs.items()}
@@ -160,6 +174,8 @@ def stages(params: dict) -> dict[str, Stage]:
                                   "--download-dir", f"{data_dir}/downloads"],
             modules=package_imports("stages/data.py"),
             local=True,
+            doc="Download (or take from the mirror), extract, parse, check and split one dataset.",
+            threads=2, mem_mb=4000, runtime_min=30,
         ),
         Stage(
             name="train", wildcards=("dataset", "model"),
@@ -171,6 +187,8 @@ def stages(params: dict) -> dict[str, Stage]:
                                   "--out", str(Path(o["model"]).parent)],
             modules=package_imports("stages/train.py"),
             metrics=("summary",), plots=("history",),
+            doc="Train the baseline model on the prepared dataset (resumes from its checkpoint).",
+            cluster_threads=8, mem_mb=8000, runtime_min=120, gpu=True,
         ),
         Stage(
             name="sensitivity", wildcards=("dataset", "model", "variant"),
@@ -181,6 +199,9 @@ def stages(params: dict) -> dict[str, Stage]:
             args=lambda i, o, w: ["--model", i["model"], "--dataset-dir", i["data"], "--variant", w["variant"],
                                   "--out", o["cache"]],
             modules=package_imports("stages/sensitivity.py"),
+            doc="Score the baseline with one layer at a time factorized (measured rank policies).",
+            cluster_threads=8, mem_mb=8000, runtime_min=240, gpu=True,  # hundreds of validation passes
+            constraints=lambda p: {"variant": variant_pattern(p, "sensitivity")},
         ),
         Stage(
             name="decompose", wildcards=("dataset", "model", "variant"),
@@ -190,6 +211,9 @@ def stages(params: dict) -> dict[str, Stage]:
             args=lambda i, o, w: ["--model", i["model"], "--variant", w["variant"], "--out", o["model"],
                                   "--table", o["table"], *(["--sensitivity", i["sensitivity"]] if "sensitivity" in i else [])],
             modules=package_imports("stages/decompose.py"),
+            doc="Factorize the baseline's layers as the variant's recipe says.",
+            cluster_threads=4, mem_mb=8000, runtime_min=60,
+            constraints=lambda p: {"variant": variant_pattern(p, "decompose")},
         ),
         Stage(
             name="prune", wildcards=("dataset", "model", "variant"),
@@ -200,6 +224,9 @@ def stages(params: dict) -> dict[str, Stage]:
                                   "--out", o["model"], "--summary", o["summary"]],
             modules=package_imports("stages/prune.py"),
             metrics=("summary",),
+            doc="Prune the baseline's channels (torch-pruning) to the variant's MAC budget, or zero weights.",
+            cluster_threads=4, mem_mb=8000, runtime_min=60,
+            constraints=lambda p: {"variant": variant_pattern(p, "prune")},
         ),
         Stage(
             name="finetune", wildcards=("dataset", "model", "variant"),
@@ -213,6 +240,10 @@ def stages(params: dict) -> dict[str, Stage]:
                                   "--variant", w["variant"], "--out", str(Path(o["model"]).parent)],
             modules=package_imports("stages/finetune.py"),
             metrics=("summary",),
+            doc="Fine-tune a compressed variant, or a control's start model (BN recalibration, optional distillation).",
+            cluster_threads=8, mem_mb=8000, runtime_min=120, gpu=True,
+            # the experiment's variants only: its output pattern would also match baseline/model.pt
+            constraints=lambda p: {"variant": variant_pattern(p, "finetune")},
         ),
         Stage(
             name="export", wildcards=("dataset", "model", "name"),
@@ -225,6 +256,9 @@ def stages(params: dict) -> dict[str, Stage]:
                                   *(["--alm-head", "reference"] if w["name"] == REFERENCE else [])],
             modules=package_imports("stages/export.py"),
             metrics=("parity",),
+            doc="Export to ONNX and check parity with PyTorch on real test images.",
+            threads=1, cluster_threads=1, mem_mb=4000, runtime_min=20,
+            constraints=lambda p: {"name": "[A-Za-z0-9_]+"},
         ),
         Stage(
             name="quantize", wildcards=("dataset", "model", "name"),
@@ -233,6 +267,9 @@ def stages(params: dict) -> dict[str, Stage]:
             param_keys=lambda p, w: ["seed", "quantize"],
             args=lambda i, o, w: ["--model", i["onnx"], "--dataset-dir", i["data"], "--out", o["onnx"]],
             modules=package_imports("stages/quantize.py"),
+            doc="INT8 quantization of an exported model with ONNX Runtime.",
+            cluster_threads=2, mem_mb=4000, runtime_min=30,
+            constraints=lambda p: {"name": "[A-Za-z0-9_]+"},
         ),
         Stage(
             name="evaluate", wildcards=("dataset", "model", "name"),
@@ -245,6 +282,9 @@ def stages(params: dict) -> dict[str, Stage]:
                                   "--out-dir", str(Path(o["metrics"]).parent), "--thresholds-out", o["thresholds"]],
             modules=package_imports("stages/evaluate.py"),
             metrics=("metrics",),
+            doc="Score the deployed ONNX artifact on the test split; choose thresholds on val.",
+            cluster_threads=4, mem_mb=4000, runtime_min=30,
+            constraints=lambda p: {"name": "[A-Za-z0-9_+]+"},
         ),
         Stage(
             name="profile", wildcards=("dataset", "model", "target"),
@@ -264,6 +304,8 @@ def stages(params: dict) -> dict[str, Stage]:
             # the benchmark worker runs as a script in its own process (on the target), not imported
             modules=sorted({*package_imports("stages/profile.py"), *package_imports("bench_worker.py")}),
             metrics=("profile",),
+            doc="Latency, memory, size and MACs of every artifact of a model on a target, interleaved.",
+            threads="all", cluster_threads=8, mem_mb=8000, runtime_min=60,  # 1 thread and all of the job's cores
         ),
         Stage(
             name="card", wildcards=("dataset", "model", "name"),
@@ -282,6 +324,8 @@ def stages(params: dict) -> dict[str, Stage]:
                                   *(v for k, v in i.items() if k.startswith("profile_"))],
             modules=package_imports("stages/card.py"),
             local=True,
+            doc="An artifact's model card from its metadata, evaluation, profiles and the baseline's records.",
+            threads=1, constraints=lambda p: {"name": "[A-Za-z0-9_+]+"},
         ),
         Stage(
             name="report", wildcards=(),
@@ -300,6 +344,8 @@ def stages(params: dict) -> dict[str, Stage]:
             args=lambda i, o, w: ["--results", results, "--out-dir", results],
             modules=package_imports("stages/report.py"),
             plots=("csv", "latency_png", "macs_png"), local=True, cached=False,
+            doc="Comparison tables and plots from every evaluation and profile.",
+            threads=1, report_category="comparison",
         ),
     ]}
 
@@ -437,6 +483,33 @@ def render_dvc_yaml(params: dict, params_file: str) -> str:
     header = ("# Generated by `lwpar dvc` from src/lwpar/pipeline.py, the definition the Snakefile uses\n"
               "# too. Do not edit: change the pipeline or params.yaml and regenerate.\n")
     return header + yaml.safe_dump(dvc_yaml(params, params_file), sort_keys=False, width=120)
+
+
+SLURM_PROFILE_HEADER = """\
+# Generated by `lwpar slurm-profile` from src/lwpar/pipeline.py (each stage's threads, memory, time,
+# GPU). Do not edit the per-rule settings here: change the stage and regenerate.
+# SLURM cluster: `snakemake --profile profiles/slurm --default-resources slurm_partition=NAME`.
+# Needs `pip install -e '.[slurm]'` (snakemake-executor-plugin-slurm). Data preparation, the model
+# cards and the report run on the submitting host (localrules); every other job is a SLURM job.
+# Stages that ask for a GPU get `gpu=1` in their rules (the plugin turns it into --gpus=1). Each
+# rule's mem_mb and runtime grow with `attempt`, so a retried job asks for more. Tested on a
+# one-node cluster by tests/test_slurm.py.
+"""
+SLURM_PROFILE_BASE = {
+    "executor": "slurm", "jobs": 50, "printshellcmds": True, "keep-going": True, "rerun-incomplete": True,
+    "show-failed-logs": True, "retries": 1, "latency-wait": 30,
+    # your partition: here, or --default-resources slurm_partition=NAME
+    "default-resources": {"slurm_partition": "", "mem_mb": 4000, "runtime": 60},
+}
+
+
+def slurm_profile(params: dict) -> str:
+    """The SLURM profile: fixed settings, and each cluster stage's threads and CPUs from its entry."""
+    cluster = [s for s in stages(params).values() if not s.local and s.cluster_threads]
+    profile = {**SLURM_PROFILE_BASE,
+               "set-threads": {s.name: s.cluster_threads for s in cluster},
+               "set-resources": {s.name: {"cpus_per_task": s.cluster_threads} for s in cluster}}
+    return SLURM_PROFILE_HEADER + yaml.safe_dump(profile, sort_keys=False)
 
 
 def add_arguments(parser) -> None:

@@ -72,6 +72,12 @@ def training_precision(amp, device: torch.device, flags: set[str] | None = None)
 AUTOCAST_TOLERANCE = 0.25
 
 
+def run_precision(model: torch.nn.Module, amp, input_size, device: torch.device) -> torch.dtype:
+    """The precision training, fine-tuning and the probes run `model` in: `runtime.amp` resolved for
+    this device (`training_precision`), checked on the model (`checked_precision`)."""
+    return checked_precision(model, training_precision(amp, device), input_size, device)
+
+
 def checked_precision(model: torch.nn.Module, precision: torch.dtype, input_size, device: torch.device) -> torch.dtype:
     """`precision`, or float32 with a warning when autocasting `model` to it at `input_size` changes its
     logits beyond rounding. Some oneDNN builds compute wrong bfloat16 convolutions on AMX for a few

@@ -55,7 +55,20 @@ def command(stage):
 
 def outputs(stage):
     spec = STAGES[stage]
+    if spec.report_category:
+        return {k: report(v, category=spec.report_category) for k, v in spec.outputs.items()}
     return {k: directory(v) if k in spec.directories else v for k, v in spec.outputs.items()}
+
+
+def rule_threads(stage):
+    return {"heavy": HEAVY_THREADS, "all": workflow.cores}.get(stage.threads, stage.threads)
+
+
+def rule_resources(stage):
+    """Memory and time per attempt (a retried job asks for more); a GPU where the stage asks for one."""
+    return {"mem_mb": lambda wildcards, attempt, mb=stage.mem_mb: mb * attempt,
+            "runtime": lambda wildcards, attempt, minutes=stage.runtime_min: minutes * attempt,
+            **({"gpu": 1} if stage.gpu else {})}
 
 
 localrules: all

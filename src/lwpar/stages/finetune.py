@@ -29,8 +29,7 @@ def run(args, params) -> None:
     from lwpar.evaluation import predict_torch
     from lwpar.io import write_json
     from lwpar.metrics import pedestrian_metrics, summary
-    from lwpar.runtime import (checked_precision, configure, lineage, load_torch, save_model, seed_everything,
-                               training_precision)
+    from lwpar.runtime import configure, lineage, load_torch, run_precision, save_model, seed_everything
     from lwpar.structure import load_model
     from lwpar.stages.train import fingerprint
     from lwpar.train import CHECKPOINT, fit, recalibrate_batchnorm, write_history
@@ -50,7 +49,7 @@ def run(args, params) -> None:
     plain = build_transform(size, False)
 
     model.to(device)
-    precision = checked_precision(model, training_precision(params["runtime"]["amp"], device), size, device)
+    precision = run_precision(model, params["runtime"]["amp"], size, device)
 
     def validate(m):
         probs = predict_torch(m, val_paths, plain, batch, workers, device, precision)

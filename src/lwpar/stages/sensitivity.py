@@ -41,7 +41,7 @@ def run(args, params) -> None:
     from lwpar.decompose.search import MEASURED, SensitivityProbe, cache_settings, load_cache, plan, save_cache
     from lwpar.io import read_json
     from lwpar.metrics import pedestrian_metrics
-    from lwpar.runtime import checked_precision, configure, seed_everything, training_precision
+    from lwpar.runtime import configure, run_precision, seed_everything
     from lwpar.structure import check_start_model, load_model
     from lwpar.train import recalibrate_batchnorm
 
@@ -56,7 +56,7 @@ def run(args, params) -> None:
     earlier = check_start_model(args.model, blob, args.variant, params["variants"][args.variant]["base"])
     model.to(device, memory_format=torch.channels_last).eval()
     size = blob["model_cfg"]["input_size"]
-    precision = checked_precision(model, training_precision(params["runtime"]["amp"], device), size, device)
+    precision = run_precision(model, params["runtime"]["amp"], size, device)
     data = Prepared(args.dataset_dir)
     plain = build_transform(size, False)
     batch, threshold = params["evaluate"]["batch_size"], params["evaluate"]["threshold"]

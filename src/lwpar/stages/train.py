@@ -32,7 +32,7 @@ def run(args, params) -> None:
     from lwpar.data.loader import Prepared
     from lwpar.io import write_json
     from lwpar.models import model_from_params, weights_provenance
-    from lwpar.runtime import checked_precision, configure, load_torch, save_model, seed_everything, training_precision
+    from lwpar.runtime import configure, load_torch, run_precision, save_model, seed_everything
     from lwpar.train import CHECKPOINT, fit, write_history
 
     if args.model not in params["models"]:
@@ -46,8 +46,7 @@ def run(args, params) -> None:
     seed_everything(params["seed"])
     model = model_from_params(model_cfg, len(data.attributes), weights_dir(params))
     model.to(device, memory_format=torch.channels_last)
-    precision = checked_precision(model, training_precision(params["runtime"]["amp"], device), model_cfg["input_size"],
-                                  device)
+    precision = run_precision(model, params["runtime"]["amp"], model_cfg["input_size"], device)
     # float32 runs keep their fingerprint from before the precision was a setting
     stamp = fingerprint(model_cfg, params["train"], params["seed"], data.meta.get("sources"),
                         data.meta["split_sizes"], *([str(precision)] if precision != torch.float32 else []))
