@@ -93,6 +93,14 @@ class LocalSlurm:
         if os.geteuid() != 0:
             raise Unavailable("starting slurmctld, slurmd and munged needs root")
         ensure_installed()
+        # A controller left by an interrupted run holds the ports: this cluster's daemons would fail to
+        # bind and the jobs would go to the old controller, whose records are elsewhere.
+        import psutil
+
+        stale = [f"{p.info['name']} (pid {p.pid})" for p in psutil.process_iter(["name"])
+                 if p.info["name"] in ("slurmctld", "slurmd")]
+        if stale:
+            raise RuntimeError(f"SLURM daemons from another run are running: {', '.join(stale)}; stop them first")
         for sub in ("state", "spool"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         if CONF.exists():
