@@ -29,7 +29,6 @@ from slurm_cluster import LocalSlurm, Unavailable
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(3600)]
 
-LOCAL_RULES = {"data", "report"}
 SUBMITTED = re.compile(r"SLURM jobid (\d+) \(log: (\S+)\)")
 
 
@@ -129,7 +128,7 @@ def test_smoke_pipeline_on_slurm(cluster, smoke_run, tmp_path):
     # Every non-local job of the DAG went through the scheduler, exactly once successfully.
     from lwpar.config import load_params
     expected = sorted(stage.name for stage, _ in pipeline.grid(load_params(work / "smoke.yaml"))
-                      if stage.name not in LOCAL_RULES)
+                      if not stage.local)  # local rules (data, cards, report) run on the submitting host
     done = sorted(rule for j, rule in {**submitted1, **submitted2}.items() if records[j]["JobState"] == "COMPLETED")
     assert done == expected
     ids = ", ".join(f"{j} {rule} {records[j]['JobState']}" for j, rule in
