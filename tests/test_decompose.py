@@ -209,7 +209,9 @@ def test_cp_als_does_not_stop_in_a_swamp():
 
     attainable = 1e-3  # the noise: a rank-12 fit can reach it
     early, robust = [], []
-    for seed in range(3):
+    # Where tensorly's per-iteration rule stops depends on rounding (it differs between CPUs), so the
+    # premise is checked over eight tensors: at least one of them must trap it.
+    for seed in range(8):
         tensor = _swamp_tensor(seed)
         info = {}
         robust.append(relative_error(tensor, cp_als(tensor, 12, n_iter_max=5000, info=info)))
@@ -218,6 +220,7 @@ def test_cp_als_does_not_stop_in_a_swamp():
         early.append(relative_error(tensor, parafac(tensor, 12, init="svd", n_iter_max=1000, tol=1e-7)))
     assert max(early) > 2 * attainable  # the tensors are hard: the per-iteration rule stops in a swamp
     assert max(robust) < 1.1 * attainable
+    assert all(r <= e * (1 + 1e-6) for r, e in zip(robust, early))
 
 
 @pytest.mark.parametrize("objective,measure", [("norm", sum_of_squared_norms), ("sensitivity", sensitivity)])
