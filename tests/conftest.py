@@ -59,7 +59,9 @@ def scratch_workflow(work: Path, mirror: Path, edit=None) -> dict:
     """A scratch copy of the workflow in `work` running the smoke params (as smoke.yaml) on `mirror`."""
     for name in ("Snakefile", "workflow", "src", "profiles"):
         (work / name).symlink_to(ROOT / name)
-    params = yaml.safe_load((ROOT / "workflow/params/smoke.yaml").read_text())
+    from lwpar.config import load_params
+
+    params = load_params(ROOT / "workflow/params/smoke.yaml")  # merged onto params.yaml: one standalone file
     params["paths"]["mirror"] = str(mirror)
     if edit:
         edit(params)

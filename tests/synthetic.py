@@ -91,9 +91,10 @@ def write_peta_mat(path: Path, truth: dict, partitions: int = 5, seed: int = 0) 
 
 def params_for(tmp: Path, mirror: Path, **dataset) -> dict:
     """Default params with the mirror, data and results folders moved under `tmp`."""
-    import yaml
 
-    params = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())
+    from lwpar.config import load_params
+
+    params = load_params(Path(__file__).parents[1] / "params.yaml")
     params["paths"].update(data=str(tmp / "data"), results=str(tmp / "results"), mirror=str(mirror))
     params["datasets"]["peta"].update(sha256=None, **dataset)
     return params

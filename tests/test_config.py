@@ -13,8 +13,8 @@ from lwpar.config import ParamsError, load_params, schema, validate_params
 
 from conftest import ROOT
 
-DEFAULT = yaml.safe_load((ROOT / "params.yaml").read_text())
-SMOKE = yaml.safe_load((ROOT / "workflow/params/smoke.yaml").read_text())  # has every rank policy and a two-stage variant
+DEFAULT = load_params(ROOT / "params.yaml")
+SMOKE = load_params(ROOT / "workflow/params/smoke.yaml")  # has every rank policy and a two-stage variant
 
 
 def problem(mutate, base: dict | None = None) -> str:
@@ -78,24 +78,29 @@ def test_experiment_names_must_exist():
     assert problem(unknown).startswith("params.yaml: experiment.models[0]: unknown model 'nope'")
 
 
-def test_schema_has_no_hidden_defaults():
-    """Every object in the schema requires all its keys and refuses others: defaults live in params.yaml."""
-    def walk(node, where):
-        if isinstance(node, dict):
-            assert "default" not in node, f"default in schema at {where}"
-            if node.get("type") == "object" and "properties" in node and node is not variant:
-                assert set(node["required"]) == set(node["properties"]), where
-                assert node.get("additionalProperties") is False, where
-            for key, value in node.items():
-                walk(value, f"{where}.{key}")
-        elif isinstance(node, list):
-            for i, value in enumerate(node):
-                walk(value, f"{where}[{i}]")
-    tree = schema()
-    # The one exception: a variant has at most one compression step (none: a fine-tuning control).
-    variant = tree["$defs"]["variant"]
-    walk(tree, "schema")
-    assert set(variant["required"]) == {"base", "finetune"} and variant["not"] == {"required": ["decompose", "prune"]}
+# The keys a params file must give: they name the experiment's data, networks and recipes.
+REQUIRED = {"datasets", "models", "experiment", "experiment.datasets", "experiment.models", "datasets.*.kind",
+            "datasets.*.archive", "models.*.backbone", "variants.*.prune", "variants.*.decompose",
+            "variants.*.decompose.rank", "variants.*.decompose.rank.policy"}
+
+
+def test_every_schema_key_has_a_default_or_must_be_given():
+    """The schema carries every default; only the keys in REQUIRED have none. Every object refuses
+    unknown keys, and every default is valid for its own key."""
+    import jsonschema
+
+    from lwpar.config import _resolved, schema_keys
+
+    keys = schema_keys()
+    assert {path for path, node in keys if "default" not in node} == REQUIRED
+    for path, node in keys:
+        node = _resolved(node) | ({"default": node["default"]} if "default" in node else {})
+        if "properties" in node:
+            assert node.get("additionalProperties") is False, path
+        if "default" in node and not isinstance(node["default"], dict):
+            jsonschema.validate(node["default"], {**node, "$defs": schema()["$defs"]})
+    variant = schema()["$defs"]["variant"]
+    assert variant["not"] == {"required": ["decompose", "prune"]}  # none of the two: a fine-tuning control
 
 
 @pytest.mark.fault
@@ -252,7 +257,7 @@ def test_every_schema_key_has_a_description():
     from lwpar.config import schema_keys
 
     keys = schema_keys()
-    assert len(keys) > 100
+    assert len(keys) == 121  # every key of the configuration, named entries (`*`) counted once
     assert [path for path, node in keys if not node.get("description")] == []
 
 
@@ -264,4 +269,145 @@ def test_the_configuration_reference_is_generated_from_the_schema():
     root = Path(__file__).parents[1]
     committed = (root / "docs" / "configuration.md").read_text()
     assert committed == reference_markdown(load_params(root / "params.yaml")), \
-        "docs/configuration.md is stale: python -m lwpar.config reference > docs/configuration.md"
+        "docs/configuration.md is stale: lwpar config --reference > docs/configuration.md"
+
+
+# Overlays: a file names what it sets; `extends` merges it onto another.
+
+def _write(path, text):
+    path.write_text(text)
+    return path
+
+
+def test_every_experiment_file_is_an_overlay_on_params_yaml():
+    from lwpar.config import layers
+
+    files = sorted((ROOT / "workflow/params").glob("*.yaml"))
+    assert len(files) >= 4
+    for path in files:
+        chain = layers(path)
+        assert [p.resolve() for p, _ in chain] == [(ROOT / "params.yaml").resolve(), path.resolve()], path
+        load_params(path)
+    assert len(layers(ROOT / "params.yaml")) == 1
+
+
+def test_an_overlay_merges_mappings_key_by_key_and_replaces_lists(tmp_path):
+    _write(tmp_path / "base.yaml", (ROOT / "params.yaml").read_text())
+    overlay = _write(tmp_path / "overlay.yaml", (
+        "extends: base.yaml\n"
+        "train: {epochs: 5}\n"
+        "variants:\n"
+        "  lwalm: {decompose: {rank: {policy: search}}}\n"  # base's macs_fraction no longer applies: dropped
+        "  tucker2_r30: {decompose: {methods: {kxk: tucker2}, rank: {policy: budget, macs_fraction: 0.3}}}\n"
+        "experiment: {variants: [lwalm, tucker2_r30, control]}\n"))
+    params = load_params(overlay)
+    assert params["train"]["epochs"] == 5 and params["train"]["frozen_stages"] == DEFAULT["train"]["frozen_stages"]
+    assert params["train"]["batch_size"] == schema()["properties"]["train"]["properties"]["batch_size"]["default"]
+    assert params["experiment"]["variants"] == ["lwalm", "tucker2_r30", "control"]
+    lwalm = params["variants"]["lwalm"]["decompose"]
+    assert lwalm["rank"]["policy"] == "search" and "macs_fraction" not in lwalm["rank"]
+    assert lwalm["epc"] == {**DEFAULT["variants"]["lwalm"]["decompose"]["epc"]}  # the base's als_iter kept
+    tucker = params["variants"]["tucker2_r30"]
+    assert "epc" not in tucker["decompose"] and "search" not in tucker["decompose"]["rank"]  # not read: not shown
+    assert tucker["finetune"] == DEFAULT["variants"]["control"]["finetune"]  # the default schedule: same control
+
+
+@pytest.mark.fault
+@pytest.mark.parametrize("variant,error", [
+    ("{decompose: {methods: {kxk: tucker2}, rank: {policy: budget}, epc: {iterations: 5}}}",
+     "overlay.yaml: variants.v.decompose.epc: applies only to CP decomposition of k x k convolutions "
+     "(kinds with kxk, methods.kxk: cp or cp4); this variant uses tucker2"),
+    ("{decompose: {rank: {policy: budget, search: {val_images: 8}}}}",
+     "overlay.yaml: variants.v.decompose.rank.search: not read by rank policy 'budget' (only by search and greedy)"),
+    ("{decompose: {rank: {policy: greedy, search: {eps: 0.02}}}}",
+     "overlay.yaml: variants.v.decompose.rank.search.eps: not read by rank policy 'greedy' (only by search)"),
+    ("{decompose: {rank: {policy: ratio, energy: 0.8}}}",
+     "overlay.yaml: variants.v.decompose.rank.energy: not read by rank policy 'ratio' (only by energy)"),
+    ("{prune: {kind: unstructured, macs_fraction: 0.4}}",
+     "overlay.yaml: variants.v.prune.macs_fraction: not read by unstructured pruning (only by structured)"),
+    ("{decompose: {kinds: [kxk]}}", "overlay.yaml: variants.v.decompose.rank: missing key"),
+])
+def test_a_key_that_does_not_apply_where_it_is_set_is_refused(tmp_path, variant, error):
+    overlay = _write(tmp_path / "overlay.yaml", f"extends: {ROOT / 'params.yaml'}\nvariants:\n  v: {variant}\n")
+    with pytest.raises(ParamsError) as info:
+        load_params(overlay)
+    assert str(info.value) == error
+
+
+@pytest.mark.fault
+def test_an_error_names_the_file_that_set_the_key(tmp_path):
+    _write(tmp_path / "base.yaml", (ROOT / "params.yaml").read_text().replace("epochs: 2", "epochs: 0"))
+    overlay = _write(tmp_path / "overlay.yaml", "extends: base.yaml\nseed: 1\n")
+    with pytest.raises(ParamsError, match=r"^base.yaml: train.epochs: expected a value >= 1, got 0$"):
+        load_params(overlay)
+    _write(tmp_path / "loop.yaml", "extends: overlay2.yaml\n")
+    _write(tmp_path / "overlay2.yaml", "extends: loop.yaml\n")
+    with pytest.raises(ParamsError, match=r"^loop.yaml: extends: the files extend each other in a circle: "):
+        load_params(tmp_path / "loop.yaml")
+    _write(tmp_path / "orphan.yaml", "extends: gone.yaml\n")
+    with pytest.raises(ParamsError, match=r"gone.yaml: params file not found$"):
+        load_params(tmp_path / "orphan.yaml")
+
+
+def test_lwpar_config_prints_the_merged_configuration_as_a_standalone_file(tmp_path):
+    overlay = ROOT / "workflow/params/smoke.yaml"
+    run = subprocess.run([sys.executable, "-m", "lwpar", "config", "--params", str(overlay)],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    printed = _write(tmp_path / "merged.yaml", run.stdout)
+    assert load_params(printed) == SMOKE and "extends" not in yaml.safe_load(run.stdout)
+    run = subprocess.run([sys.executable, "-m", "lwpar", "config", "--sources", "--params", str(overlay)],
+                         capture_output=True, text=True, timeout=60)
+    assert [line.rsplit("/", 1)[-1] for line in run.stdout.split()] == ["params.yaml", "smoke.yaml"]
+
+
+def test_dvc_tracks_each_key_in_the_files_that_set_it():
+    """DVC reads params from files: each job's keys are listed under every file of the chain that
+    sets them, and a key no file sets (a default) is left to the schema file, a dependency of every job."""
+    from lwpar.config import layers
+    from lwpar.pipeline import dvc_yaml
+
+    sources = [(path.name, given) for path, given in layers(ROOT / "workflow/params/smoke.yaml")]
+    stages = dvc_yaml(SMOKE, "smoke.yaml", sources)["stages"]
+    train = stages["train-peta-alm_effl0"]
+    assert train["params"] == [{"params.yaml": ["train"]}, {"smoke.yaml": ["runtime.amp", "train", "models.alm_effl0"]}]
+    assert "src/lwpar/schemas/params.schema.yaml" in train["deps"]
+    decompose = stages["decompose-peta-alm_effl0-lwalm"]["params"]
+    assert decompose == [{"params.yaml": ["variants.lwalm.decompose"]}, {"smoke.yaml": ["variants.lwalm.decompose"]}]
+
+
+@pytest.mark.fault
+def test_under_dvc_a_stage_refuses_a_dvc_yaml_older_than_its_params_files(tmp_path, monkeypatch):
+    """DVC tracks only the keys each file set when dvc.yaml was written: a key added later (here
+    `seed`, a default before) would change the job unseen, so the job refuses to run."""
+    from lwpar import LwparError
+    from lwpar.cli import check_dvc_yaml
+    from lwpar.pipeline import render_dvc_yaml
+
+    params_file = _write(tmp_path / "params.yaml", (ROOT / "params.yaml").read_text())
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "dvc.yaml").write_text(render_dvc_yaml(load_params("params.yaml"), "params.yaml"))
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    monkeypatch.setenv("DVC_STAGE", "train-peta-alm_r50h")
+    check_dvc_yaml("params.yaml", load_params("params.yaml"))  # fresh: runs
+    params_file.write_text(params_file.read_text() + "\nseed: 1\n")
+    with pytest.raises(LwparError, match=r"^dvc.yaml is stale for params.yaml: run `lwpar dvc --params params.yaml`"):
+        check_dvc_yaml("params.yaml", load_params("params.yaml"))
+    monkeypatch.delenv("DVC_STAGE")
+    check_dvc_yaml("params.yaml", load_params("params.yaml"))  # outside DVC (Snakemake, by hand): not its business
+
+
+def test_the_report_labels_every_recipe_of_every_experiment_file():
+    """Resolved recipes hold only the keys their method reads: code that labels them must not
+    expect the others (an `epc` block on an SVD variant, `importance` on unstructured pruning)."""
+    from lwpar.report import method_label
+
+    files = [ROOT / "params.yaml", *sorted((ROOT / "workflow/params").glob("*.yaml"))]
+    for path in files:
+        params = load_params(path)
+        for name in params["variants"]:
+            assert method_label(params, name), (path.name, name)
+    params = copy.deepcopy(DEFAULT)
+    params["variants"]["zeros"] = {"base": None, "finetune": params["variants"]["control"]["finetune"],
+                                   "prune": {"kind": "unstructured", "amount": 0.5}}
+    assert method_label(params, "zeros") == "prune unstructured l1"

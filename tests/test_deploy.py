@@ -304,13 +304,14 @@ def test_profile_result_holds_every_field(tiny_onnx, tmp_path):
     import yaml
 
     from conftest import ROOT
+    from lwpar.config import load_params
     from lwpar.runtime import save_model
 
     model, path = tiny_onnx
     cfg = {"arch": "alm", "backbone": "resnet18", "pretrained": False, "alm_head": "fused", "align_corners": False,
            "input_size": [64, 32]}
     save_model(tmp_path / "model.pt", model, cfg, list("abcde"))
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = load_params(ROOT / "params.yaml")
     params["profile"].update(batch_sizes=[1, 2], threads=[1, 0], warmup=1, rounds=2, iters_per_round=2)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     run = subprocess.run([sys.executable, "-m", "lwpar", "profile", "--params", str(tmp_path / "params.yaml"),

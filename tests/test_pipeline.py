@@ -83,7 +83,7 @@ def test_snakemake_lint_passes():
 
 @pytest.mark.fault
 def test_bad_params_refused_before_any_job(tmp_path):
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = load_params(ROOT / "params.yaml")
     params["train"]["epochs"] = -1
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(params))
     run = _run([str(BIN / "snakemake"), "-n", "--config", f"params={tmp_path / 'bad.yaml'}"], ROOT, timeout=300)
@@ -172,7 +172,7 @@ def test_a_control_variant_fine_tunes_its_start_model_without_a_compression_job(
     """A recipe with neither decompose nor prune: fine-tuning reads the base's model.pt directly."""
     from lwpar.pipeline import grid, stages
 
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = load_params(ROOT / "params.yaml")
     finetune = params["variants"]["svd_r50"]["finetune"]
     params["variants"]["finetune_only"] = {"base": None, "finetune": finetune}
     params["variants"]["finetune_twice"] = {"base": "finetune_only", "finetune": finetune}

@@ -227,11 +227,12 @@ def test_interrupted_sensitivity_stage_resumes_from_its_partial_file(tmp_path, m
     synthetic.write_zip(tmp_path / "mirror" / "PETA.zip", members)
     params = synthetic.tiny_training_params(tmp_path, tmp_path / "mirror", epochs=1)
     prepare(params, "peta", tmp_path / "prepared", tmp_path / "dl")
-    rank = {**params["variants"]["lwalm"]["decompose"]["rank"], "policy": "search", "multiple": 8}
-    rank["search"] = {**rank["search"], "val_images": 16, "calibration_batches": 1}
+    rank = {"policy": "search", "multiple": 8, "search": params["variants"]["lwalm"]["decompose"]["rank"]["search"]}
+    rank["search"] = {**{k: v for k, v in rank["search"].items() if k != "fractions"}, "val_images": 16,
+                      "calibration_batches": 1}
     params["variants"] = {"probe": {"base": None, "finetune": params["variants"]["lwalm"]["finetune"], "decompose": {
-        **params["variants"]["lwalm"]["decompose"], "kinds": ["pointwise"], "rank": rank,
-        "epc": {**params["variants"]["lwalm"]["decompose"]["epc"], "enabled": False}}},
+        **{k: v for k, v in params["variants"]["lwalm"]["decompose"].items() if k != "epc"}, "kinds": ["pointwise"],
+        "rank": rank}},
         "control": {"base": None, "finetune": params["variants"]["lwalm"]["finetune"]}}
     params["experiment"].update(variants=["probe", "control"], int8=[])
     path = synthetic.write_params(tmp_path / "params.yaml", params)

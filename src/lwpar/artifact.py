@@ -52,14 +52,28 @@ def copy_metadata(source: Path, target: Path, **changes) -> None:
 
 def read_metadata(path: str | Path, session=None) -> dict:
     """The metadata of an lwpar artifact; an ONNX model without it is an LwparError naming the file."""
-    session = session or onnx_session(path)
-    text = session.get_modelmeta().custom_metadata_map.get(KEY)
+    text = session.get_modelmeta().custom_metadata_map.get(KEY) if session is not None else _metadata_text(path)
     if text is None:
         raise LwparError(f"{path}: not an lwpar artifact (no '{KEY}' metadata: export it with `lwpar export`)")
     fields = json.loads(text)
     if fields.get("format") != FORMAT:
         raise LwparError(f"{path}: artifact metadata {fields.get('format')!r}, this lwpar reads {FORMAT!r}")
     return fields
+
+
+def _metadata_text(path: str | Path) -> str | None:
+    """The metadata entry read from the file alone: parsing the protobuf is much cheaper than an
+    inference session, which also optimizes the graph."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise LwparError(f"{path}: ONNX model not found")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf's DecodeError and friends, for damaged files
+        raise LwparError(f"{path}: corrupt or unreadable ONNX model ({str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__})") from None
+    return next((p.value for p in model.metadata_props if p.key == KEY), None)
 
 
 def is_artifact(session) -> bool:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+from pathlib import Path
 
 from lwpar import LwparError, __version__
 
@@ -30,6 +32,7 @@ STAGES = {
 }
 # commands that are not stages of the pipeline
 TOOLS = {
+    "config": ("lwpar.config", "print the merged, validated configuration of a params file (or --reference: every key)"),
     "dvc": ("lwpar.pipeline", "write (or --check) dvc.yaml from the pipeline definition"),
     "slurm-profile": ("lwpar.stages.slurm_profile", "write (or --check) the SLURM profile from the pipeline definition"),
     "predict": ("lwpar.stages.predict", "attribute probabilities for images from an exported artifact (ONNX Runtime only)"),
@@ -56,6 +59,20 @@ def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def check_dvc_yaml(params_file: str, params: dict) -> None:
+    """Under `dvc repro` (DVC sets DVC_STAGE), refuse to run from a dvc.yaml that no longer matches the
+    params files: DVC tracks only the keys each file set when dvc.yaml was written, so a key added
+    since would change the job without DVC noticing."""
+    root = os.environ.get("DVC_ROOT")
+    if not os.environ.get("DVC_STAGE") or not root or not (Path(root) / "dvc.yaml").exists():
+        return
+    # Imported by name: the check decides whether a job runs, never what it computes, so the pipeline
+    # definition is not a code input of every job (see pipeline.package_imports).
+    render_dvc_yaml = importlib.import_module("lwpar.pipeline").render_dvc_yaml
+    if (Path(root) / "dvc.yaml").read_text() != render_dvc_yaml(params, params_file):
+        raise LwparError(f"dvc.yaml is stale for {params_file}: run `lwpar dvc --params {params_file}`, then `dvc repro`")
+
+
 def main(argv: list[str] | None = None) -> int:
     from lwpar.config import load_params
 
@@ -64,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(chosen).parse_args(argv)
     try:
         params = load_params(args.params) if hasattr(args, "params") else None
+        if args.stage in STAGES:
+            check_dvc_yaml(args.params, params)
         args._run(args, params)
     except LwparError as exc:
         print(f"lwpar {args.stage}: error: {exc}", file=sys.stderr)

@@ -1,7 +1,14 @@
-"""Load params.yaml and validate it against the JSON schema, with one-line errors naming the key."""
+"""Load a params file: follow its `extends` chain, merge the files onto each other, fill every key
+they leave out from the schema's defaults, and validate the result, with one-line errors naming the
+file and the key.
+
+A params file either stands alone or is an overlay: `extends: <path>` (relative to the overlay) names
+the file it is merged onto. Mappings merge key by key, anything else (a list, a value) replaces.
+"""
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -15,6 +22,7 @@ import yaml
 from lwpar import LwparError
 
 SCHEMA_RESOURCE = "schemas/params.schema.yaml"
+EXTENDS = "extends"
 MIRROR_ENV = "LWPAR_MIRROR"
 WEIGHTS_ENV = "LWPAR_WEIGHTS"
 
@@ -25,7 +33,15 @@ _JSON_TYPES = {
 
 
 class ParamsError(LwparError):
-    pass
+    """A bad params file; `key` is the dotted key at fault (None for the file as a whole)."""
+
+    def __init__(self, message: str, key: str | None = None, problem: str | None = None):
+        super().__init__(message)
+        self.key, self.problem = key, problem
+
+
+def _fail(source: str, key: str, problem: str) -> ParamsError:
+    return ParamsError(f"{source}: {key}: {problem}" if key else f"{source}: {problem}", key, problem)
 
 
 def _duplicate_key(node, path=()) -> str | None:
@@ -56,13 +72,14 @@ def schema() -> dict:
     return yaml.safe_load(text)
 
 
-def load_params(path: str | os.PathLike = "params.yaml") -> dict:
-    """Read and validate a params file; raise ParamsError with `<file>: <key.path>: <problem>`."""
-    path = Path(path)
+def _read(path: Path) -> dict:
+    """One params file as written, its duplicate keys and YAML errors reported with line numbers."""
     try:
         text = path.read_text()
     except FileNotFoundError:
         raise ParamsError(f"{path}: params file not found") from None
+    except IsADirectoryError:
+        raise ParamsError(f"{path}: is a folder, not a params file") from None
     try:
         duplicate = _duplicate_key(yaml.compose(text, Loader=yaml.SafeLoader))
         if duplicate:
@@ -72,12 +89,85 @@ def load_params(path: str | os.PathLike = "params.yaml") -> dict:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise ParamsError(f"{path}: not valid YAML{where}") from None
-    validate_params(params, source=path.name)
+    if not isinstance(params, dict):
+        raise ParamsError(f"{path}: expected a mapping of params keys, got {type(params).__name__}")
     return params
 
 
-def validate_params(params: Any, source: str = "params.yaml") -> None:
-    """Schema check, then the cross-key rules a schema cannot say."""
+def layers(path: str | os.PathLike) -> list[tuple[Path, dict]]:
+    """The files of a params file's `extends` chain, the base first, each as written (without `extends`)."""
+    chain: list[tuple[Path, dict]] = []
+    path = Path(path)
+    while True:
+        if any(os.path.realpath(path) == os.path.realpath(seen) for seen, _ in chain):
+            circle = " -> ".join(str(p) for p, _ in [*chain, (path, None)])
+            raise ParamsError(f"{chain[0][0].name}: {EXTENDS}: the files extend each other in a circle: {circle}")
+        given = _read(path)
+        parent = given.pop(EXTENDS, None)
+        chain.append((path, given))
+        if parent is None:
+            return chain[::-1]
+        if not isinstance(parent, str) or not parent:
+            raise ParamsError(f"{path.name}: {EXTENDS}: expected the path of a params file, got {parent!r}")
+        path = path.parent / parent
+
+
+def merge(base: dict, overlay: dict) -> dict:
+    """`overlay` onto `base`: mappings key by key, anything else replaced."""
+    merged = dict(base)
+    for key, value in overlay.items():
+        merged[key] = merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return merged
+
+
+def fill_defaults(params: Any, node: dict | None = None) -> Any:
+    """A copy of `params` with every key it leaves out taken from the schema's `default` (recursively:
+    a default of `{}` is a block whose own keys have defaults). Keys without a default stay missing,
+    for validation to name."""
+    node = _resolved(schema() if node is None else node)
+    if not isinstance(params, dict):
+        return params
+    properties = node.get("properties", {})
+    filled = {}  # in the schema's order, then whatever it does not know (for validation to name)
+    for key, sub in properties.items():
+        if key in params or "default" in sub:
+            filled[key] = fill_defaults(params[key] if key in params else copy.deepcopy(sub["default"]), sub)
+    filled.update((key, value) for key, value in params.items() if key not in properties)
+    named = node.get("additionalProperties")
+    if isinstance(named, dict):
+        for key in filled:
+            if key not in properties:
+                filled[key] = fill_defaults(filled[key], named)
+    return filled
+
+
+def resolve(path: str | os.PathLike) -> tuple[dict, list[tuple[Path, dict]]]:
+    """The validated params of a file and its `extends` chain (base first, as written)."""
+    chain = layers(path)
+    given: dict = {}
+    for _, layer in chain:
+        given = merge(given, layer)
+    params = _without_inapplicable(fill_defaults(given))
+    try:
+        # keys that do not apply are refused in the file asked for; a base's keys that an overlay
+        # makes inapplicable (by changing a variant's policy or method) are dropped silently
+        validate_params(params, source=Path(path).name, given=chain[-1][1])
+    except ParamsError as exc:
+        # name the file that set the faulty key (the last one to set it), else the file asked for
+        setter = next((p for p, layer in reversed(chain) if exc.key and _value_at(layer, exc.key, missing=_MISSING)
+                       is not _MISSING), Path(path))
+        raise _fail(setter.name, exc.key, exc.problem) if exc.key else exc from None
+    return params, chain
+
+
+def load_params(path: str | os.PathLike = "params.yaml") -> dict:
+    """Read, merge, complete and validate a params file; raise ParamsError with `<file>: <key.path>: <problem>`."""
+    return resolve(path)[0]
+
+
+def validate_params(params: Any, source: str = "params.yaml", given: dict | None = None) -> None:
+    """Schema check of complete params, then the cross-key rules a schema cannot say; `given` (the
+    keys the files set, before defaults) is also checked for keys that do not apply where they are."""
     import jsonschema
 
     validator = jsonschema.Draft202012Validator(schema())
@@ -86,10 +176,87 @@ def validate_params(params: Any, source: str = "params.yaml") -> None:
         # The deepest error is the most specific one; ties go to schema order.
         error = max(errors, key=lambda e: len(e.absolute_path))
         error = _most_specific(error)
-        key, problem = _describe(error)
-        raise ParamsError(f"{source}: {key}: {problem}" if key else f"{source}: {problem}")
+        raise _fail(source, *_describe(error))
     for key, problem in _semantic_problems(params):
-        raise ParamsError(f"{source}: {key}: {problem}")
+        raise _fail(source, key, problem)
+    for key, problem in _inapplicable(given or {}, params):
+        raise _fail(source, key, problem)
+
+
+# Keys of a rank policy block and of a pruning block that only some policies or kinds read: given
+# elsewhere, they would look like settings while changing nothing.
+RANK_KEYS = {"fraction": ("ratio",), "energy": ("energy",), "macs_fraction": ("budget", "greedy"),
+             "search": ("search", "greedy")}
+SEARCH_KEYS = {"eps": ("search",), "fractions": ("greedy",)}
+PRUNE_KEYS = {"importance": ("structured",), "global_pruning": ("structured",), "round_to": ("structured",),
+              "iterative_steps": ("structured",), "macs_fraction": ("structured",), "amount": ("unstructured",)}
+CP_METHODS = ("cp", "cp4")
+
+
+def _applies(key: str, block: dict, variant: dict) -> bool:
+    """Whether a variant's compression step reads `key` of its `block` (rank, search, prune, decompose)."""
+    if block == "decompose":
+        decompose = variant["decompose"]
+        return key != "epc" or ("kxk" in decompose["kinds"] and decompose["methods"]["kxk"] in CP_METHODS)
+    if block == "rank":
+        return key not in RANK_KEYS or variant["decompose"]["rank"]["policy"] in RANK_KEYS[key]
+    if block == "search":
+        return key not in SEARCH_KEYS or variant["decompose"]["rank"]["policy"] in SEARCH_KEYS[key]
+    return key not in PRUNE_KEYS or variant["prune"]["kind"] in PRUNE_KEYS[key]
+
+
+def _without_inapplicable(params: dict) -> dict:
+    """Complete params without the defaults a variant's method or policy does not read, so that the
+    configuration shows (and each job's params record) only what takes effect."""
+    for variant in (params.get("variants") or {}).values():
+        try:
+            if "decompose" in variant:
+                decompose = variant["decompose"]
+                for key in [k for k in decompose if not _applies(k, "decompose", variant)]:
+                    del decompose[key]
+                rank = decompose["rank"]
+                for key in [k for k in rank if not _applies(k, "rank", variant)]:
+                    del rank[key]
+                if "search" in rank:
+                    for key in [k for k in rank["search"] if not _applies(k, "search", variant)]:
+                        del rank["search"][key]
+            if "prune" in variant:
+                for key in [k for k in variant["prune"] if not _applies(k, "prune", variant)]:
+                    del variant["prune"][key]
+        except (KeyError, TypeError, AttributeError):
+            continue  # a malformed variant: validation names what is wrong with it
+    return params
+
+
+def _inapplicable(given: dict, params: dict):
+    """Keys set where they change nothing: an `epc` block without CP decomposition, `search` under a
+    policy that measures nothing, a structured-pruning key on unstructured pruning, and so on."""
+    for name, variant in (given.get("variants") or {}).items():
+        resolved = params["variants"][name]
+        decompose = variant.get("decompose")
+        if isinstance(decompose, dict):
+            kinds, kxk = resolved["decompose"]["kinds"], resolved["decompose"]["methods"]["kxk"]
+            if "epc" in decompose and not _applies("epc", "decompose", resolved):
+                yield (f"variants.{name}.decompose.epc",
+                       f"applies only to CP decomposition of k x k convolutions (kinds with kxk, methods.kxk: cp or "
+                       f"cp4); this variant uses {kxk if 'kxk' in kinds else 'no k x k method'}")
+            rank = decompose.get("rank") if isinstance(decompose.get("rank"), dict) else {}
+            policy = resolved["decompose"]["rank"]["policy"]
+            for key in rank:
+                if not _applies(key, "rank", resolved):
+                    yield (f"variants.{name}.decompose.rank.{key}",
+                           f"not read by rank policy {policy!r} (only by {' and '.join(RANK_KEYS[key])})")
+            search = rank.get("search") if isinstance(rank.get("search"), dict) else {}
+            for key in search:
+                if "search" in resolved["decompose"]["rank"] and not _applies(key, "search", resolved):
+                    yield (f"variants.{name}.decompose.rank.search.{key}",
+                           f"not read by rank policy {policy!r} (only by {' and '.join(SEARCH_KEYS[key])})")
+        prune = variant.get("prune")
+        if isinstance(prune, dict):
+            for key in prune:
+                if not _applies(key, "prune", resolved):
+                    yield (f"variants.{name}.prune.{key}",
+                           f"not read by {resolved['prune']['kind']} pruning (only by {' and '.join(PRUNE_KEYS[key])})")
 
 
 def _most_specific(error):
@@ -273,40 +440,64 @@ def _allowed(node: dict) -> str:
     return text + (f" ({', '.join(bounds)})" if bounds else "")
 
 
-def _value_at(params: dict, path: str):
-    """The value at a dotted path, `*` taking the first entry; None when absent."""
+_MISSING = object()
+
+
+def _value_at(params: dict, path: str, missing=None):
+    """The value at a dotted path (`*` takes the first entry, `name[i]` an item), `missing` when absent."""
     value = params
     for part in path.split("."):
-        if not isinstance(value, dict) or not value:
-            return None
-        value = next(iter(value.values())) if part == "*" else value.get(part)
+        part, _, index = part.partition("[")
+        if not isinstance(value, dict) or not value or (part != "*" and part not in value):
+            return missing
+        value = next(iter(value.values())) if part == "*" else value[part]
+        if index:
+            i = int(index.rstrip("]"))
+            if not isinstance(value, list) or i >= len(value):
+                return missing
+            value = value[i]
     return value
 
 
 def reference_markdown(params: dict, source: str = "params.yaml") -> str:
-    """docs/configuration.md: every key with its allowed values, its value in `source` and its meaning."""
+    """docs/configuration.md: every key with its allowed values, its default, its value in `source`
+    and its meaning."""
     lines = ["# Configuration", "",
-             f"Every key of `{source}`, generated from the schema (`src/lwpar/schemas/params.schema.yaml`) by",
-             "`python -m lwpar.config reference > docs/configuration.md`; a test fails when this file is stale.",
-             f"Every key is required. The value column is `{source}`'s, the default experiment's; for a",
-             "named entry (`*`: a dataset, model, variant or target) it is the first entry's.", ""]
+             "Every params key, generated from the schema (`src/lwpar/schemas/params.schema.yaml`) by",
+             "`lwpar config --reference > docs/configuration.md`; a test fails when this file is stale.",
+             "A params file sets only what differs from the defaults (a key without a default must be",
+             "given), and an overlay (`extends: <file>`) only what differs from the file it extends;",
+             "`lwpar config --params <file>` prints the merged, validated result. The value column is",
+             f"`{source}`'s after merging, the default experiment's; for a named entry (`*`: a dataset, model,",
+             "variant or target) it is the first entry's, blank where that entry has no such block.", ""]
     for path, node in schema_keys():
         if "." not in path:
             section = "properties" in _resolved(node) or isinstance(_resolved(node).get("additionalProperties"), dict)
             lines += ["", f"## `{path}`", "", *([node.get("description", ""), ""] if section else []),
-                      "| key | allowed | value | meaning |", "|---|---|---|---|"]
+                      "| key | allowed | default | value | meaning |", "|---|---|---|---|---|"]
             if section:
                 continue
-        value = _value_at(params, path)
-        shown = "" if isinstance(value, dict) else f"`{json.dumps(value)}`"
-        lines.append(f"| `{path}` | {_allowed(node)} | {shown} | {node.get('description', '')} |")
+        value = _value_at(params, path, missing=_MISSING)
+        shown = "" if isinstance(value, dict) or value is _MISSING else f"`{json.dumps(value)}`"
+        default = node.get("default", _MISSING)
+        default = "*required*" if default is _MISSING else "" if isinstance(default, dict) else f"`{json.dumps(default)}`"
+        lines.append(f"| `{path}` | {_allowed(node)} | {default} | {shown} | {node.get('description', '')} |")
     return "\n".join(lines).replace("\n\n\n", "\n\n") + "\n"
 
 
-if __name__ == "__main__":
-    import sys
+def add_arguments(parser) -> None:
+    parser.add_argument("--reference", action="store_true",
+                        help="print docs/configuration.md (every key, its default and meaning) instead")
+    parser.add_argument("--sources", action="store_true",
+                        help="print the files of the extends chain, base first, instead")
 
-    if sys.argv[1:2] != ["reference"]:
-        raise SystemExit("usage: python -m lwpar.config reference [PARAMS]  (prints docs/configuration.md)")
-    print(reference_markdown(load_params(sys.argv[2] if len(sys.argv) > 2 else "params.yaml"),
-                             sys.argv[2] if len(sys.argv) > 2 else "params.yaml"), end="")
+
+def run(args, params) -> None:
+    """Print the merged, validated configuration of --params (what every stage of the run reads)."""
+    if args.reference:
+        print(reference_markdown(params, args.params), end="")
+    elif args.sources:
+        print("\n".join(os.path.normpath(path) for path, _ in layers(args.params)))
+    else:
+        print(f"# {args.params}, merged onto the files it extends and completed from the schema's defaults")
+        print(yaml.safe_dump(params, sort_keys=False, width=120, default_flow_style=None), end="")

@@ -196,11 +196,11 @@ def method_label(params: dict, variant: str) -> str:
     if name == "baseline" or recipe is None:
         return name + suffix
     if "prune" in recipe:
-        return f"prune {recipe['prune']['kind']} {recipe['prune']['importance']}" + suffix
+        return f"prune {recipe['prune']['kind']} {recipe['prune'].get('importance', 'l1')}" + suffix  # unstructured: L1
     if "decompose" not in recipe:
         return "control" + suffix
     d = recipe["decompose"]
-    kxk = f"{d['methods']['kxk']}{'-epc' if d['methods']['kxk'] == 'cp' and d['epc']['enabled'] else ''}"
+    kxk = f"{d['methods']['kxk']}{'-epc' if d.get('epc', {}).get('enabled') and d['methods']['kxk'] == 'cp' else ''}"
     parts = [kxk if "kxk" in d["kinds"] else None, d["methods"]["pointwise"] if {"pointwise", "linear"} & set(d["kinds"]) else None]
     stages = len(schedule(params, name))
     chain = f", {stages} stages" if stages > 1 else ""

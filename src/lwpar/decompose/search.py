@@ -281,7 +281,7 @@ def cache_settings(params: dict, recipe: dict, model_file: Path) -> dict:
     from lwpar.io import sha256_file
 
     search = recipe["rank"]["search"]
-    return {"baseline_sha256": sha256_file(model_file), "seed": params["seed"], "epc": recipe["epc"],
+    return {"baseline_sha256": sha256_file(model_file), "seed": params["seed"], "epc": recipe.get("epc"),
             "metric": search["metric"], "val_images": search["val_images"],
             "calibration_batches": search["calibration_batches"]}
 

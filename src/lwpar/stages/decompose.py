@@ -55,7 +55,7 @@ def run(args, params) -> None:
     if not chosen:
         raise LwparError(f"variant {args.variant}: the rank policy leaves every layer as it is")
     bar = tqdm(total=len(chosen), desc=f"decompose {args.variant}", disable=None)
-    rows = apply_plan(model, chosen, seed=params["seed"], epc=recipe["epc"], progress=lambda *_: bar.update())
+    rows = apply_plan(model, chosen, seed=params["seed"], epc=recipe.get("epc"), progress=lambda *_: bar.update())
     bar.close()
     for row in rows:
         shape = row.pop("shape")

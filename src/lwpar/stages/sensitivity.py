@@ -106,7 +106,7 @@ def run(args, params) -> None:
     started = time.time()
     # every probe scores the same images and recalibrates on the same batches: what runs before the
     # probed layer can be replayed (reuse_prefix)
-    probe = SensitivityProbe(model, score, recalibrate if calibration else None, seed=params["seed"], epc=recipe["epc"],
+    probe = SensitivityProbe(model, score, recalibrate if calibration else None, seed=params["seed"], epc=recipe.get("epc"),
                              cache=resumed, on_measure=record, reuse_prefix=True)
     names = select_layers(model, recipe["kinds"], recipe["include_first"], recipe["include_heads"],
                           factorized=factorized_layers(earlier))
