@@ -205,7 +205,7 @@ def test_remote_targets_and_shared_sensitivity_are_checked():
         p["variants"]["svd_greedy50"]["decompose"]["rank"]["search"]["sensitivity_from"] = "svd_r50"
     assert problem(from_formula_variant, SMOKE) == (
         "params.yaml: variants.svd_greedy50.decompose.rank.search.sensitivity_from: 'svd_r50' is not a "
-        "decomposition variant with a measured rank policy (search or greedy)")
+        "decomposition variant with a measured rank policy (search, greedy, latency)")
 
     def from_other_layers(p):
         p["variants"]["svd_greedy50"]["decompose"]["rank"]["search"]["sensitivity_from"] = "lwalm"
@@ -244,7 +244,7 @@ def test_every_compressed_variant_needs_its_matched_control():
     def other_schedule(p):
         p["variants"]["lwalm"]["finetune"]["lr"] = 0.001
     assert problem(other_schedule, SMOKE) == (
-        "params.yaml: experiment.variants[2]: 'lwalm' has no matched control: the experiment needs a variant "
+        "params.yaml: experiment.variants[3]: 'lwalm' has no matched control: the experiment needs a variant "
         "without compression whose fine-tuning schedule is the same (1 stage: the `finetune` keys of the variant "
         "and of each base)")
 
@@ -257,7 +257,7 @@ def test_every_schema_key_has_a_description():
     from lwpar.config import schema_keys
 
     keys = schema_keys()
-    assert len(keys) == 121  # every key of the configuration, named entries (`*`) counted once
+    assert len(keys) == 123  # every key of the configuration, named entries (`*`) counted once
     assert [path for path, node in keys if not node.get("description")] == []
 
 
@@ -318,7 +318,7 @@ def test_an_overlay_merges_mappings_key_by_key_and_replaces_lists(tmp_path):
      "overlay.yaml: variants.v.decompose.epc: applies only to CP decomposition of k x k convolutions "
      "(kinds with kxk, methods.kxk: cp or cp4); this variant uses tucker2"),
     ("{decompose: {rank: {policy: budget, search: {val_images: 8}}}}",
-     "overlay.yaml: variants.v.decompose.rank.search: not read by rank policy 'budget' (only by search and greedy)"),
+     "overlay.yaml: variants.v.decompose.rank.search: not read by rank policy 'budget' (only by search, greedy and latency)"),
     ("{decompose: {rank: {policy: greedy, search: {eps: 0.02}}}}",
      "overlay.yaml: variants.v.decompose.rank.search.eps: not read by rank policy 'greedy' (only by search)"),
     ("{decompose: {rank: {policy: ratio, energy: 0.8}}}",
@@ -326,6 +326,8 @@ def test_an_overlay_merges_mappings_key_by_key_and_replaces_lists(tmp_path):
     ("{prune: {kind: unstructured, macs_fraction: 0.4}}",
      "overlay.yaml: variants.v.prune.macs_fraction: not read by unstructured pruning (only by structured)"),
     ("{decompose: {kinds: [kxk]}}", "overlay.yaml: variants.v.decompose.rank: missing key"),
+    ("{decompose: {rank: {policy: budget, speedup: 3}}}",
+     "overlay.yaml: variants.v.decompose.rank.speedup: not read by rank policy 'budget' (only by latency)"),
 ])
 def test_a_key_that_does_not_apply_where_it_is_set_is_refused(tmp_path, variant, error):
     overlay = _write(tmp_path / "overlay.yaml", f"extends: {ROOT / 'params.yaml'}\nvariants:\n  v: {variant}\n")
@@ -411,3 +413,33 @@ def test_the_report_labels_every_recipe_of_every_experiment_file():
     params["variants"]["zeros"] = {"base": None, "finetune": params["variants"]["control"]["finetune"],
                                    "prune": {"kind": "unstructured", "amount": 0.5}}
     assert method_label(params, "zeros") == "prune unstructured l1"
+
+
+@pytest.mark.fault
+def test_a_latency_plan_needs_a_measured_target_and_the_ranks_it_times():
+    def plan_on(target):
+        def mutate(p):
+            p["variants"]["fast"] = {"base": None, "finetune": copy.deepcopy(p["variants"]["control"]["finetune"]),
+                                     "decompose": {**copy.deepcopy(p["variants"]["lwalm"]["decompose"]),
+                                                   "rank": {"policy": "latency", "speedup": 2.0, "target": target,
+                                                            "multiple": 8, "search": copy.deepcopy(
+                                                                p["variants"]["lwalm"]["decompose"]["rank"]["search"])}}}
+            p["experiment"]["variants"].append("fast")
+        return mutate
+    validate_params(_mutated(plan_on("local_cpu")))
+    assert problem(plan_on("phone")) == ("params.yaml: variants.fast.decompose.rank.target: 'phone' is not one of "
+                                         "experiment.targets (local_cpu): the profile would not measure what the plan "
+                                         "predicts")
+
+    def other_fractions(p):
+        plan_on("local_cpu")(p)
+        p["variants"]["fast"]["decompose"]["rank"]["search"].update(fractions=[0.5], sensitivity_from="lwalm")
+    assert problem(other_fractions) == (
+        "params.yaml: variants.fast.decompose.rank.search.sensitivity_from: 'lwalm' does not score the ranks this "
+        "latency plan times (it needs a greedy or latency policy with the same search.fractions and multiple)")
+
+
+def _mutated(mutate):
+    params = copy.deepcopy(DEFAULT)
+    mutate(params)
+    return params

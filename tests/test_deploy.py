@@ -371,6 +371,33 @@ def test_profile_on_a_target_behind_a_prefix_copies_artifacts_and_worker(tiny_on
     assert all(result[name]["latency"][0]["median_ms"] > 0 for name in ("baseline", "again"))
 
 
+def test_a_folder_of_models_is_copied_and_timed_by_one_worker_behind_a_prefix(tiny_onnx, tmp_path):
+    """The latency table's path: a folder of models staged on the target, one worker holding them
+    all, each call naming its model; the reply is that model's timing."""
+    import shutil
+    from pathlib import Path
+
+    from lwpar.profile import Worker, stage_on_target
+
+    _, path = tiny_onnx
+    folder = tmp_path / "table"
+    folder.mkdir()
+    for name in ("0000.onnx", "0001.onnx"):
+        shutil.copy(path, folder / name)
+    remote = tmp_path / "device"
+    target = {"providers": ["CPUExecutionProvider"], "command_prefix": f"env -i PATH={os.environ['PATH']}",
+              "copy_command": "cp {src} {dst}", "remote_dir": str(remote)}
+    placed = stage_on_target({"table": folder}, target)["table"]
+    assert sorted(p.name for p in Path(placed).iterdir()) == ["0000.onnx", "0001.onnx"]
+    worker = Worker(folder, target, placed)
+    try:
+        assert all(len(worker.run(1, 1, 3, model=name)) == 3 for name in ("0000.onnx", "0001.onnx"))
+        with pytest.raises(LwparError, match=r"table: the benchmark worker has no model 'missing.onnx'"):
+            worker.run(1, 1, 1, model="missing.onnx")
+    finally:
+        worker.close()
+
+
 @pytest.mark.fault
 def test_failing_copy_to_a_target_is_a_clear_error(tiny_onnx, tmp_path):
     from lwpar.profile import benchmark

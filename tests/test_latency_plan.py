@@ -1,4 +1,5 @@
-"""Latency-planned ranks (work in progress): the per-layer table and the allocation, with a fake timer."""
+"""Latency-planned ranks: the allocation with a fake timer, and the latency, sensitivity and decompose
+stages with the `latency` policy on a tiny trained model (real ONNX Runtime timings)."""
 
 from __future__ import annotations
 
@@ -80,10 +81,74 @@ def test_an_unreachable_target_names_the_best_reachable_latency():
         latency_allocation(INFO, 1.0, {("a", 8): 0.9, ("c", 8): 1.0}, timed, model_ms=20.0, target_ms=10.0)
 
 
-def test_onnx_timer_times_a_layer_alone():
-    from lwpar.decompose.latency import onnx_timer
+@pytest.mark.timeout(240)
+def test_latency_policy_through_the_stages(tmp_path, capsys):
+    """The latency stage times every candidate with the real benchmark worker and records what it was
+    measured under; decompose plans from it and the sensitivity cache, and its per-layer table says
+    what it predicted; a table of another start model, or an unreachable target, fails in one line."""
+    import json
 
-    model = _model()
-    table = candidates(model, _info(model), {"2": [4]})
-    timed = measure(table, onnx_timer(threads=1, warmup=1, iters=2), rounds=2)
-    assert all(t["median_ms"] > 0 for t in timed.values())
+    import synthetic
+    from lwpar.cli import main
+    from lwpar.data.prepare import prepare
+    from lwpar.io import sha256_file
+
+    members, _ = synthetic.make_release(persons_per_subset=12, images_per_person=3)
+    synthetic.write_zip(tmp_path / "mirror" / "PETA.zip", members)
+    params = synthetic.tiny_training_params(tmp_path, tmp_path / "mirror", epochs=1)
+    prepare(params, "peta", tmp_path / "prepared", tmp_path / "dl")
+    params["profile"].update(batch_sizes=[1], threads=[1], warmup=1, rounds=3, iters_per_round=2)
+    finetune = params["variants"]["control"]["finetune"]
+    params["variants"] = {"fast": {"base": None, "finetune": finetune, "decompose": {
+        # SVD of the 3 x 3 convs: the fastest factorization to probe (the test times ONNX, not tensorly)
+        "kinds": ["kxk"], "methods": {"kxk": "svd", "pointwise": "svd"}, "include_first": False,
+        "include_heads": False, "rank": {"policy": "latency", "speedup": 1.05, "target": "local_cpu", "multiple": 8,
+                                         "search": {"metric": "mA", "val_images": 8, "calibration_batches": 0,
+                                                    "fractions": [0.1, 0.3], "sensitivity_from": None}}}},
+        "control": {"base": None, "finetune": finetune}}
+    params["experiment"].update(variants=["fast", "control"], int8=[])
+    path = synthetic.write_params(tmp_path / "params.yaml", params)
+    common = ["--params", str(path)]
+    model = tmp_path / "baseline" / "model.pt"
+    assert main(["train", *common, "--dataset-dir", str(tmp_path / "prepared"), "--model", "tiny",
+                 "--out", str(model.parent)]) == 0
+    table = tmp_path / "latency-local_cpu.json"
+    assert main(["latency", *common, "--model", str(model), "--variant", "fast", "--target", "local_cpu",
+                 "--out", str(table)]) == 0
+    measured = json.loads(table.read_text())
+    assert measured["model_sha256"] == sha256_file(model) and measured["target"] == "local_cpu"
+    assert (measured["batch"], measured["threads"]) == (1, 1) and measured["machine"]["versions"]["onnxruntime"]
+    layers = {c["layer"] for c in measured["candidates"] if c["method"] is None}
+    assert "<model>" in layers and len(layers) > 10  # resnet18's 3 x 3 convs, and the whole model
+    assert all(c["median_ms"] > 0 and c["q1_ms"] <= c["median_ms"] <= c["q3_ms"] for c in measured["candidates"])
+    assert len({c["rank"] for c in measured["candidates"] if c["method"]}) >= 2
+    cache = tmp_path / "sensitivity.json"
+    assert main(["sensitivity", *common, "--model", str(model), "--dataset-dir", str(tmp_path / "prepared"),
+                 "--variant", "fast", "--out", str(cache)]) == 0
+
+    def decompose(table_file, out):
+        return main(["decompose", *common, "--model", str(model), "--variant", "fast", "--out", str(out / "c.pt"),
+                     "--table", str(out / "layers.csv"), "--sensitivity", str(cache), "--latency-table", str(table_file)])
+
+    assert decompose(table, tmp_path / "plan") == 0
+    import pandas as pd
+
+    rows = pd.read_csv(tmp_path / "plan" / "layers.csv")
+    assert len(rows) >= 1 and (rows.predicted_ms < rows.own_ms).all()
+    whole = next(c["median_ms"] for c in measured["candidates"] if c["layer"] == "<model>")
+    assert rows.plan_model_ms.iloc[0] == pytest.approx(whole)
+    assert rows.plan_predicted_ms.iloc[0] == pytest.approx(whole - (rows.own_ms - rows.predicted_ms).sum())
+    assert rows.plan_predicted_ms.iloc[0] <= whole / 1.05
+
+    other = dict(measured, model_sha256="0" * 64)
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    capsys.readouterr()
+    assert decompose(tmp_path / "other.json", tmp_path / "other") == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "other.json: measured on another start model" in error[0]
+    params["variants"]["fast"]["decompose"]["rank"]["speedup"] = 50.0
+    synthetic.write_params(path, params)
+    assert decompose(table, tmp_path / "unreachable") == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "is out of reach: the fastest plan predicts" in error[0]
+    assert not (tmp_path / "unreachable" / "c.pt").exists()

@@ -21,6 +21,7 @@ STAGES = {
     "train": ("lwpar.stages.train", "train a baseline model on a prepared dataset"),
     "evaluate": ("lwpar.stages.evaluate", "score a PyTorch checkpoint or an ONNX model on a split"),
     "sensitivity": ("lwpar.stages.sensitivity", "measure per-layer rank sensitivity on validation (LWALM search, greedy)"),
+    "latency": ("lwpar.stages.latency", "time a model's factorizable layers and their replacements on a target (latency policy)"),
     "decompose": ("lwpar.stages.decompose", "factorize a trained model's layers (CP, CPD-EPC, Tucker-2, SVD)"),
     "prune": ("lwpar.stages.prune", "prune a trained model (torch-pruning channels, or unstructured zeros)"),
     "finetune": ("lwpar.stages.finetune", "fine-tune a compressed model (BN recalibration, distillation)"),

@@ -185,12 +185,17 @@ def validate_params(params: Any, source: str = "params.yaml", given: dict | None
 
 # Keys of a rank policy block and of a pruning block that only some policies or kinds read: given
 # elsewhere, they would look like settings while changing nothing.
+MEASURED_POLICIES = ("search", "greedy", "latency")  # rank policies that score layers on validation
 RANK_KEYS = {"fraction": ("ratio",), "energy": ("energy",), "macs_fraction": ("budget", "greedy"),
-             "search": ("search", "greedy")}
-SEARCH_KEYS = {"eps": ("search",), "fractions": ("greedy",)}
+             "search": MEASURED_POLICIES, "speedup": ("latency",), "target": ("latency",)}
+SEARCH_KEYS = {"eps": ("search",), "fractions": ("greedy", "latency")}
 PRUNE_KEYS = {"importance": ("structured",), "global_pruning": ("structured",), "round_to": ("structured",),
               "iterative_steps": ("structured",), "macs_fraction": ("structured",), "amount": ("unstructured",)}
 CP_METHODS = ("cp", "cp4")
+
+
+def _listed(names) -> str:
+    return " and ".join(names) if len(names) < 3 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
 def _applies(key: str, block: dict, variant: dict) -> bool:
@@ -245,18 +250,18 @@ def _inapplicable(given: dict, params: dict):
             for key in rank:
                 if not _applies(key, "rank", resolved):
                     yield (f"variants.{name}.decompose.rank.{key}",
-                           f"not read by rank policy {policy!r} (only by {' and '.join(RANK_KEYS[key])})")
+                           f"not read by rank policy {policy!r} (only by {_listed(RANK_KEYS[key])})")
             search = rank.get("search") if isinstance(rank.get("search"), dict) else {}
             for key in search:
                 if "search" in resolved["decompose"]["rank"] and not _applies(key, "search", resolved):
                     yield (f"variants.{name}.decompose.rank.search.{key}",
-                           f"not read by rank policy {policy!r} (only by {' and '.join(SEARCH_KEYS[key])})")
+                           f"not read by rank policy {policy!r} (only by {_listed(SEARCH_KEYS[key])})")
         prune = variant.get("prune")
         if isinstance(prune, dict):
             for key in prune:
                 if not _applies(key, "prune", resolved):
                     yield (f"variants.{name}.prune.{key}",
-                           f"not read by {resolved['prune']['kind']} pruning (only by {' and '.join(PRUNE_KEYS[key])})")
+                           f"not read by {resolved['prune']['kind']} pruning (only by {_listed(PRUNE_KEYS[key])})")
 
 
 def _most_specific(error):
@@ -352,16 +357,28 @@ def _semantic_problems(params: dict):
                    f"{name!r} has no matched control: the experiment needs a variant without compression whose "
                    f"fine-tuning schedule is the same ({stages} stage{'s' if stages > 1 else ''}: the `finetune` keys "
                    f"of the variant and of each base)")
+    for name in params["experiment"]["variants"]:
+        rank = params["variants"].get(name, {}).get("decompose", {}).get("rank", {})
+        if rank.get("policy") == "latency" and rank["target"] not in params["experiment"]["targets"]:
+            yield (f"variants.{name}.decompose.rank.target",
+                   f"{rank['target']!r} is not one of experiment.targets ({', '.join(params['experiment']['targets'])}): "
+                   f"the profile would not measure what the plan predicts")
     for name, variant in params["variants"].items():
         rank = variant.get("decompose", {}).get("rank", {})
         source = rank.get("search", {}).get("sensitivity_from")
         if source is None:
             continue
         other = params["variants"].get(source, {}).get("decompose", {})
-        if other.get("rank", {}).get("policy") not in ("search", "greedy"):
+        if other.get("rank", {}).get("policy") not in MEASURED_POLICIES:
             yield (f"variants.{name}.decompose.rank.search.sensitivity_from",
-                   f"{source!r} is not a decomposition variant with a measured rank policy (search or greedy)")
-        elif (any(other[k] != variant["decompose"][k] for k in ("kinds", "methods", "include_first", "include_heads", "epc"))
+                   f"{source!r} is not a decomposition variant with a measured rank policy ({', '.join(MEASURED_POLICIES)})")
+        elif rank["policy"] == "latency" and (other["rank"]["policy"] not in ("greedy", "latency")
+                                              or other["rank"]["search"].get("fractions") != rank["search"]["fractions"]
+                                              or other["rank"]["multiple"] != rank["multiple"]):
+            yield (f"variants.{name}.decompose.rank.search.sensitivity_from",
+                   f"{source!r} does not score the ranks this latency plan times (it needs a greedy or latency "
+                   f"policy with the same search.fractions and multiple)")
+        elif (any(other.get(k) != variant["decompose"].get(k) for k in ("kinds", "methods", "include_first", "include_heads", "epc"))
               or params["variants"][source]["base"] != variant["base"]):
             yield (f"variants.{name}.decompose.rank.search.sensitivity_from",
                    f"{source!r} factorizes other layers or by other methods: its measurements do not apply")

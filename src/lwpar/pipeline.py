@@ -16,6 +16,8 @@ from typing import Callable
 
 import yaml
 
+from lwpar.config import MEASURED_POLICIES
+
 PACKAGE = "src/lwpar"
 # Modules every stage runs (config, CLI, IO); a change to them reruns everything.
 COMMON_MODULES = ["__init__.py", "cli.py", "config.py", "io.py", "schemas/params.schema.yaml"]
@@ -134,6 +136,9 @@ def _decompose_inputs(params: dict, w: dict) -> dict[str, str]:
     source = sensitivity_source(params, w["variant"])
     if source:
         inputs["sensitivity"] = f"{_run(params, w, source)}/sensitivity.json"
+    rank = params["variants"][w["variant"]]["decompose"]["rank"]
+    if rank["policy"] == "latency":  # timed with the sensitivity source's candidate ranks
+        inputs["latency_table"] = f"{_run(params, w, source)}/latency-{rank['target']}.json"
     return inputs
 
 
@@ -205,12 +210,30 @@ def stages(params: dict) -> dict[str, Stage]:
             constraints=lambda p: {"variant": variant_pattern(p, "sensitivity")},
         ),
         Stage(
+            name="latency", wildcards=("dataset", "model", "variant", "target"),
+            outputs={"table": f"{run}/{{variant}}/latency-{{target}}.json"},
+            inputs=lambda p, w: {"model": start_model(p, w)},
+            param_keys=lambda p, w: ["seed", f"variants.{w['variant']}.base",
+                                     *(f"variants.{w['variant']}.decompose.{k}" for k in
+                                       ("kinds", "methods", "include_first", "include_heads", "rank.multiple",
+                                        "rank.search.fractions")),
+                                     *(f"profile.{k}" for k in ("batch_sizes", "threads", "warmup", "rounds",
+                                                                "iters_per_round")), f"profile.targets.{w['target']}"],
+            args=lambda i, o, w: ["--model", i["model"], "--variant", w["variant"], "--target", w["target"],
+                                  "--out", o["table"]],
+            modules=sorted({*package_imports("stages/latency.py"), *package_imports("bench_worker.py")}),
+            doc="Time every factorizable layer and its replacements at candidate ranks on a target (latency policy).",
+            threads="all", cluster_threads=8, mem_mb=8000, runtime_min=60,  # timing: alone on the machine
+            constraints=lambda p: {"variant": variant_pattern(p, "latency")},
+        ),
+        Stage(
             name="decompose", wildcards=("dataset", "model", "variant"),
             outputs={"model": f"{run}/{{variant}}/compressed.pt", "table": f"{run}/{{variant}}/layers.csv"},
             inputs=lambda p, w: _decompose_inputs(p, w),
             param_keys=lambda p, w: ["seed", f"variants.{w['variant']}.base", f"variants.{w['variant']}.decompose"],
             args=lambda i, o, w: ["--model", i["model"], "--variant", w["variant"], "--out", o["model"],
-                                  "--table", o["table"], *(["--sensitivity", i["sensitivity"]] if "sensitivity" in i else [])],
+                                  "--table", o["table"], *(["--sensitivity", i["sensitivity"]] if "sensitivity" in i else []),
+                                  *(["--latency-table", i["latency_table"]] if "latency_table" in i else [])],
             modules=package_imports("stages/decompose.py"),
             doc="Factorize the baseline's layers as the variant's recipe says.",
             cluster_threads=4, mem_mb=8000, runtime_min=60,
@@ -371,6 +394,7 @@ def grid(params: dict, upto: str | None = None) -> list[tuple[Stage, dict]]:
     jobs = [(all_stages["data"], {"dataset": d}) for d in experiment["datasets"]]
     jobs += [(all_stages["train"], w) for w in pairs]
     jobs += [(all_stages["sensitivity"], {**w, "variant": v}) for w in pairs for v in measured_variants(params)]
+    jobs += [(all_stages["latency"], {**w, "variant": v, "target": t}) for w in pairs for v, t in latency_tables(params)]
     for kind in ("decompose", "prune"):
         jobs += [(all_stages[kind], {**w, "variant": v}) for w in pairs for v in variants_of(params, kind)]
     jobs += [(all_stages["finetune"], {**w, "variant": v}) for w in pairs for v in experiment["variants"]]
@@ -436,7 +460,7 @@ def sensitivity_source(params: dict, variant: str) -> str | None:
     """The variant whose sensitivity cache a measured rank policy plans from (itself unless it names
     another in `rank.search.sensitivity_from`); None for formula policies."""
     rank = params["variants"][variant].get("decompose", {}).get("rank", {})
-    if rank.get("policy") not in ("search", "greedy"):
+    if rank.get("policy") not in MEASURED_POLICIES:
         return None
     return rank["search"]["sensitivity_from"] or variant
 
@@ -447,9 +471,18 @@ def measured_variants(params: dict) -> list[str]:
     return sorted(s for s in sources if s)
 
 
+def latency_tables(params: dict) -> list[tuple[str, str]]:
+    """(variant, target) of every latency table the experiment needs: per latency-policy variant, its
+    sensitivity source (whose candidate ranks are timed) and its target; variants sharing both share one."""
+    pairs = {(sensitivity_source(params, v), params["variants"][v]["decompose"]["rank"]["target"])
+             for v in variants_of(params, "decompose") if params["variants"][v]["decompose"]["rank"]["policy"] == "latency"}
+    return sorted(pairs)
+
+
 def variant_pattern(params: dict, kind: str) -> str:
     """A wildcard constraint matching exactly those variants (never matching when there are none)."""
-    names = measured_variants(params) if kind == "sensitivity" else variants_of(params, kind)
+    names = {"sensitivity": measured_variants, "latency": lambda p: sorted({v for v, _ in latency_tables(p)})}.get(
+        kind, lambda p: variants_of(p, kind))(params)
     return "|".join(names) if names else "(?!)"
 
 

@@ -66,7 +66,14 @@ def stage_on_target(artifacts: dict[str, Path], target: dict) -> dict[str, str]:
     placed = {}
     for index, (name, path) in enumerate(artifacts.items()):
         placed[name] = f"{remote}/{index:02d}-{Path(path).parent.name}-{Path(path).name}"
-        _copy(Path(path), placed[name], target)
+        if Path(path).is_dir():  # a folder of models for one worker (the latency table's layers)
+            made = subprocess.run([*prefix, "mkdir", "-p", placed[name]], capture_output=True, text=True)
+            if made.returncode != 0:
+                raise LwparError(f"cannot create {placed[name]} on the target: {made.stderr.strip()[-300:]}")
+            for file in sorted(Path(path).glob("*.onnx")):
+                _copy(file, f"{placed[name]}/{file.name}", target)
+        else:
+            _copy(Path(path), placed[name], target)
     return placed
 
 
@@ -86,10 +93,15 @@ class Worker:
         line = self.process.stdout.readline()
         if not line:
             raise LwparError(f"{self.path}: benchmark worker died (exit code {self.process.wait()})")
-        return json.loads(line)
+        reply = json.loads(line)
+        if "error" in reply:
+            raise LwparError(f"{self.path}: {reply['error']}")
+        return reply
 
-    def run(self, batch: int, threads: int, iters: int) -> list[float]:
-        self.process.stdin.write(json.dumps({"batch": batch, "threads": threads, "iters": iters}) + "\n")
+    def run(self, batch: int, threads: int, iters: int, model: str | None = None) -> list[float]:
+        """Seconds per call; `model` names the file when the worker holds a folder of models."""
+        command = {"batch": batch, "threads": threads, "iters": iters, **({"model": model} if model else {})}
+        self.process.stdin.write(json.dumps(command) + "\n")
         self.process.stdin.flush()
         reply = self._read()
         self.peak_rss_mb = max(self.peak_rss_mb, reply["rss_mb"])

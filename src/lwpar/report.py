@@ -40,6 +40,34 @@ def collect(results: Path, params: dict | None = None) -> tuple[pd.DataFrame, pd
     return against_control(against_baseline(table), params), pd.DataFrame(attributes)
 
 
+def latency_plans(table: pd.DataFrame, results: Path, params: dict | None = None) -> pd.DataFrame:
+    """Every latency-planned variant (rank policy `latency`): the speed-up asked for, the one its plan
+    predicted from the per-layer latency table (the decompose stage's layers.csv), and the one the
+    profile measured on the exported model, on the plan's target, batch and threads; plan_error is
+    measured over predicted, minus one. Fine-tuning and export do not change the architecture, so the
+    error is the table's: per-layer timings that do not add up to the whole model's."""
+    rows = []
+    for path in sorted(Path(results).glob("*/*/*/layers.csv")):
+        layers = pd.read_csv(path)
+        if "plan_predicted_ms" not in layers or layers.plan_predicted_ms.isna().all():
+            continue
+        first, variant = layers.iloc[0], path.parent.name
+        dataset, model = path.parents[2].name, path.parents[1].name
+        match = table[(table.dataset == dataset) & (table.model == model) & (table.variant == variant)
+                      & (table.target == first.plan_target) & (table.batch == first.plan_batch)
+                      & (table.threads == first.plan_threads)]
+        planned = float(first.plan_model_ms / first.plan_predicted_ms)
+        measured = float(match.speedup.iloc[0]) if len(match) else np.nan
+        recipe = (params or {}).get("variants", {}).get(variant, {})
+        rows.append({"dataset": dataset, "model": model, "variant": variant, "target": first.plan_target,
+                     "batch": int(first.plan_batch), "threads": int(first.plan_threads),
+                     "speedup_requested": recipe.get("decompose", {}).get("rank", {}).get("speedup", np.nan),
+                     "speedup_planned": planned, "speedup_measured": measured, "plan_error": measured / planned - 1,
+                     "mA": match.mA.iloc[0] if len(match) else np.nan,
+                     "delta_control_mA": match.delta_control_mA.iloc[0] if len(match) else np.nan})
+    return pd.DataFrame(rows)
+
+
 def against_baseline(table: pd.DataFrame) -> pd.DataFrame:
     """Adds what each row gains or loses against `baseline` on the same dataset, model, target, batch and
     threads: the MAC reduction, the measured speed-up over it and the mA delta."""
@@ -255,9 +283,13 @@ def latency_split(results: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _percent(value) -> str:
+    return "" if pd.isna(value) else f"{value * 100:.2f}"
+
+
 def markdown(table: pd.DataFrame, stamp: str, split: pd.DataFrame | None = None,
              compressed: pd.DataFrame | None = None, decomposed: pd.DataFrame | None = None,
-             breaks: list[str] | None = None) -> str:
+             breaks: list[str] | None = None, plans: pd.DataFrame | None = None) -> str:
     shown = table.copy()
     shown["control"] = shown["control"].fillna("")
     for column in ("mA", "mA_tuned", "accuracy", "precision", "recall", "f1", "ece", "mce", "delta_mA", "delta_control_mA"):
@@ -292,6 +324,17 @@ def markdown(table: pd.DataFrame, stamp: str, split: pd.DataFrame | None = None,
         text += ("\n## Where each method breaks\n\nAt batch 1 on the fewest threads: for each method, the MAC "
                  "budgets at which it stays within 1 point of mA of its matched control, and where it falls "
                  "further.\n\n" + "".join(f"- {sentence}\n" for sentence in breaks))
+    if plans is not None and len(plans):
+        text += ("\n## Latency plans: predicted against measured\n\nVariants whose ranks were allocated by measured "
+                 "latency (rank policy `latency`): the speed-up asked for, the one the plan predicted from the per-layer "
+                 "latency table, and the one measured on the exported model on the plan's target, batch and threads; "
+                 "plan error = measured / predicted - 1.\n\n"
+                 "| dataset | model | variant | target | batch | threads | asked | predicted | measured | plan error "
+                 "| mA | delta vs control |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+        text += "".join(f"| {r.dataset} | {r.model} | {r.variant} | {r.target} | {r.batch} | {r.threads} | "
+                        f"{r.speedup_requested:.2f}x | {r.speedup_planned:.2f}x | {r.speedup_measured:.2f}x | "
+                        f"{r.plan_error * 100:+.1f} % | {_percent(r.mA)} | {_percent(r.delta_control_mA)} |\n"
+                        for r in plans.itertuples())
     if split is not None and len(split):
         text += ("\n## Where the time goes\n\nMedian latency (ms) of the whole model and of its backbone alone, "
                  "measured in the same run; the heads are the difference.\n\n"
@@ -306,12 +349,11 @@ def markdown(table: pd.DataFrame, stamp: str, split: pd.DataFrame | None = None,
                  "| dataset | model | variant | method | MACs | params | val mA before FT | after BN recal. | after FT "
                  "| FT epochs | FT seconds | test mA | delta_mA | control | delta vs control |\n"
                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
-        pct = lambda v: "" if pd.isna(v) else f"{v * 100:.2f}"  # noqa: E731
         text += "".join(f"| {r.dataset} | {r.model} | {r.variant} | {r.method} | {r.macs_fraction:.3f} | "
-                        f"{r.params_fraction:.3f} | {pct(r.val_mA_before_ft)} | "
-                        f"{pct(r.val_mA_after_bn_recalibration)} | {pct(r.val_mA_after_ft)} | {r.ft_epochs} | "
-                        f"{r.ft_seconds:.0f} | {pct(r.test_mA)} | {pct(r.test_delta_mA)} | {r.control if isinstance(r.control, str) else ''} | "
-                        f"{pct(r.test_delta_control_mA)} |\n"
+                        f"{r.params_fraction:.3f} | {_percent(r.val_mA_before_ft)} | "
+                        f"{_percent(r.val_mA_after_bn_recalibration)} | {_percent(r.val_mA_after_ft)} | {r.ft_epochs} | "
+                        f"{r.ft_seconds:.0f} | {_percent(r.test_mA)} | {_percent(r.test_delta_mA)} | {r.control if isinstance(r.control, str) else ''} | "
+                        f"{_percent(r.test_delta_control_mA)} |\n"
                         for r in compressed.itertuples())
     if decomposed is not None and len(decomposed):
         text += ("\n## Decomposition\n\nPer variant and method, over the factorized layers only: their MACs before "

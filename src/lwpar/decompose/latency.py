@@ -1,20 +1,19 @@
-"""Compression planned by measured latency (work in progress, not yet a pipeline stage): a per-layer
-latency table of each factorizable layer and of its replacements at candidate ranks, timed on a
-target, and the `latency` allocation that spends accuracy where it buys the most measured time.
+"""Compression planned by measured latency: a per-layer latency table of each factorizable layer and
+of its replacements at candidate ranks, timed on a target, and the `latency` rank policy's allocation,
+which spends accuracy where it buys the most measured time.
 
 The table times each layer and each replacement alone, as a one-layer ONNX model at the layer's input
-shape, with ONNX Runtime at the profile's threads and batch; every candidate is timed in each round,
-in a shuffled order, so that drift of the machine spreads over all of them (`measure`). The model's
-latency is predicted as the measured whole model's plus, per replaced layer, its replacement's time
-minus its own; how far that prediction is from the exported model's measured latency is what the
-report must show.
+shape, and the whole start model, with ONNX Runtime on the target at the profile's first batch size
+and thread count (one benchmark worker holding every model, run through the target's commands like
+the profile's). Every candidate is timed in each round, in a shuffled order, so that drift of the
+machine spreads over all of them (`measure`); the quartiles say how noisy the table is. The planned
+model's latency is predicted as the whole model's plus, per replaced layer, its replacement's time
+minus its own; the report sets that prediction against the exported model's measured latency.
 """
 
 from __future__ import annotations
 
 import random
-import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -54,36 +53,25 @@ def candidates(model: nn.Module, info: list[dict], ranks: dict[str, list[int]], 
     return table
 
 
-def onnx_timer(threads: int = 1, warmup: int = 5, iters: int = 20):
-    """A timer for `measure`: exports each module to ONNX once and times `iters` runs per call (ms per
-    run), with ONNX Runtime on `threads` threads."""
-    import onnxruntime as ort
+WHOLE_MODEL = "<model>"
 
-    folder = Path(tempfile.mkdtemp(prefix="lwpar-latency-"))
-    sessions = {}
 
-    def session(key: Candidate, module: nn.Module):
-        if key not in sessions:
-            path = folder / f"{len(sessions)}.onnx"
-            example = torch.randn(*key.input_shape)
-            torch.onnx.export(module.eval(), (example,), str(path), input_names=["x"], opset_version=18, dynamo=False)
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = threads
-            run = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-            feed = {"x": example.numpy()}
-            for _ in range(warmup):
-                run.run(None, feed)
-            sessions[key] = (run, feed)
-        return sessions[key]
+def export_candidates(table: dict[Candidate, nn.Module], folder: Path) -> dict[Candidate, str]:
+    """Each candidate as its own ONNX file in `folder` (fixed input shape); returns the file names.
+    The whole model (layer WHOLE_MODEL) goes through the export stage's own exporter, so that it is
+    timed as the profile will time it."""
+    from lwpar.export import export_onnx
 
-    def timer(key: Candidate, module: nn.Module) -> float:
-        run, feed = session(key, module)
-        started = time.perf_counter()
-        for _ in range(iters):
-            run.run(None, feed)
-        return (time.perf_counter() - started) * 1000 / iters
-
-    return timer
+    names = {}
+    for index, (key, module) in enumerate(table.items()):
+        names[key] = f"{index:04d}.onnx"
+        if key.layer == WHOLE_MODEL:
+            export_onnx(module.eval(), list(key.input_shape[2:]), folder / names[key])
+            continue
+        example = torch.randn(*key.input_shape)
+        torch.onnx.export(module.eval(), (example,), str(folder / names[key]), input_names=["x"], opset_version=18,
+                          dynamo=False)
+    return names
 
 
 def measure(table: dict[Candidate, nn.Module], timer: Callable[[Candidate, nn.Module], float], rounds: int = 7,
@@ -135,6 +123,33 @@ def latency_allocation(info: list[dict], reference: float, scores: dict[tuple[st
         chosen[layer] = pick
         predicted -= saved
     by_name = {e["layer"]: e for e in info}
-    plan = [{**by_name[layer], "rank": rank, "predicted_ms": ms, "val_drop": loss}
+    # every row also carries the plan's whole-model figures, so the per-layer table alone tells the
+    # report what speed-up was planned
+    plan = [{**by_name[layer], "rank": rank, "own_ms": own[layer], "predicted_ms": ms, "val_drop": loss,
+             "plan_model_ms": model_ms, "plan_predicted_ms": predicted}
             for layer, (rank, ms, loss) in chosen.items()]
     return plan, predicted
+
+
+TABLE_FORMAT = "lwpar-latency-table/1"
+
+
+def table_entries(timed: dict[Candidate, dict]) -> list[dict]:
+    return [{"layer": c.layer, "method": c.method, "rank": c.rank, "input_shape": list(c.input_shape), **t}
+            for c, t in timed.items()]
+
+
+def read_table(table: dict, info: list[dict]) -> tuple[dict[Candidate, dict], float]:
+    """The timed candidates of a latency table and the whole model's median ms, checked against the
+    layers being planned; a table measured for other ones is an LwparError."""
+    if table.get("format") != TABLE_FORMAT:
+        raise LwparError(f"latency table: format {table.get('format')!r}, this lwpar reads {TABLE_FORMAT!r}")
+    timed = {Candidate(e["layer"], e["method"], e["rank"], tuple(e["input_shape"])):
+             {k: e[k] for k in ("median_ms", "q1_ms", "q3_ms")} for e in table["candidates"]}
+    measured = {c.layer for c in timed}
+    missing = [e["layer"] for e in info if e["layer"] not in measured]
+    if missing:
+        raise LwparError(f"latency table: no timing for layer {missing[0]} ({len(missing)} missing): it was measured "
+                         f"for other layers")
+    whole = [t for c, t in timed.items() if c.layer == WHOLE_MODEL]
+    return {c: t for c, t in timed.items() if c.layer != WHOLE_MODEL}, whole[0]["median_ms"]

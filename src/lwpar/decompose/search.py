@@ -20,6 +20,9 @@ probed layer).
   parameter fractions; then one accuracy threshold for all layers, each taking its cheapest rank
   that scores at least the threshold, with the threshold lowered until the model's MACs reach
   `macs_fraction` of the original.
+- `latency`: the same per-layer scores, spent against a table of measured per-layer latencies
+  (`latency.latency_allocation`): cheapest accuracy loss per saved millisecond first, until the
+  predicted latency is the start model's divided by `speedup`.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from lwpar.decompose._evbmf import evbmf_rank
 from lwpar.decompose.factorize import _replace, factorize_layer, factorized_macs, layer_info, original_macs, plan_ranks
 from lwpar.decompose.methods import rank_for_fraction
 
-MEASURED = ("search", "greedy")
+MEASURED = ("search", "greedy", "latency")
 BASELINE = "baseline"
 
 
@@ -214,14 +217,18 @@ def lwalm_search(probe: SensitivityProbe, info: list[dict], eps: float, multiple
     return plan
 
 
+def curve_ranks(entry: dict, fractions: list[float], multiple: int) -> list[int]:
+    """The ranks a layer is scored (and, for `latency`, timed) at: one per parameter fraction."""
+    return sorted({rank_for_fraction(entry["method"], entry["shape"], f, multiple) for f in fractions})
+
+
 def greedy_allocation(probe: SensitivityProbe, info: list[dict], fractions: list[float], multiple: int,
                       macs_fraction: float, total_macs: int) -> list[dict]:
     reference = probe.baseline()
     curves = []  # per layer: (rank, MACs, score), cheapest first
     for entry in info:
-        ranks = sorted({rank_for_fraction(entry["method"], entry["shape"], f, multiple) for f in fractions})
         curves.append([(r, factorized_macs(entry["method"], entry["shape"], r, entry["io"]), probe(entry, r))
-                       for r in ranks])
+                       for r in curve_ranks(entry, fractions, multiple)])
     before = [original_macs(e["shape"], e["io"]) for e in info]
     fixed = total_macs - sum(before)
     target = macs_fraction * total_macs
@@ -259,8 +266,10 @@ def evbmf_ranks(model: nn.Module, info: list[dict], multiple: int) -> list[dict]
 
 
 def plan(model: nn.Module, names: list[str], methods: dict, input_size, policy: dict, total_macs: int,
-         probe: SensitivityProbe | None = None) -> list[dict]:
-    """Ranks per layer under any policy: the formula policies of `plan_ranks`, or evbmf / search / greedy."""
+         probe: SensitivityProbe | None = None, latency_table: dict | None = None) -> list[dict]:
+    """Ranks per layer under any policy: the formula policies of `plan_ranks`, or evbmf / search /
+    greedy / latency. `latency_table`: the `latency` stage's measurements; without it, the latency
+    policy only measures its scores (the sensitivity stage) and plans nothing."""
     name = policy["policy"]
     if name not in ("evbmf", *MEASURED):
         return plan_ranks(model, names, methods, input_size, policy, total_macs=total_macs)
@@ -273,6 +282,16 @@ def plan(model: nn.Module, names: list[str], methods: dict, input_size, policy: 
     settings = policy["search"]
     if name == "search":
         return lwalm_search(probe, info, settings["eps"], multiple)
+    if name == "latency":
+        from lwpar.decompose.latency import latency_allocation, read_table
+
+        reference = probe.baseline()
+        scores = {(e["layer"], r): probe(e, r) for e in info for r in curve_ranks(e, settings["fractions"], multiple)}
+        if latency_table is None:
+            return []
+        timed, model_ms = read_table(latency_table, info)
+        chosen, _ = latency_allocation(info, reference, scores, timed, model_ms, model_ms / policy["speedup"])
+        return chosen
     return greedy_allocation(probe, info, settings["fractions"], multiple, policy["macs_fraction"], total_macs)
 
 

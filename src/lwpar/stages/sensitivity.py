@@ -1,5 +1,6 @@
 """Measure per-layer sensitivity for a variant whose rank policy is measured (`search`, the LWALM
-binary search, or `greedy`, the AIMET-style budget allocation): the validation score of the
+binary search, `greedy`, the AIMET-style budget allocation, or `latency`, allocation by measured
+latency): the validation score of the
 baseline with one layer at a time factorized at a given rank, BatchNorm re-estimated on training
 batches. Never touches the test split.
 
@@ -118,4 +119,6 @@ def run(args, params) -> None:
                                  "plan": [{"layer": e["layer"], "rank": e["rank"]} for e in chosen]})
     partial.unlink(missing_ok=True)
     print(f"{args.variant}: {probe.measured} probes in {time.time() - started:.0f} s"
-          f"{f' ({len(resumed)} more resumed)' if resumed else ''}; {len(chosen)} of {len(names)} layers get a rank")
+          f"{f' ({len(resumed)} more resumed)' if resumed else ''}; "
+          + (f"{len(chosen)} of {len(names)} layers get a rank" if recipe["rank"]["policy"] != "latency"
+             else "the ranks are chosen with the latency table"))

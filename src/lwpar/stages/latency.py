@@ -1,0 +1,84 @@
+"""Measure the per-layer latency table for variants with the `latency` rank policy (the table of
+their sensitivity source, which may be a `greedy` variant): every layer it may factorize, alone, and its replacement at each candidate rank (the parameter fractions of
+`rank.search.fractions`), and the whole start model, timed with ONNX Runtime on the policy's
+target at the profile's first batch size and thread count, in interleaved, shuffled rounds.
+
+Writes the table (JSON): per candidate the median and quartiles in ms, with what it was measured
+under (start model sha256, target and its commands, batch, threads, ONNX Runtime, the CPU). The
+decompose stage allocates ranks from it and the sensitivity cache.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--model", required=True, type=Path, help="the variant's start model.pt")
+    parser.add_argument("--variant", required=True, help="variant name in params variants (rank policy: latency)")
+    parser.add_argument("--target", required=True, help="target name in params profile.targets")
+    parser.add_argument("--out", required=True, type=Path, help="latency table (JSON) to write")
+
+
+def run(args, params) -> None:
+    import os
+    import tempfile
+    import time
+
+    import numpy as np
+
+    from lwpar import LwparError
+    from lwpar.decompose.factorize import factorized_layers, layer_info, select_layers
+    from lwpar.decompose.latency import (TABLE_FORMAT, WHOLE_MODEL, Candidate, candidates, export_candidates,
+                                         measure, table_entries)
+    from lwpar.decompose.search import curve_ranks
+    from lwpar.io import sha256_file, write_json
+    from lwpar.profile import Worker, machine_info, stage_on_target
+    from lwpar.structure import check_start_model, load_model
+
+    recipe = params["variants"].get(args.variant, {}).get("decompose")
+    if recipe is None or recipe["rank"]["policy"] not in ("greedy", "latency"):
+        raise LwparError(f"--variant {args.variant!r}: not a decomposition variant whose rank policy scores "
+                         f"candidate ranks (greedy or latency)")
+    if args.target not in params["profile"]["targets"]:
+        raise LwparError(f"--target {args.target!r}: not in params profile.targets "
+                         f"({', '.join(params['profile']['targets'])})")
+    target, profile = params["profile"]["targets"][args.target], params["profile"]
+    batch = profile["batch_sizes"][0]
+    threads = profile["threads"][0] or os.cpu_count() or 1
+    model, blob = load_model(args.model)
+    earlier = check_start_model(args.model, blob, args.variant, params["variants"][args.variant]["base"])
+    model.eval()
+    size = blob["model_cfg"]["input_size"]
+    names = select_layers(model, recipe["kinds"], recipe["include_first"], recipe["include_heads"],
+                          factorized=factorized_layers(earlier))
+    if not names:
+        raise LwparError(f"variant {args.variant}: no layer of kinds {recipe['kinds']} to factorize in this model")
+    info = layer_info(model, names, recipe["methods"], size)
+    ranks = {e["layer"]: curve_ranks(e, recipe["rank"]["search"]["fractions"], recipe["rank"]["multiple"]) for e in info}
+    table = candidates(model, info, ranks, batch)
+    table[Candidate(WHOLE_MODEL, None, None, (batch, 3, *size))] = model
+    started = time.time()
+    with tempfile.TemporaryDirectory(prefix="lwpar-latency-") as folder:
+        files = export_candidates(table, Path(folder))
+        placed = stage_on_target({"table": Path(folder)}, target)["table"]
+        worker = Worker(Path(folder), target, placed)
+        try:
+            for key in table:  # each session created and warmed before any round
+                worker.run(batch, threads, max(profile["warmup"], 1), model=files[key])
+            timed = measure(table, lambda key, _: float(np.median(worker.run(batch, threads, profile["iters_per_round"],
+                                                                             model=files[key]))) * 1000,
+                            rounds=profile["rounds"], seed=params["seed"])
+        finally:
+            worker.close()
+    spread = [(t["q3_ms"] - t["q1_ms"]) / t["median_ms"] for t in timed.values() if t["median_ms"] > 0]
+    whole = next(t for c, t in timed.items() if c.layer == WHOLE_MODEL)
+    write_json(args.out, {
+        "format": TABLE_FORMAT, "variant": args.variant, "model_sha256": sha256_file(args.model),
+        "target": args.target, "target_settings": target, "batch": batch, "threads": threads,
+        "rounds": profile["rounds"], "iters_per_round": profile["iters_per_round"], "machine": machine_info(),
+        "seconds": round(time.time() - started, 1), "relative_iqr_median": float(np.median(spread)),
+        "candidates": table_entries(timed)})
+    print(f"{args.variant}: {len(timed)} candidates timed on {args.target} (batch {batch}, {threads} threads) in "
+          f"{time.time() - started:.0f} s; whole model {whole['median_ms']:.2f} ms; median relative IQR "
+          f"{np.median(spread):.3f}")
