@@ -244,7 +244,7 @@ def test_every_compressed_variant_needs_its_matched_control():
     def other_schedule(p):
         p["variants"]["lwalm"]["finetune"]["lr"] = 0.001
     assert problem(other_schedule, SMOKE) == (
-        "params.yaml: experiment.variants[3]: 'lwalm' has no matched control: the experiment needs a variant "
+        "params.yaml: experiment.variants[2]: 'lwalm' has no matched control: the experiment needs a variant "
         "without compression whose fine-tuning schedule is the same (1 stage: the `finetune` keys of the variant "
         "and of each base)")
 

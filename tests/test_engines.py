@@ -63,11 +63,15 @@ def _run_by_dvc(output: str) -> list[str]:
 def _expected_after_finetune_change(params) -> list[str]:
     """The variant's jobs from fine-tuning on (its decomposition does not read fine-tuning settings),
     its INT8 form's, its new matched control's, and the jobs that read every variant (profile, the
-    model cards, report)."""
+    model cards, report). The profile settings change too (a shorter benchmark), so the latency tables,
+    timed with them, and every variant planned from one are measured and planned again."""
     names = {VARIANT, f"{VARIANT}+int8", CONTROL}
+    planned_by_latency = {v for v in params["experiment"]["variants"]
+                          if params["variants"][v].get("decompose", {}).get("rank", {}).get("policy") == "latency"}
     jobs = []
     for stage, wildcards in pipeline.grid(params):
         mine = (wildcards.get("variant") in names and stage.name != "decompose") or wildcards.get("name") in names
+        mine = mine or stage.name == "latency" or bool(planned_by_latency & {wildcards.get("variant"), wildcards.get("name")})
         if mine or stage.name in ("profile", "card", "report"):  # every card reads the profile
             jobs.append(stage.job_name(wildcards))
     return sorted(jobs)
