@@ -240,6 +240,8 @@ def test_every_compressed_variant_needs_its_matched_control():
     assert matched_control(staged, "lwalm") == "control"
     assert matched_control(staged, "lwalm_heads+int8") == "control_ft2"  # two stages: the two-stage control
     assert matched_control(staged, "control") is None
+    staged["variants"]["lwalm"]["finetune"]["score_before_recalibration"] = False  # one more score, same training
+    assert matched_control(staged, "lwalm") == "control"
 
     def other_schedule(p):
         p["variants"]["lwalm"]["finetune"]["lr"] = 0.001
@@ -257,7 +259,7 @@ def test_every_schema_key_has_a_description():
     from lwpar.config import schema_keys
 
     keys = schema_keys()
-    assert len(keys) == 123  # every key of the configuration, named entries (`*`) counted once
+    assert len(keys) == 124  # every key of the configuration, named entries (`*`) counted once
     assert [path for path, node in keys if not node.get("description")] == []
 
 

@@ -34,6 +34,7 @@ def chain(tmp_path_factory):
         recipe["finetune"].update(epochs=1)
         if "decompose" in recipe:  # a ResNet-18 has few 1 x 1 MACs: the budgets are of what they can give
             recipe["decompose"]["rank"]["macs_fraction"] = 0.99
+    params["variants"]["svd_r50"]["finetune"]["score_before_recalibration"] = True
     params["quantize"]["calibration_images"] = 16
     params["profile"].update(batch_sizes=[1], threads=[1], warmup=1, rounds=2, iters_per_round=1)
     params["experiment"].update(variants=VARIANTS, int8=["svd_r50"], targets=["local_cpu"])
@@ -104,6 +105,8 @@ def test_each_stage_did_its_work(chain):
         outputs = _outputs(chain, "finetune", variant=variant)
         tuned = _json(outputs["summary"])
         assert tuned["val_after"]["mA"] > 0, variant
+        # the pass before BatchNorm re-estimation runs only when asked (svd_r50)
+        assert (tuned["val_before"] is not None) == (variant == "svd_r50"), variant
         # the kept weights' validation score: the kept epoch's, or the starting point's if none beat it
         if tuned["best_epoch"]:
             kept = pd.read_csv(outputs["history"]).iloc[tuned["best_epoch"] - 1]

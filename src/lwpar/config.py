@@ -389,11 +389,16 @@ def is_control(recipe: dict) -> bool:
     return "decompose" not in recipe and "prune" not in recipe
 
 
+# finetune keys that change what is scored, not how the model is trained
+SCORING_ONLY = {"score_before_recalibration"}
+
+
 def schedule(params: dict, variant: str) -> list[dict]:
-    """The fine-tuning recipes a variant's model went through, first stage first (its `base` chain)."""
+    """The fine-tuning recipes a variant's model went through, first stage first (its `base` chain),
+    without the keys that only add a score."""
     chain = []
     while variant is not None:
-        chain.append(params["variants"][variant]["finetune"])
+        chain.append({k: v for k, v in params["variants"][variant]["finetune"].items() if k not in SCORING_ONLY})
         variant = params["variants"][variant]["base"]
     return chain[::-1]
 

@@ -157,7 +157,7 @@ def compression(results: Path, params: dict | None = None) -> pd.DataFrame:
             control = matched_control(params, variant) if params and variant in params["variants"] else None
             rows.append({"dataset": dataset, "model": model, "variant": variant, "method": _method(run / variant),
                          "macs_fraction": fraction("macs"), "params_fraction": fraction("params"),
-                         "val_mA_before_ft": summary["val_before"]["mA"],
+                         "val_mA_before_ft": (summary["val_before"] or {}).get("mA", np.nan),
                          "val_mA_after_bn_recalibration": recalibrated.get("mA", np.nan),
                          "val_mA_after_ft": summary["val_after"]["mA"], "ft_epochs": summary["epochs"],
                          "ft_best_epoch": summary["best_epoch"], "ft_seconds": summary["seconds"],
@@ -343,8 +343,8 @@ def markdown(table: pd.DataFrame, stamp: str, split: pd.DataFrame | None = None,
         text += "".join(f"| {r.dataset} | {r.model} | {r.variant} | {r.target} | {r.batch} | {r.threads} | "
                         f"{r.total_ms:.2f} | {r.backbone_ms:.2f} | {r.heads_ms:.2f} |\n" for r in split.itertuples())
     if compressed is not None and len(compressed):
-        text += ("\n## Compression and fine-tuning\n\nValidation mA (%) of each compressed model before fine-tuning, "
-                 "after re-estimating BatchNorm statistics, and after fine-tuning (the kept epoch); test mA (%) of its "
+        text += ("\n## Compression and fine-tuning\n\nValidation mA (%) of each compressed model before fine-tuning "
+                 "(blank unless `score_before_recalibration`), after re-estimating BatchNorm statistics, and after fine-tuning (the kept epoch); test mA (%) of its "
                  "deployed ONNX artifact and the change against the baseline's and against its matched control's.\n\n"
                  "| dataset | model | variant | method | MACs | params | val mA before FT | after BN recal. | after FT "
                  "| FT epochs | FT seconds | test mA | delta_mA | control | delta vs control |\n"

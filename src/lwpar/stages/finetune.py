@@ -55,11 +55,11 @@ def run(args, params) -> None:
         probs = predict_torch(m, val_paths, plain, batch, workers, device, precision)
         return summary(pedestrian_metrics(val_labels, probs, threshold))
 
-    before = validate(model)
+    before = validate(model) if recipe["score_before_recalibration"] or not recipe["recalibrate_bn"] else None
     if recipe["recalibrate_bn"]:
         train_paths, train_labels = data.split("train")
         loader = make_loader(train_paths, train_labels, plain, cfg["batch_size"], workers, shuffle=True, seed=params["seed"])
-        recalibrate_batchnorm(model, loader, device, max_batches=50)
+        recalibrate_batchnorm(model, loader, device, max_batches=50, precision=precision)
     recalibrated = validate(model) if recipe["recalibrate_bn"] else None
     teacher = None
     if recipe["distill_weight"] > 0:
@@ -99,6 +99,7 @@ def run(args, params) -> None:
         "val_after": after, "best_epoch": best_epoch, "epochs": recipe["epochs"],
         "seconds": round(time.time() - started, 1), "device": str(device),
         "precision": str(precision).removeprefix("torch.")})
-    print(f"{args.variant}: val mA {before['mA']:.4f} before fine-tuning"
-          + (f", {recalibrated['mA']:.4f} after BN recalibration" if recalibrated else "")
-          + f", {after['mA']:.4f} after -> {args.out / 'model.pt'}")
+    print(f"{args.variant}: val mA"
+          + (f" {before['mA']:.4f} before fine-tuning," if before else "")
+          + (f" {recalibrated['mA']:.4f} after BN recalibration," if recalibrated else "")
+          + f" {after['mA']:.4f} after -> {args.out / 'model.pt'}")
