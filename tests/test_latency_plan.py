@@ -9,7 +9,7 @@ from torch import nn
 
 from lwpar import LwparError
 from lwpar.decompose.factorize import layer_info
-from lwpar.decompose.latency import Candidate, candidates, latency_allocation, measure
+from lwpar.decompose.latency import Calibration, Candidate, calibration_plans, candidates, latency_allocation, measure
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -81,6 +81,41 @@ def test_an_unreachable_target_names_the_best_reachable_latency():
         latency_allocation(INFO, 1.0, {("a", 8): 0.9, ("c", 8): 1.0}, timed, model_ms=20.0, target_ms=10.0)
 
 
+def test_calibration_maps_summed_savings_to_measured_ones():
+    assert Calibration([])(3.0) == 3.0  # no calibration models: the per-layer sum
+    calibration = Calibration([(4.0, 6.0), (2.0, 2.4), (6.0, 5.0)])  # a noisy point below its neighbour
+    assert calibration(1.0) == pytest.approx(1.2)       # through the origin
+    assert calibration(3.0) == pytest.approx(4.2)       # between points
+    assert calibration(6.0) == pytest.approx(6.0)       # made non-decreasing
+    assert calibration(12.0) == pytest.approx(12.0)     # proportional beyond the last point
+
+
+def test_calibrated_savings_stop_the_allocation_earlier():
+    own = {"a": 4.0, "b": 3.0, "c": 2.0}
+    replacements = {("a", 8): 2.0, ("b", 8): 2.0}
+    scores = {("a", 8): 0.90, ("b", 8): 0.99}
+    doubled = Calibration([(1.0, 2.0), (10.0, 20.0)])  # replaced together, layers save twice what they save alone
+    plan, predicted = latency_allocation(INFO, 1.0, scores, _timed(own, replacements), 20.0, 18.0, doubled)
+    assert [p["layer"] for p in plan] == ["b"] and predicted == pytest.approx(18.0)
+    assert plan[0]["plan_uncalibrated_ms"] == pytest.approx(19.0) and plan[0]["plan_predicted_ms"] == pytest.approx(18.0)
+    with pytest.raises(LwparError, match=r"the fastest plan predicts 14.00 ms"):
+        latency_allocation(INFO, 1.0, scores, _timed(own, replacements), 20.0, 13.0, doubled)
+
+
+def test_calibration_models_replace_the_faster_layers_at_each_rank_and_every_other_one():
+    info = [{"layer": name} for name in ("a", "b", "c", "d")]
+    ranks = {"a": [4, 8], "b": [4, 8], "c": [4, 8], "d": [4]}
+    own = {"a": 4.0, "b": 3.0, "c": 2.0, "d": 1.0}
+    replacements = {("a", 4): 1.0, ("b", 4): 1.0, ("c", 4): 3.0, ("d", 4): 0.5,  # c at rank 4 is slower
+                    ("a", 8): 2.0, ("b", 8): 5.0, ("c", 8): 1.0}
+    plans = calibration_plans(info, ranks, _timed(own, replacements))
+    assert [(p["name"], p["ranks"], p["raw_saving_ms"]) for p in plans] == [
+        ("<rank 0, all>", {"a": 4, "b": 4, "d": 4}, 3.0 + 2.0 + 0.5),
+        ("<rank 0, alternate>", {"a": 4, "d": 4}, 3.0 + 0.5),
+        ("<rank 1, all>", {"a": 8, "c": 8}, 2.0 + 1.0),
+        ("<rank 1, alternate>", {"a": 8}, 2.0)]
+
+
 @pytest.mark.timeout(240)
 def test_latency_policy_through_the_stages(tmp_path, capsys):
     """The latency stage times every candidate with the real benchmark worker and records what it was
@@ -122,6 +157,11 @@ def test_latency_policy_through_the_stages(tmp_path, capsys):
     assert "<model>" in layers and len(layers) > 10  # resnet18's 3 x 3 convs, and the whole model
     assert all(c["median_ms"] > 0 and c["q1_ms"] <= c["median_ms"] <= c["q3_ms"] for c in measured["candidates"])
     assert len({c["rank"] for c in measured["candidates"] if c["method"]}) >= 2
+    # the calibration models: the whole model with sets of layers replaced, timed beside the whole model
+    assert measured["calibration"] and measured["calibration_model_ms"] > 0
+    for point in measured["calibration"]:
+        assert point["layers"] >= 1 and point["raw_saving_ms"] > 0 and point["median_ms"] > 0
+        assert point["saving_ms"] == pytest.approx(measured["calibration_model_ms"] - point["median_ms"])
     cache = tmp_path / "sensitivity.json"
     assert main(["sensitivity", *common, "--model", str(model), "--dataset-dir", str(tmp_path / "prepared"),
                  "--variant", "fast", "--out", str(cache)]) == 0
@@ -137,7 +177,10 @@ def test_latency_policy_through_the_stages(tmp_path, capsys):
     assert len(rows) >= 1 and (rows.predicted_ms < rows.own_ms).all()
     whole = next(c["median_ms"] for c in measured["candidates"] if c["layer"] == "<model>")
     assert rows.plan_model_ms.iloc[0] == pytest.approx(whole)
-    assert rows.plan_predicted_ms.iloc[0] == pytest.approx(whole - (rows.own_ms - rows.predicted_ms).sum())
+    summed = (rows.own_ms - rows.predicted_ms).sum()
+    calibration = Calibration([(c["raw_saving_ms"], c["saving_ms"]) for c in measured["calibration"]])
+    assert rows.plan_uncalibrated_ms.iloc[0] == pytest.approx(whole - summed)
+    assert rows.plan_predicted_ms.iloc[0] == pytest.approx(whole - calibration(summed))
     assert rows.plan_predicted_ms.iloc[0] <= whole / 1.05
 
     other = dict(measured, model_sha256="0" * 64)

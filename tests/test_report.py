@@ -122,3 +122,38 @@ def test_latency_split_gives_the_heads_what_the_backbone_alone_does_not_take(res
     table, _ = collect(results)
     text = markdown(table, "stamp", split)
     assert "## Where the time goes" in text and "| peta | alm | baseline | local_cpu | 1 | 1 | 4.00 | 2.50 | 1.50 |" in text
+
+
+def test_latency_plans_set_the_predicted_speedup_against_the_measured_one(results):
+    from lwpar.report import latency_plans
+
+    layers_csv = results / "peta" / "alm" / "cp_r50" / "layers.csv"
+    layers = pd.read_csv(layers_csv).assign(plan_model_ms=4.0, plan_uncalibrated_ms=3.2, plan_predicted_ms=2.5,
+                                            plan_target="local_cpu", plan_batch=1, plan_threads=1)
+    layers.to_csv(layers_csv, index=False)
+    table, _ = collect(results)
+    params = {"variants": {"cp_r50": {"decompose": {"rank": {"policy": "latency", "speedup": 1.6}}}}}
+    plans = latency_plans(table, decomposition_layers(results), params)
+    assert len(plans) == 1
+    plan = plans.iloc[0]
+    assert (plan.variant, plan.speedup_requested) == ("cp_r50", 1.6)
+    assert plan.speedup_uncalibrated == pytest.approx(1.25) and plan.speedup_planned == pytest.approx(1.6)
+    assert plan.speedup_measured == 2.0 and plan.plan_error == pytest.approx(0.25)
+    text = markdown(table, "stamp", plans=plans)
+    assert "| peta | alm | cp_r50 | local_cpu | 1 | 1 | 1.60x | 1.25x | 1.60x | 2.00x | +25.0 % |" in text
+    # a table timed on another CPU than the profile (a run resumed elsewhere) is named beside the error
+    layers.assign(plan_cpu="CPU A").to_csv(layers_csv, index=False)
+    plans = latency_plans(table, decomposition_layers(results), params, {("peta", "alm", "local_cpu"): "CPU B"})
+    assert "| +25.0 % (table measured on CPU A) |" in markdown(table, "stamp", plans=plans)
+    plans = latency_plans(table, decomposition_layers(results), params, {("peta", "alm", "local_cpu"): "CPU A"})
+    assert "| +25.0 % |" in markdown(table, "stamp", plans=plans)
+
+
+def test_the_score_before_batchnorm_reestimation_is_blank_unless_taken(results):
+    summary = results / "peta" / "alm" / "prune_r50" / "finetune.json"
+    summary.write_text(json.dumps({**json.loads(summary.read_text()), "val_before": None}))
+    table, _ = collect(results)
+    pruned = compression(results).set_index("variant").loc["prune_r50"]
+    assert np.isnan(pruned.val_mA_before_ft) and pruned.val_mA_after_bn_recalibration == 0.52
+    text = markdown(table, "stamp", None, compression(results))
+    assert "| peta | alm | prune_r50 | prune-structured | 0.490 | 0.375 |  | 52.00 | 63.00 |" in text

@@ -40,29 +40,36 @@ def collect(results: Path, params: dict | None = None) -> tuple[pd.DataFrame, pd
     return against_control(against_baseline(table), params), pd.DataFrame(attributes)
 
 
-def latency_plans(table: pd.DataFrame, results: Path, params: dict | None = None) -> pd.DataFrame:
+def latency_plans(table: pd.DataFrame, layers: pd.DataFrame, params: dict | None = None,
+                  machines: dict | None = None) -> pd.DataFrame:
     """Every latency-planned variant (rank policy `latency`): the speed-up asked for, the one its plan
-    predicted from the per-layer latency table (the decompose stage's layers.csv), and the one the
-    profile measured on the exported model, on the plan's target, batch and threads; plan_error is
-    measured over predicted, minus one. Fine-tuning and export do not change the architecture, so the
-    error is the table's: per-layer timings that do not add up to the whole model's."""
+    predicted from the per-layer latency table (uncalibrated and calibrated, from the decompose stage's
+    per-layer rows, `decomposition_layers`), and the one the profile measured on the exported model, on
+    the plan's target, batch and threads; plan_error is measured over predicted, minus one. Fine-tuning
+    and export do not change the architecture, so the error is the table's, provided the table and the
+    profile were measured on the same CPU (`machines`: `profile_machines`; `table_cpu` names the table's
+    when they differ, as when a long run resumes on another machine)."""
     rows = []
-    for path in sorted(Path(results).glob("*/*/*/layers.csv")):
-        layers = pd.read_csv(path)
-        if "plan_predicted_ms" not in layers or layers.plan_predicted_ms.isna().all():
-            continue
-        first, variant = layers.iloc[0], path.parent.name
-        dataset, model = path.parents[2].name, path.parents[1].name
+    if "plan_predicted_ms" not in layers:
+        return pd.DataFrame(rows)
+    planned_layers = layers[layers.plan_predicted_ms.notna()]
+    for (dataset, model, variant), group in planned_layers.groupby(["dataset", "model", "variant"], sort=True):
+        first = group.iloc[0]
         match = table[(table.dataset == dataset) & (table.model == model) & (table.variant == variant)
                       & (table.target == first.plan_target) & (table.batch == first.plan_batch)
                       & (table.threads == first.plan_threads)]
         planned = float(first.plan_model_ms / first.plan_predicted_ms)
+        uncalibrated = float(first.plan_model_ms / first.plan_uncalibrated_ms) if "plan_uncalibrated_ms" in group else np.nan
         measured = float(match.speedup.iloc[0]) if len(match) else np.nan
         recipe = (params or {}).get("variants", {}).get(variant, {})
+        table_cpu = first.get("plan_cpu")
+        profile_cpu = (machines or {}).get((dataset, model, first.plan_target))
         rows.append({"dataset": dataset, "model": model, "variant": variant, "target": first.plan_target,
+                     "table_cpu": table_cpu if isinstance(table_cpu, str) and profile_cpu and table_cpu != profile_cpu else "",
                      "batch": int(first.plan_batch), "threads": int(first.plan_threads),
                      "speedup_requested": recipe.get("decompose", {}).get("rank", {}).get("speedup", np.nan),
-                     "speedup_planned": planned, "speedup_measured": measured, "plan_error": measured / planned - 1,
+                     "speedup_uncalibrated": uncalibrated, "speedup_planned": planned, "speedup_measured": measured,
+                     "plan_error": measured / planned - 1,
                      "mA": match.mA.iloc[0] if len(match) else np.nan,
                      "delta_control_mA": match.delta_control_mA.iloc[0] if len(match) else np.nan})
     return pd.DataFrame(rows)
@@ -123,6 +130,12 @@ def _profiles(results: Path):
     for profile_path in sorted(results.glob("*/*/profile-*.json")):
         run = profile_path.parent
         yield run.parent.name, run.name, run, json.loads(profile_path.read_text())
+
+
+def profile_machines(results: Path) -> dict[tuple[str, str, str], str | None]:
+    """The CPU each profile was measured on, by (dataset, model, target)."""
+    return {(dataset, model, profile["target"]): profile.get("machine", {}).get("cpu_model")
+            for dataset, model, _, profile in _profiles(results)}
 
 
 def _runs(results: Path):
@@ -326,14 +339,17 @@ def markdown(table: pd.DataFrame, stamp: str, split: pd.DataFrame | None = None,
                  "further.\n\n" + "".join(f"- {sentence}\n" for sentence in breaks))
     if plans is not None and len(plans):
         text += ("\n## Latency plans: predicted against measured\n\nVariants whose ranks were allocated by measured "
-                 "latency (rank policy `latency`): the speed-up asked for, the one the plan predicted from the per-layer "
-                 "latency table, and the one measured on the exported model on the plan's target, batch and threads; "
-                 "plan error = measured / predicted - 1.\n\n"
-                 "| dataset | model | variant | target | batch | threads | asked | predicted | measured | plan error "
-                 "| mA | delta vs control |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+                 "latency (rank policy `latency`): the speed-up asked for; the one the plan predicted from the per-layer "
+                 "latency table, from the summed per-layer savings alone (uncalibrated) and mapped through the table's "
+                 "calibration models (predicted); and the one measured on the exported model on the plan's target, "
+                 "batch and threads; plan error = measured / predicted - 1.\n\n"
+                 "| dataset | model | variant | target | batch | threads | asked | uncalibrated | predicted | measured "
+                 "| plan error | mA | delta vs control |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
         text += "".join(f"| {r.dataset} | {r.model} | {r.variant} | {r.target} | {r.batch} | {r.threads} | "
-                        f"{r.speedup_requested:.2f}x | {r.speedup_planned:.2f}x | {r.speedup_measured:.2f}x | "
-                        f"{r.plan_error * 100:+.1f} % | {_percent(r.mA)} | {_percent(r.delta_control_mA)} |\n"
+                        f"{r.speedup_requested:.2f}x | {r.speedup_uncalibrated:.2f}x | {r.speedup_planned:.2f}x | "
+                        f"{r.speedup_measured:.2f}x | "
+                        f"{r.plan_error * 100:+.1f} %{f' (table measured on {r.table_cpu})' if r.table_cpu else ''} | "
+                        f"{_percent(r.mA)} | {_percent(r.delta_control_mA)} |\n"
                         for r in plans.itertuples())
     if split is not None and len(split):
         text += ("\n## Where the time goes\n\nMedian latency (ms) of the whole model and of its backbone alone, "

@@ -38,11 +38,11 @@ from torch import nn
 from torch.utils._pytree import tree_map_only
 
 from lwpar import LwparError
+from lwpar.config import MEASURED_POLICIES
 from lwpar.decompose._evbmf import evbmf_rank
 from lwpar.decompose.factorize import _replace, factorize_layer, factorized_macs, layer_info, original_macs, plan_ranks
 from lwpar.decompose.methods import rank_for_fraction
 
-MEASURED = ("search", "greedy", "latency")
 BASELINE = "baseline"
 
 
@@ -222,12 +222,19 @@ def curve_ranks(entry: dict, fractions: list[float], multiple: int) -> list[int]
     return sorted({rank_for_fraction(entry["method"], entry["shape"], f, multiple) for f in fractions})
 
 
+def curve_scores(probe: SensitivityProbe, info: list[dict], fractions: list[float], multiple: int) -> dict[tuple[str, int], float]:
+    """The validation score with each layer alone factorized at each of its candidate ranks (`curve_ranks`):
+    what the greedy and latency policies allocate from, and what the sensitivity stage measures for them."""
+    return {(e["layer"], r): probe(e, r) for e in info for r in curve_ranks(e, fractions, multiple)}
+
+
 def greedy_allocation(probe: SensitivityProbe, info: list[dict], fractions: list[float], multiple: int,
                       macs_fraction: float, total_macs: int) -> list[dict]:
     reference = probe.baseline()
+    scores = curve_scores(probe, info, fractions, multiple)
     curves = []  # per layer: (rank, MACs, score), cheapest first
     for entry in info:
-        curves.append([(r, factorized_macs(entry["method"], entry["shape"], r, entry["io"]), probe(entry, r))
+        curves.append([(r, factorized_macs(entry["method"], entry["shape"], r, entry["io"]), scores[(entry["layer"], r)])
                        for r in curve_ranks(entry, fractions, multiple)])
     before = [original_macs(e["shape"], e["io"]) for e in info]
     fixed = total_macs - sum(before)
@@ -271,7 +278,7 @@ def plan(model: nn.Module, names: list[str], methods: dict, input_size, policy: 
     greedy / latency. `latency_table`: the `latency` stage's measurements; without it, the latency
     policy only measures its scores (the sensitivity stage) and plans nothing."""
     name = policy["policy"]
-    if name not in ("evbmf", *MEASURED):
+    if name not in ("evbmf", *MEASURED_POLICIES):
         return plan_ranks(model, names, methods, input_size, policy, total_macs=total_macs)
     info = layer_info(model, names, methods, input_size)
     multiple = policy["multiple"]
@@ -285,12 +292,11 @@ def plan(model: nn.Module, names: list[str], methods: dict, input_size, policy: 
     if name == "latency":
         from lwpar.decompose.latency import latency_allocation, read_table
 
-        reference = probe.baseline()
-        scores = {(e["layer"], r): probe(e, r) for e in info for r in curve_ranks(e, settings["fractions"], multiple)}
         if latency_table is None:
-            return []
-        timed, model_ms = read_table(latency_table, info)
-        chosen, _ = latency_allocation(info, reference, scores, timed, model_ms, model_ms / policy["speedup"])
+            raise LwparError("rank policy 'latency' allocates from measured latencies: it needs a latency table")
+        timed, model_ms, calibration = read_table(latency_table, info)
+        chosen, _ = latency_allocation(info, probe.baseline(), curve_scores(probe, info, settings["fractions"], multiple),
+                                       timed, model_ms, model_ms / policy["speedup"], calibration)
         return chosen
     return greedy_allocation(probe, info, settings["fractions"], multiple, policy["macs_fraction"], total_macs)
 

@@ -26,9 +26,10 @@ def run(args, params) -> None:
 
     from lwpar import LwparError
     from lwpar.complexity import count_macs, count_params
+    from lwpar.config import MEASURED_POLICIES
     from lwpar.decompose.factorize import (apply_plan, factorized_layers, factorized_macs, original_macs,
                                            select_layers)
-    from lwpar.decompose.search import MEASURED, SensitivityProbe, cache_settings, load_cache, plan
+    from lwpar.decompose.search import SensitivityProbe, cache_settings, load_cache, plan
     from lwpar.io import read_json, sha256_file, write_csv
     from lwpar.runtime import lineage, save_model
     from lwpar.structure import check_start_model, load_model
@@ -47,7 +48,7 @@ def run(args, params) -> None:
     if not names:
         raise LwparError(f"variant {args.variant}: no layer of kinds {recipe['kinds']} to factorize in this model")
     probe = None
-    if recipe["rank"]["policy"] in MEASURED:
+    if recipe["rank"]["policy"] in MEASURED_POLICIES:
         if args.sensitivity is None:
             raise LwparError(f"variant {args.variant}: rank policy {recipe['rank']['policy']!r} needs --sensitivity")
         # the baseline the cache was measured on, and the settings, must be this plan's
@@ -69,7 +70,7 @@ def run(args, params) -> None:
     for row in rows:
         if latency_table is not None:  # where the plan's prediction holds, for the report to check it there
             row.update(plan_target=latency_table["target"], plan_batch=latency_table["batch"],
-                       plan_threads=latency_table["threads"])
+                       plan_threads=latency_table["threads"], plan_cpu=latency_table["machine"].get("cpu_model"))
         shape = row.pop("shape")
         row["shape"] = f"{shape['out']}x{shape['in']}x{shape['kh']}x{shape['kw']}"
         row["macs_before"] = original_macs(shape, row["io"])

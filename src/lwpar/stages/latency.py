@@ -1,7 +1,9 @@
 """Measure the per-layer latency table for variants with the `latency` rank policy (the table of
 their sensitivity source, which may be a `greedy` variant): every layer it may factorize, alone, and its replacement at each candidate rank (the parameter fractions of
 `rank.search.fractions`), and the whole start model, timed with ONNX Runtime on the policy's
-target at the profile's first batch size and thread count, in interleaved, shuffled rounds.
+target at the profile's first batch size and thread count, in interleaved, shuffled rounds; then
+the calibration models (the whole model with sets of faster replacements in place) beside the whole
+model, which map summed per-layer savings to measured ones.
 
 Writes the table (JSON): per candidate the median and quartiles in ms, with what it was measured
 under (start model sha256, target and its commands, batch, threads, ONNX Runtime, the CPU). The
@@ -29,8 +31,8 @@ def run(args, params) -> None:
 
     from lwpar import LwparError
     from lwpar.decompose.factorize import factorized_layers, layer_info, select_layers
-    from lwpar.decompose.latency import (TABLE_FORMAT, WHOLE_MODEL, Candidate, candidates, export_candidates,
-                                         measure, table_entries)
+    from lwpar.decompose.latency import (TABLE_FORMAT, WHOLE_MODEL, Candidate, calibration_plans, candidates,
+                                         export_candidates, measure, structural_model, table_entries)
     from lwpar.decompose.search import curve_ranks
     from lwpar.io import sha256_file, write_json
     from lwpar.profile import Worker, machine_info, stage_on_target
@@ -57,28 +59,44 @@ def run(args, params) -> None:
     info = layer_info(model, names, recipe["methods"], size)
     ranks = {e["layer"]: curve_ranks(e, recipe["rank"]["search"]["fractions"], recipe["rank"]["multiple"]) for e in info}
     table = candidates(model, info, ranks, batch)
-    table[Candidate(WHOLE_MODEL, None, None, (batch, 3, *size))] = model
+    whole_key = Candidate(WHOLE_MODEL, None, None, (batch, 3, *size))
+    table[whole_key] = model
     started = time.time()
-    with tempfile.TemporaryDirectory(prefix="lwpar-latency-") as folder:
-        files = export_candidates(table, Path(folder))
-        placed = stage_on_target({"table": Path(folder)}, target)["table"]
-        worker = Worker(Path(folder), target, placed)
-        try:
-            for key in table:  # each session created and warmed before any round
-                worker.run(batch, threads, max(profile["warmup"], 1), model=files[key])
-            timed = measure(table, lambda key, _: float(np.median(worker.run(batch, threads, profile["iters_per_round"],
-                                                                             model=files[key]))) * 1000,
-                            rounds=profile["rounds"], seed=params["seed"])
-        finally:
-            worker.close()
+
+    def timed_on_target(models):
+        with tempfile.TemporaryDirectory(prefix="lwpar-latency-") as folder:
+            files = export_candidates(models, Path(folder))
+            placed = stage_on_target({"table": Path(folder)}, target)["table"]
+            worker = Worker(Path(folder), target, placed)
+            try:
+                for key in models:  # each session created and warmed before any round
+                    worker.run(batch, threads, max(profile["warmup"], 1), model=files[key])
+                return measure(models, lambda key, _: float(np.median(worker.run(
+                    batch, threads, profile["iters_per_round"], model=files[key]))) * 1000,
+                    rounds=profile["rounds"], seed=params["seed"])
+            finally:
+                worker.close()
+
+    timed = timed_on_target(table)
+    # second pass: the whole model with sets of layers replaced, beside the whole model as it is
+    plans = calibration_plans(info, ranks, timed)
+    models = {whole_key: model, **{Candidate(p["name"], None, None, whole_key.input_shape):
+                                   structural_model(model, info, p["ranks"]) for p in plans}}
+    calibrated = timed_on_target(models)
+    whole_again = calibrated[whole_key]["median_ms"]
+    calibration = [{"name": p["name"], "layers": len(p["ranks"]), "raw_saving_ms": p["raw_saving_ms"],
+                    **calibrated[Candidate(p["name"], None, None, whole_key.input_shape)],
+                    "saving_ms": whole_again - calibrated[Candidate(p["name"], None, None, whole_key.input_shape)]["median_ms"]}
+                   for p in plans]
     spread = [(t["q3_ms"] - t["q1_ms"]) / t["median_ms"] for t in timed.values() if t["median_ms"] > 0]
-    whole = next(t for c, t in timed.items() if c.layer == WHOLE_MODEL)
+    whole = timed[whole_key]
     write_json(args.out, {
         "format": TABLE_FORMAT, "variant": args.variant, "model_sha256": sha256_file(args.model),
         "target": args.target, "target_settings": target, "batch": batch, "threads": threads,
         "rounds": profile["rounds"], "iters_per_round": profile["iters_per_round"], "machine": machine_info(),
         "seconds": round(time.time() - started, 1), "relative_iqr_median": float(np.median(spread)),
-        "candidates": table_entries(timed)})
-    print(f"{args.variant}: {len(timed)} candidates timed on {args.target} (batch {batch}, {threads} threads) in "
-          f"{time.time() - started:.0f} s; whole model {whole['median_ms']:.2f} ms; median relative IQR "
-          f"{np.median(spread):.3f}")
+        "candidates": table_entries(timed), "calibration_model_ms": whole_again, "calibration": calibration})
+    ratios = ", ".join(f"{c['saving_ms'] / c['raw_saving_ms']:.2f}" for c in calibration if c["raw_saving_ms"] > 0)
+    print(f"{args.variant}: {len(timed)} candidates and {len(calibration)} calibration models timed on {args.target} "
+          f"(batch {batch}, {threads} thread{'s' if threads > 1 else ''}) in {time.time() - started:.0f} s; whole model {whole['median_ms']:.2f} ms; "
+          f"median relative IQR {np.median(spread):.3f}; measured over summed savings {ratios or '-'}")

@@ -37,9 +37,10 @@ def run(args, params) -> None:
     from lwpar.complexity import count_macs
     import torch
 
+    from lwpar.config import MEASURED_POLICIES
     from lwpar.data.loader import ImageTable, Prepared, build_transform, make_loader
-    from lwpar.decompose.factorize import factorized_layers, select_layers
-    from lwpar.decompose.search import MEASURED, SensitivityProbe, cache_settings, load_cache, plan, save_cache
+    from lwpar.decompose.factorize import factorized_layers, layer_info, select_layers
+    from lwpar.decompose.search import SensitivityProbe, cache_settings, curve_scores, load_cache, plan, save_cache
     from lwpar.io import read_json
     from lwpar.metrics import pedestrian_metrics
     from lwpar.runtime import configure, run_precision, seed_everything
@@ -47,9 +48,9 @@ def run(args, params) -> None:
     from lwpar.train import recalibrate_batchnorm
 
     recipe = params["variants"].get(args.variant, {}).get("decompose")
-    if recipe is None or recipe["rank"]["policy"] not in MEASURED:
+    if recipe is None or recipe["rank"]["policy"] not in MEASURED_POLICIES:
         raise LwparError(f"--variant {args.variant!r}: not a decomposition variant with a measured rank policy "
-                         f"({' or '.join(MEASURED)})")
+                         f"({' or '.join(MEASURED_POLICIES)})")
     search = recipe["rank"]["search"]
     device = configure(params)
     seed_everything(params["seed"])
@@ -113,7 +114,12 @@ def run(args, params) -> None:
                           factorized=factorized_layers(earlier))
     if not names:
         raise LwparError(f"variant {args.variant}: no layer of kinds {recipe['kinds']} to factorize in this model")
-    chosen = plan(model, names, recipe["methods"], size, recipe["rank"], count_macs(model, size), probe)
+    if recipe["rank"]["policy"] == "latency":  # the ranks need the latency table: decompose chooses them
+        probe.baseline()
+        curve_scores(probe, layer_info(model, names, recipe["methods"], size), search["fractions"], recipe["rank"]["multiple"])
+        chosen = []
+    else:
+        chosen = plan(model, names, recipe["methods"], size, recipe["rank"], count_macs(model, size), probe)
     bar.close()
     save_cache(args.out, probe, {**meta, "seconds": round(spent + time.time() - started, 1), "resumed_probes": len(resumed),
                                  "plan": [{"layer": e["layer"], "rank": e["rank"]} for e in chosen]})
