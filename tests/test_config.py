@@ -360,6 +360,7 @@ def test_lwpar_config_prints_the_merged_configuration_as_a_standalone_file(tmp_p
     assert run.returncode == 0, run.stderr
     printed = _write(tmp_path / "merged.yaml", run.stdout)
     assert load_params(printed) == SMOKE and "extends" not in yaml.safe_load(run.stdout)
+    assert "&id" not in run.stdout and "*id" not in run.stdout  # every shared value written where it applies
     run = subprocess.run([sys.executable, "-m", "lwpar", "config", "--sources", "--params", str(overlay)],
                          capture_output=True, text=True, timeout=60)
     assert [line.rsplit("/", 1)[-1] for line in run.stdout.split()] == ["params.yaml", "smoke.yaml"]

@@ -522,4 +522,11 @@ def run(args, params) -> None:
         print("\n".join(os.path.normpath(path) for path, _ in layers(args.params)))
     else:
         print(f"# {args.params}, merged onto the files it extends and completed from the schema's defaults")
-        print(yaml.safe_dump(params, sort_keys=False, width=120, default_flow_style=None), end="")
+        print(yaml.dump(params, Dumper=_WrittenOut, sort_keys=False, width=120, default_flow_style=None), end="")
+
+
+class _WrittenOut(yaml.SafeDumper):
+    """Writes every value where it applies, without anchors and aliases for values that overlays share."""
+
+    def ignore_aliases(self, data) -> bool:
+        return True
