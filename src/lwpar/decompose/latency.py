@@ -71,10 +71,10 @@ def calibration_plans(info: list[dict], ranks: dict[str, list[int]], timed: dict
     for index in range(max((len(r) for r in ranks.values()), default=0)):
         faster = [(e["layer"], ranks[e["layer"]][index]) for e in info if index < len(ranks.get(e["layer"], []))
                   and alone[(e["layer"], ranks[e["layer"]][index])] < own[e["layer"]]]
-        for subset, chosen in (("all", faster), ("alternate", faster[::2])):
-            if chosen and not (subset == "alternate" and len(faster) < 2):
-                plans.append({"name": f"<rank {index}, {subset}>", "ranks": dict(chosen),
-                              "raw_saving_ms": sum(own[layer] - alone[(layer, rank)] for layer, rank in chosen)})
+        subsets = [("all", faster)] * bool(faster) + [("alternate", faster[::2])] * (len(faster) >= 2)
+        for subset, chosen in subsets:
+            plans.append({"name": f"<rank {index}, {subset}>", "ranks": dict(chosen),
+                          "raw_saving_ms": sum(own[layer] - alone[(layer, rank)] for layer, rank in chosen)})
     return plans
 
 

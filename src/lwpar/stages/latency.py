@@ -80,14 +80,13 @@ def run(args, params) -> None:
     timed = timed_on_target(table)
     # second pass: the whole model with sets of layers replaced, beside the whole model as it is
     plans = calibration_plans(info, ranks, timed)
-    models = {whole_key: model, **{Candidate(p["name"], None, None, whole_key.input_shape):
-                                   structural_model(model, info, p["ranks"]) for p in plans}}
+    keys = [Candidate(p["name"], None, None, whole_key.input_shape) for p in plans]
+    models = {whole_key: model, **{key: structural_model(model, info, p["ranks"]) for key, p in zip(keys, plans)}}
     calibrated = timed_on_target(models)
     whole_again = calibrated[whole_key]["median_ms"]
     calibration = [{"name": p["name"], "layers": len(p["ranks"]), "raw_saving_ms": p["raw_saving_ms"],
-                    **calibrated[Candidate(p["name"], None, None, whole_key.input_shape)],
-                    "saving_ms": whole_again - calibrated[Candidate(p["name"], None, None, whole_key.input_shape)]["median_ms"]}
-                   for p in plans]
+                    **calibrated[key], "saving_ms": whole_again - calibrated[key]["median_ms"]}
+                   for key, p in zip(keys, plans)]
     spread = [(t["q3_ms"] - t["q1_ms"]) / t["median_ms"] for t in timed.values() if t["median_ms"] > 0]
     whole = timed[whole_key]
     write_json(args.out, {
