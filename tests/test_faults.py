@@ -177,7 +177,7 @@ def test_killed_training_under_snakemake_is_rerun_and_resumes(smoke_run, tmp_pat
     assert run_command([*snakemake, "--unlock"], tmp_path).returncode == 0
     rerun = run_command([*snakemake, "--until", "train"], tmp_path)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    log = (tmp_path / "logs/train/peta/alm_effl0.log").read_text()
+    log = (tmp_path / "logs" / params["paths"]["results"] / "train/peta/alm_effl0.log").read_text()
     assert "resuming from" in log and "after epoch 1" in log, log[-2000:]
     assert (run_dir / "model.pt").is_file()
 

@@ -15,10 +15,10 @@ for _stage in STAGES.values():
             cmd=command(_stage.name),
         conda:
             "../envs/lwpar.yaml"
-        log:
-            _stage.log_pattern(),
+        log:  # per experiment (its results folder), so that two params files never share a log
+            _stage.log_pattern(f"logs/{P['paths']['results']}"),
         benchmark:
-            _stage.log_pattern("logs/benchmarks").removesuffix(".log") + ".tsv"
+            _stage.log_pattern(f"logs/{P['paths']['results']}/benchmarks").removesuffix(".log") + ".tsv"
         wildcard_constraints:
             **_stage.constraints(P),
         threads: rule_threads(_stage)
