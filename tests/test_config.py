@@ -259,7 +259,7 @@ def test_every_schema_key_has_a_description():
     from lwpar.config import schema_keys
 
     keys = schema_keys()
-    assert len(keys) == 124  # every key of the configuration, named entries (`*`) counted once
+    assert len(keys) == 127  # every key of the configuration, named entries (`*`) counted once
     assert [path for path, node in keys if not node.get("description")] == []
 
 
@@ -330,6 +330,12 @@ def test_an_overlay_merges_mappings_key_by_key_and_replaces_lists(tmp_path):
     ("{decompose: {kinds: [kxk]}}", "overlay.yaml: variants.v.decompose.rank: missing key"),
     ("{decompose: {rank: {policy: budget, speedup: 3}}}",
      "overlay.yaml: variants.v.decompose.rank.speedup: not read by rank policy 'budget' (only by latency)"),
+    ("{prune: {kind: structured, speedup: 2}}",
+     "overlay.yaml: variants.v.prune.speedup: not read by budget 'macs' (only by latency)"),
+    ("{prune: {kind: structured, budget: latency, macs_fraction: 0.4}}",
+     "overlay.yaml: variants.v.prune.macs_fraction: not read by budget 'latency' (only by macs)"),
+    ("{prune: {kind: unstructured, target: local_cpu}}",
+     "overlay.yaml: variants.v.prune.target: not read by unstructured pruning (only by structured)"),
 ])
 def test_a_key_that_does_not_apply_where_it_is_set_is_refused(tmp_path, variant, error):
     overlay = _write(tmp_path / "overlay.yaml", f"extends: {ROOT / 'params.yaml'}\nvariants:\n  v: {variant}\n")
@@ -416,6 +422,9 @@ def test_the_report_labels_every_recipe_of_every_experiment_file():
     params["variants"]["zeros"] = {"base": None, "finetune": params["variants"]["control"]["finetune"],
                                    "prune": {"kind": "unstructured", "amount": 0.5}}
     assert method_label(params, "zeros") == "prune unstructured l1"
+    sweep = load_params(ROOT / "workflow/params/dense_sweep.yaml")
+    assert method_label(sweep, "prune_l2_lat2x") == "prune structured l2 (latency)"
+    assert method_label(sweep, "prune_l2_r50+int8") == "prune structured l2+int8"
 
 
 @pytest.mark.fault
@@ -433,6 +442,19 @@ def test_a_latency_plan_needs_a_measured_target_and_the_ranks_it_times():
     assert problem(plan_on("phone")) == ("params.yaml: variants.fast.decompose.rank.target: 'phone' is not one of "
                                          "experiment.targets (local_cpu): the profile would not measure what the plan "
                                          "predicts")
+
+    def prune_on(target):
+        def mutate(p):
+            p["variants"]["fast"] = {"base": None, "finetune": copy.deepcopy(p["variants"]["control"]["finetune"]),
+                                     "prune": {"kind": "structured", "importance": "l2", "global_pruning": False,
+                                               "round_to": 8, "iterative_steps": 1, "budget": "latency",
+                                               "speedup": 2.0, "target": target}}
+            p["experiment"]["variants"].append("fast")
+        return mutate
+    validate_params(_mutated(prune_on("local_cpu")))
+    assert problem(prune_on("phone")) == ("params.yaml: variants.fast.prune.target: 'phone' is not one of "
+                                          "experiment.targets (local_cpu): the profile would not measure what the plan "
+                                          "predicts")
 
     def other_fractions(p):
         plan_on("local_cpu")(p)

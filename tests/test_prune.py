@@ -1,5 +1,5 @@
-"""Pruning: a structured-pruned ALM keeps its outputs, exports, reloads and meets its MAC budget;
-unstructured pruning leaves zeros but the same MACs."""
+"""Pruning: a structured-pruned ALM keeps its outputs, exports, reloads and meets its MAC budget or,
+timed by a fake target, its speed-up; unstructured pruning leaves zeros but the same MACs."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import torch
 
 from lwpar.complexity import count_macs
 from lwpar.models import build_model
-from lwpar.prune import prune_to_budget, sparsity, unstructured_prune
+from lwpar import LwparError
+from lwpar.prune import SPEEDUP_GRID, prune_to_budget, prune_to_speedup, sparsity, unstructured_prune
 
 CFG = {"kind": "structured", "importance": "l2", "global_pruning": False, "round_to": 8, "iterative_steps": 1,
        "macs_fraction": 0.5, "amount": 0.5}
@@ -92,3 +93,69 @@ def test_structured_pruning_refuses_factorized_heads():
     cfg = {"importance": "l2", "global_pruning": False, "round_to": 8, "iterative_steps": 1}
     with pytest.raises(LwparError, match="prune first, then decompose the heads"):
         prune_to_budget(model, (64, 32), 0.5, cfg)
+
+
+def _fake_target(overhead_ms: float, ms_per_gmac: float, calls: list):
+    """A timer for `prune_to_speedup`: a fixed per-run cost plus a cost per MAC (latency is not
+    proportional to MACs, as on a real target), recording what each call timed."""
+    def timer(models: dict) -> dict:
+        calls.append(sorted(models))
+        return {name: overhead_ms + ms_per_gmac * count_macs(m, (64, 32)) / 1e9 for name, m in models.items()}
+    return timer
+
+
+def test_pruning_to_a_measured_speedup_follows_the_timer_not_the_macs():
+    torch.manual_seed(0)
+    model = build_model("alm", "resnet18", 2).eval()
+    before = count_macs(model, (64, 32))
+    calls = []
+    small, ratio, speedup, trials = prune_to_speedup(model, (64, 32), 1.5, CFG, _fake_target(1.0, 40.0, calls))
+    expected = 1.0 + 40.0 * before / 1e9
+    assert speedup == pytest.approx(expected / (1.0 + 40.0 * count_macs(small, (64, 32)) / 1e9))
+    assert abs(speedup / 1.5 - 1) <= 0.05, trials
+    # a fixed cost per run: the MACs must fall further than 1 / 1.5 to be 1.5x faster
+    assert count_macs(small, (64, 32)) / before < 1 / 1.5 - 0.05
+    # the grid in one timing run, then each check in its own, always beside the unpruned model
+    assert len(calls[0]) == 1 + len(SPEEDUP_GRID) and all(len(c) == 2 and "<model>" in c for c in calls[1:])
+    assert len(trials) == len(SPEEDUP_GRID) + len(calls) - 1 and ratio in [t["ratio"] for t in trials]
+    assert small.eval()(torch.randn(1, 3, 64, 32)).shape == (1, 2)
+
+
+def test_pruning_to_an_unreachable_speedup_names_the_best_measured():
+    model = build_model("alm", "resnet18", 2).eval()
+    with pytest.raises(LwparError, match=r"cannot reach 5x: the most pruned trial measured 1\.\d\dx"):
+        prune_to_speedup(model, (64, 32), 5.0, CFG, _fake_target(5.0, 40.0, []), grid=(0.4, 0.8))
+
+
+@pytest.mark.timeout(300)
+def test_the_prune_stage_times_its_latency_budget_on_the_target(tmp_path):
+    """Budget `latency` through the CLI with the real benchmark worker: the summary records every timed
+    trial and the plan the report sets against the profile."""
+    import json
+
+    import synthetic
+    from lwpar.cli import main
+    from lwpar.runtime import save_model
+
+    params = synthetic.tiny_training_params(tmp_path, tmp_path / "mirror")
+    params["profile"].update(batch_sizes=[1], threads=[1], warmup=1, rounds=2, iters_per_round=1)
+    recipe = {"kind": "structured", "importance": "l2", "global_pruning": False, "round_to": 8, "iterative_steps": 1,
+              "budget": "latency", "speedup": 1.3, "target": "local_cpu"}
+    params["variants"] = {"fast": {"base": None, "finetune": params["variants"]["control"]["finetune"], "prune": recipe},
+                          "control": params["variants"]["control"]}
+    params["experiment"].update(variants=["fast", "control"], int8=[], targets=["local_cpu"])
+    path = synthetic.write_params(tmp_path / "params.yaml", params)
+    torch.manual_seed(0)
+    model = build_model("alm", "resnet18", 3).eval()
+    save_model(tmp_path / "model.pt", model, {**params["models"]["tiny"], "input_size": [64, 32]}, list("abc"))
+    args = ["prune", "--params", str(path), "--model", str(tmp_path / "model.pt"), "--dataset-dir", str(tmp_path),
+            "--variant", "fast", "--out", str(tmp_path / "pruned.pt"), "--summary", str(tmp_path / "prune.json")]
+    assert main(args) == 0
+    summary = json.loads((tmp_path / "prune.json").read_text())
+    trials = summary["trials"]
+    assert len(trials) > len(SPEEDUP_GRID) and all(t["model_ms"] > 0 and t["pruned_ms"] > 0 for t in trials)
+    chosen = next(t for t in trials if t["ratio"] == summary["channel_ratio"])
+    assert (summary["plan_model_ms"], summary["plan_predicted_ms"]) == (chosen["model_ms"], chosen["pruned_ms"])
+    assert summary["speedup_planned"] == pytest.approx(chosen["model_ms"] / chosen["pruned_ms"])
+    assert (summary["plan_target"], summary["plan_batch"], summary["plan_threads"]) == ("local_cpu", 1, 1)
+    assert summary["macs_after"] < summary["macs_before"] and summary["speedup_requested"] == 1.3

@@ -157,3 +157,21 @@ def test_the_score_before_batchnorm_reestimation_is_blank_unless_taken(results):
     assert np.isnan(pruned.val_mA_before_ft) and pruned.val_mA_after_bn_recalibration == 0.52
     text = markdown(table, "stamp", None, compression(results))
     assert "| peta | alm | prune_r50 | prune-structured | 0.490 | 0.375 |  | 52.00 | 63.00 |" in text
+
+
+def test_a_latency_budget_pruning_sets_its_timed_speedup_against_the_profile(results):
+    from lwpar.report import latency_plans, pruning_plans
+
+    summary = results / "peta" / "alm" / "prune_r50" / "prune.json"
+    summary.write_text(json.dumps({**json.loads(summary.read_text()), "plan_target": "local_cpu", "plan_batch": 1,
+                                   "plan_threads": 1, "plan_model_ms": 4.0, "plan_predicted_ms": 2.0}))
+    table, _ = collect(results)
+    params = {"variants": {"prune_r50": {"prune": {"kind": "structured", "budget": "latency", "speedup": 1.8}}}}
+    plans = latency_plans(table, decomposition_layers(results), params, pruned=pruning_plans(results))
+    assert list(plans.variant) == ["prune_r50"]  # the decompositions here were planned by MACs
+    plan = plans.iloc[0]
+    measured = table[(table.variant == "prune_r50") & (table.batch == 1) & (table.threads == 1)].speedup.iloc[0]
+    assert (plan.speedup_requested, plan.speedup_planned, plan.speedup_measured) == (1.8, 2.0, measured)
+    assert np.isnan(plan.speedup_uncalibrated) and plan.plan_error == pytest.approx(measured / 2.0 - 1)
+    assert f"| peta | alm | prune_r50 | local_cpu | 1 | 1 | 1.80x |  | 2.00x | {measured:.2f}x |" in \
+        markdown(table, "stamp", plans=plans)

@@ -190,7 +190,9 @@ RANK_KEYS = {"fraction": ("ratio",), "energy": ("energy",), "macs_fraction": ("b
              "search": MEASURED_POLICIES, "speedup": ("latency",), "target": ("latency",)}
 SEARCH_KEYS = {"eps": ("search",), "fractions": ("greedy", "latency")}
 PRUNE_KEYS = {"importance": ("structured",), "global_pruning": ("structured",), "round_to": ("structured",),
-              "iterative_steps": ("structured",), "macs_fraction": ("structured",), "amount": ("unstructured",)}
+              "iterative_steps": ("structured",), "budget": ("structured",), "macs_fraction": ("structured",),
+              "speedup": ("structured",), "target": ("structured",), "amount": ("unstructured",)}
+PRUNE_BUDGET_KEYS = {"macs_fraction": ("macs",), "speedup": ("latency",), "target": ("latency",)}
 CP_METHODS = ("cp", "cp4")
 
 
@@ -207,7 +209,9 @@ def _applies(key: str, block: dict, variant: dict) -> bool:
         return key not in RANK_KEYS or variant["decompose"]["rank"]["policy"] in RANK_KEYS[key]
     if block == "search":
         return key not in SEARCH_KEYS or variant["decompose"]["rank"]["policy"] in SEARCH_KEYS[key]
-    return key not in PRUNE_KEYS or variant["prune"]["kind"] in PRUNE_KEYS[key]
+    prune = variant["prune"]
+    return (key not in PRUNE_KEYS or prune["kind"] in PRUNE_KEYS[key]) and \
+        (key not in PRUNE_BUDGET_KEYS or prune.get("budget") in PRUNE_BUDGET_KEYS[key])
 
 
 def _without_inapplicable(params: dict) -> dict:
@@ -260,8 +264,11 @@ def _inapplicable(given: dict, params: dict):
         if isinstance(prune, dict):
             for key in prune:
                 if not _applies(key, "prune", resolved):
+                    kind = resolved["prune"]["kind"]
                     yield (f"variants.{name}.prune.{key}",
-                           f"not read by {resolved['prune']['kind']} pruning (only by {_listed(PRUNE_KEYS[key])})")
+                           f"not read by {kind} pruning (only by {_listed(PRUNE_KEYS[key])})"
+                           if kind not in PRUNE_KEYS[key] else f"not read by budget {resolved['prune']['budget']!r} "
+                           f"(only by {_listed(PRUNE_BUDGET_KEYS[key])})")
 
 
 def _most_specific(error):
@@ -358,11 +365,14 @@ def _semantic_problems(params: dict):
                    f"fine-tuning schedule is the same ({stages} stage{'s' if stages > 1 else ''}: the `finetune` keys "
                    f"of the variant and of each base)")
     for name in params["experiment"]["variants"]:
-        rank = params["variants"].get(name, {}).get("decompose", {}).get("rank", {})
-        if rank.get("policy") == "latency" and rank["target"] not in params["experiment"]["targets"]:
-            yield (f"variants.{name}.decompose.rank.target",
-                   f"{rank['target']!r} is not one of experiment.targets ({', '.join(params['experiment']['targets'])}): "
-                   f"the profile would not measure what the plan predicts")
+        variant = params["variants"].get(name, {})
+        rank, prune = variant.get("decompose", {}).get("rank", {}), variant.get("prune", {})
+        for key, block in (("decompose.rank", rank), ("prune", prune)):
+            if (block.get("policy") == "latency" or block.get("budget") == "latency") and \
+                    block["target"] not in params["experiment"]["targets"]:
+                yield (f"variants.{name}.{key}.target",
+                       f"{block['target']!r} is not one of experiment.targets ({', '.join(params['experiment']['targets'])}): "
+                       f"the profile would not measure what the plan predicts")
     for name, variant in params["variants"].items():
         rank = variant.get("decompose", {}).get("rank", {})
         source = rank.get("search", {}).get("sensitivity_from")

@@ -142,6 +142,14 @@ def _decompose_inputs(params: dict, w: dict) -> dict[str, str]:
     return inputs
 
 
+def _timing_keys(params: dict, step: dict) -> list[str]:
+    """The params a measurement on `step["target"]` depends on (a latency table, a latency-budget pruning)."""
+    if "target" not in step:
+        return []
+    return [*(f"profile.{k}" for k in ("batch_sizes", "threads", "warmup", "rounds", "iters_per_round")),
+            f"profile.targets.{step['target']}"]
+
+
 def _source_model(params: dict, w: dict) -> str:
     """The PyTorch model an ONNX artifact is exported from."""
     name = w["name"]
@@ -217,8 +225,7 @@ def stages(params: dict) -> dict[str, Stage]:
                                      *(f"variants.{w['variant']}.decompose.{k}" for k in
                                        ("kinds", "methods", "include_first", "include_heads", "rank.multiple",
                                         "rank.search.fractions")),
-                                     *(f"profile.{k}" for k in ("batch_sizes", "threads", "warmup", "rounds",
-                                                                "iters_per_round")), f"profile.targets.{w['target']}"],
+                                     *_timing_keys(p, {"target": w["target"]})],
             args=lambda i, o, w: ["--model", i["model"], "--variant", w["variant"], "--target", w["target"],
                                   "--out", o["table"]],
             modules=sorted({*package_imports("stages/latency.py"), *package_imports("bench_worker.py")}),
@@ -243,13 +250,14 @@ def stages(params: dict) -> dict[str, Stage]:
             name="prune", wildcards=("dataset", "model", "variant"),
             outputs={"model": f"{run}/{{variant}}/compressed.pt", "summary": f"{run}/{{variant}}/prune.json"},
             inputs=lambda p, w: {"model": start_model(p, w), "data": _prepared(p, w["dataset"])},
-            param_keys=lambda p, w: ["seed", f"variants.{w['variant']}.base", f"variants.{w['variant']}.prune"],
+            param_keys=lambda p, w: ["seed", f"variants.{w['variant']}.base", f"variants.{w['variant']}.prune",
+                                     *_timing_keys(p, p["variants"][w["variant"]]["prune"])],
             args=lambda i, o, w: ["--model", i["model"], "--dataset-dir", i["data"], "--variant", w["variant"],
                                   "--out", o["model"], "--summary", o["summary"]],
-            modules=package_imports("stages/prune.py"),
+            modules=sorted({*package_imports("stages/prune.py"), *package_imports("bench_worker.py")}),
             metrics=("summary",),
-            doc="Prune the baseline's channels (torch-pruning) to the variant's MAC budget, or zero weights.",
-            cluster_threads=4, mem_mb=8000, runtime_min=60,
+            doc="Prune the baseline's channels (torch-pruning) to the variant's MAC or measured latency budget, or zero weights.",
+            threads="all", cluster_threads=4, mem_mb=8000, runtime_min=60,  # a latency budget times: alone
             constraints=lambda p: {"variant": variant_pattern(p, "prune")},
         ),
         Stage(

@@ -13,7 +13,9 @@ is replayed on every attribute's own module, so the heads follow the pyramid exa
 from __future__ import annotations
 
 import copy
+from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -159,6 +161,54 @@ def prune_to_budget(model: nn.Module, input_size, macs_fraction: float, cfg: dic
         raise LwparError(f"pruning could not reach {macs_fraction:g} of the MACs (closest: {fraction:.3f} at "
                          f"channel ratio {ratio:.3f}); check round_to and ignored layers")
     return trial, ratio, fraction
+
+
+SPEEDUP_GRID = (0.15, 0.3, 0.45, 0.6, 0.75)  # channel ratios timed to chart the speed-up (smooth, monotone)
+
+
+def prune_to_speedup(model: nn.Module, input_size, speedup: float, cfg: dict,
+                     time_models: Callable[[dict], dict], calibration=None, tolerance: float = 0.05,
+                     max_checks: int = 3, grid=SPEEDUP_GRID) -> tuple[nn.Module, float, float, list[dict]]:
+    """Search the channel ratio whose pruned model is measured `speedup` times faster than `model`.
+
+    `time_models({name: model})` returns each model's measured latency (ms), all timed in one interleaved
+    run. The model pruned at each channel ratio of `grid` is timed beside the unpruned one; the ratio is
+    read off that measured curve (made non-decreasing), pruned and timed again beside the unpruned model,
+    and each such check joins the curve until one lands within `tolerance` of the asked speed-up.
+    Returns the closest pruned model, its ratio, its measured speed-up and every timed trial; a speed-up
+    the grid's most pruned model does not reach is an LwparError naming the best measured one."""
+    trials = []
+
+    def timed(ratios) -> None:
+        models = {"<model>": model, **{f"<ratio {r:.4f}>": structured_prune(copy.deepcopy(model), input_size, r, cfg,
+                                                                            calibration) for r in ratios}}
+        ms = time_models(models)
+        for r in ratios:
+            trials.append({"ratio": r, "model_ms": ms["<model>"], "pruned_ms": ms[f"<ratio {r:.4f}>"],
+                           "speedup": ms["<model>"] / ms[f"<ratio {r:.4f}>"], "model": models[f"<ratio {r:.4f}>"]})
+
+    timed(grid)
+    best = max(trials, key=lambda t: t["speedup"])
+    if best["speedup"] < speedup * (1 - tolerance):
+        raise LwparError(f"pruning cannot reach {speedup:g}x: the most pruned trial measured {best['speedup']:.2f}x "
+                         f"(channel ratio {best['ratio']:.2f})")
+    for _ in range(max_checks):
+        curve = sorted((t["ratio"], t["speedup"]) for t in trials)
+        ratios = np.array([0.0] + [r for r, _ in curve])
+        speedups = np.maximum.accumulate(np.array([1.0] + [s for _, s in curve]))
+        reached = np.nonzero(speedups >= speedup)[0]
+        if not len(reached):  # only within tolerance below the ask: the fastest trial is the closest
+            break
+        above = int(reached[0])  # >= 1: the unpruned model's 1.0 is below any asked speed-up
+        ratio = float(np.interp(speedup, speedups[above - 1:above + 1], ratios[above - 1:above + 1]))
+        if any(abs(t["ratio"] - ratio) < 1e-3 for t in trials):  # the curve cannot say more than it has
+            break
+        timed([ratio])
+        if abs(trials[-1]["speedup"] / speedup - 1) <= tolerance:
+            break
+    closest = min(trials, key=lambda t: abs(t["speedup"] / speedup - 1))
+    return closest["model"], closest["ratio"], closest["speedup"], [
+        {k: v for k, v in t.items() if k != "model"} for t in trials]
 
 
 def unstructured_prune(model: nn.Module, amount: float) -> nn.Module:

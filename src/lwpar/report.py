@@ -40,34 +40,51 @@ def collect(results: Path, params: dict | None = None) -> tuple[pd.DataFrame, pd
     return against_control(against_baseline(table), params), pd.DataFrame(attributes)
 
 
-def latency_plans(table: pd.DataFrame, layers: pd.DataFrame, params: dict | None = None,
-                  machines: dict | None = None) -> pd.DataFrame:
-    """Every latency-planned variant (rank policy `latency`): the speed-up asked for, the one its plan
-    predicted from the per-layer latency table (uncalibrated and calibrated, from the decompose stage's
-    per-layer rows, `decomposition_layers`), and the one the profile measured on the exported model, on
-    the plan's target, batch and threads; plan_error is measured over predicted, minus one. Fine-tuning
-    and export do not change the architecture, so the error is the table's, provided the table and the
-    profile were measured on the same CPU (`machines`: `profile_machines`; `table_cpu` names the table's
-    when they differ, as when a long run resumes on another machine)."""
+def pruning_plans(results: Path) -> pd.DataFrame:
+    """Every latency-budget pruning's plan (its prune.json): the plan_* figures the decompose stage's
+    rows carry, the pruned model timed beside the unpruned one while its channel ratio was searched."""
     rows = []
-    if "plan_predicted_ms" not in layers:
+    for dataset, model, run, _ in _runs(results):
+        for path in sorted(run.glob("*/prune.json")):
+            summary = json.loads(path.read_text())
+            if "plan_predicted_ms" in summary:
+                rows.append({"dataset": dataset, "model": model, "variant": path.parent.name,
+                             **{k: v for k, v in summary.items() if k.startswith("plan_")}})
+    return pd.DataFrame(rows)
+
+
+def latency_plans(table: pd.DataFrame, layers: pd.DataFrame, params: dict | None = None,
+                  machines: dict | None = None, pruned: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Every latency-planned variant (rank policy `latency`, pruning budget `latency`): the speed-up
+    asked for, the one its plan predicted (decompositions: from the per-layer latency table,
+    uncalibrated and calibrated, the decompose stage's rows in `decomposition_layers`; pruning: timed on
+    the pruned model while searching its channel ratio, `pruning_plans`), and the one the profile measured
+    on the exported model, on the plan's target, batch and threads; plan_error is measured over
+    predicted, minus one. Fine-tuning and export do not change the architecture, so the error is the
+    plan's, provided it and the profile were measured on the same CPU (`machines`: `profile_machines`;
+    `table_cpu` names the plan's when they differ, as when a long run resumes on another machine)."""
+    rows = []
+    plans = [layers[layers.plan_predicted_ms.notna()]] if "plan_predicted_ms" in layers else []
+    plans += [pruned] if pruned is not None and len(pruned) else []
+    if not plans:
         return pd.DataFrame(rows)
-    planned_layers = layers[layers.plan_predicted_ms.notna()]
-    for (dataset, model, variant), group in planned_layers.groupby(["dataset", "model", "variant"], sort=True):
+    for (dataset, model, variant), group in pd.concat(plans).groupby(["dataset", "model", "variant"], sort=True):
         first = group.iloc[0]
         match = table[(table.dataset == dataset) & (table.model == model) & (table.variant == variant)
                       & (table.target == first.plan_target) & (table.batch == first.plan_batch)
                       & (table.threads == first.plan_threads)]
         planned = float(first.plan_model_ms / first.plan_predicted_ms)
-        uncalibrated = float(first.plan_model_ms / first.plan_uncalibrated_ms) if "plan_uncalibrated_ms" in group else np.nan
+        uncalibrated = float(first.plan_model_ms / first.plan_uncalibrated_ms) \
+            if pd.notna(first.get("plan_uncalibrated_ms", np.nan)) else np.nan
         measured = float(match.speedup.iloc[0]) if len(match) else np.nan
         recipe = (params or {}).get("variants", {}).get(variant, {})
+        asked = (recipe.get("decompose", {}).get("rank", {}) or recipe.get("prune", {})).get("speedup", np.nan)
         table_cpu = first.get("plan_cpu")
         profile_cpu = (machines or {}).get((dataset, model, first.plan_target))
         rows.append({"dataset": dataset, "model": model, "variant": variant, "target": first.plan_target,
                      "table_cpu": table_cpu if isinstance(table_cpu, str) and profile_cpu and table_cpu != profile_cpu else "",
                      "batch": int(first.plan_batch), "threads": int(first.plan_threads),
-                     "speedup_requested": recipe.get("decompose", {}).get("rank", {}).get("speedup", np.nan),
+                     "speedup_requested": asked,
                      "speedup_uncalibrated": uncalibrated, "speedup_planned": planned, "speedup_measured": measured,
                      "plan_error": measured / planned - 1,
                      "mA": match.mA.iloc[0] if len(match) else np.nan,
@@ -237,7 +254,9 @@ def method_label(params: dict, variant: str) -> str:
     if name == "baseline" or recipe is None:
         return name + suffix
     if "prune" in recipe:
-        return f"prune {recipe['prune']['kind']} {recipe['prune'].get('importance', 'l1')}" + suffix  # unstructured: L1
+        prune = recipe["prune"]
+        budget = " (latency)" if prune.get("budget") == "latency" else ""  # the method planned another way
+        return f"prune {prune['kind']} {prune.get('importance', 'l1')}{budget}" + suffix  # unstructured: L1
     if "decompose" not in recipe:
         return "control" + suffix
     d = recipe["decompose"]
@@ -300,6 +319,10 @@ def _percent(value) -> str:
     return "" if pd.isna(value) else f"{value * 100:.2f}"
 
 
+def _times(value) -> str:
+    return "" if pd.isna(value) else f"{value:.2f}x"
+
+
 def markdown(table: pd.DataFrame, stamp: str, split: pd.DataFrame | None = None,
              compressed: pd.DataFrame | None = None, decomposed: pd.DataFrame | None = None,
              breaks: list[str] | None = None, plans: pd.DataFrame | None = None) -> str:
@@ -338,15 +361,16 @@ def markdown(table: pd.DataFrame, stamp: str, split: pd.DataFrame | None = None,
                  "budgets at which it stays within 1 point of mA of its matched control, and where it falls "
                  "further.\n\n" + "".join(f"- {sentence}\n" for sentence in breaks))
     if plans is not None and len(plans):
-        text += ("\n## Latency plans: predicted against measured\n\nVariants whose ranks were allocated by measured "
-                 "latency (rank policy `latency`): the speed-up asked for; the one the plan predicted from the per-layer "
+        text += ("\n## Latency plans: predicted against measured\n\nVariants whose ranks or channels were allocated by "
+                 "measured latency (rank policy `latency`, pruning budget `latency`): the speed-up asked for; the one the plan predicted from the per-layer "
                  "latency table, from the summed per-layer savings alone (uncalibrated) and mapped through the table's "
                  "calibration models (predicted); and the one measured on the exported model on the plan's target, "
-                 "batch and threads; plan error = measured / predicted - 1.\n\n"
+                 "batch and threads; plan error = measured / predicted - 1. For pruning by a latency budget, predicted "
+                 "is the pruned model timed beside the unpruned one while its channel ratio was searched.\n\n"
                  "| dataset | model | variant | target | batch | threads | asked | uncalibrated | predicted | measured "
                  "| plan error | mA | delta vs control |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
         text += "".join(f"| {r.dataset} | {r.model} | {r.variant} | {r.target} | {r.batch} | {r.threads} | "
-                        f"{r.speedup_requested:.2f}x | {r.speedup_uncalibrated:.2f}x | {r.speedup_planned:.2f}x | "
+                        f"{r.speedup_requested:.2f}x | {_times(r.speedup_uncalibrated)} | {r.speedup_planned:.2f}x | "
                         f"{r.speedup_measured:.2f}x | "
                         f"{r.plan_error * 100:+.1f} %{f' (table measured on {r.table_cpu})' if r.table_cpu else ''} | "
                         f"{_percent(r.mA)} | {_percent(r.delta_control_mA)} |\n"

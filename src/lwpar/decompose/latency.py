@@ -145,6 +145,29 @@ def measure(table: dict[Candidate, nn.Module], timer: Callable[[Candidate, nn.Mo
                   "q3_ms": float(np.percentile(v, 75))} for key, v in times.items()}
 
 
+def time_on_target(models: dict[Candidate, nn.Module], target: dict, batch: int, threads: int, profile: dict,
+                   seed: int = 0) -> dict[Candidate, dict]:
+    """`measure` with ONNX Runtime on `target` (params profile.targets entry): every model exported
+    (`export_candidates`), staged through the target's commands, each session created and warmed before
+    any round, then `profile["rounds"]` interleaved rounds of `profile["iters_per_round"]` runs each."""
+    import tempfile
+
+    from lwpar.profile import Worker, stage_on_target
+
+    with tempfile.TemporaryDirectory(prefix="lwpar-latency-") as folder:
+        files = export_candidates(models, Path(folder))
+        placed = stage_on_target({"table": Path(folder)}, target)["table"]
+        worker = Worker(Path(folder), target, placed)
+        try:
+            for key in models:
+                worker.run(batch, threads, max(profile["warmup"], 1), model=files[key])
+            return measure(models, lambda key, _: float(np.median(worker.run(
+                batch, threads, profile["iters_per_round"], model=files[key]))) * 1000,
+                rounds=profile["rounds"], seed=seed)
+        finally:
+            worker.close()
+
+
 def latency_allocation(info: list[dict], reference: float, scores: dict[tuple[str, int], float],
                        timed: dict[Candidate, dict], model_ms: float, target_ms: float,
                        calibration: Calibration | None = None) -> tuple[list[dict], float]:

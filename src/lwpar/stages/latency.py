@@ -24,7 +24,6 @@ def add_arguments(parser) -> None:
 
 def run(args, params) -> None:
     import os
-    import tempfile
     import time
 
     import numpy as np
@@ -32,10 +31,10 @@ def run(args, params) -> None:
     from lwpar import LwparError
     from lwpar.decompose.factorize import factorized_layers, layer_info, select_layers
     from lwpar.decompose.latency import (TABLE_FORMAT, WHOLE_MODEL, Candidate, calibration_plans, candidates,
-                                         export_candidates, measure, structural_model, table_entries)
+                                         structural_model, table_entries, time_on_target)
     from lwpar.decompose.search import curve_ranks
     from lwpar.io import sha256_file, write_json
-    from lwpar.profile import Worker, machine_info, stage_on_target
+    from lwpar.profile import machine_info
     from lwpar.structure import check_start_model, load_model
 
     recipe = params["variants"].get(args.variant, {}).get("decompose")
@@ -64,18 +63,7 @@ def run(args, params) -> None:
     started = time.time()
 
     def timed_on_target(models):
-        with tempfile.TemporaryDirectory(prefix="lwpar-latency-") as folder:
-            files = export_candidates(models, Path(folder))
-            placed = stage_on_target({"table": Path(folder)}, target)["table"]
-            worker = Worker(Path(folder), target, placed)
-            try:
-                for key in models:  # each session created and warmed before any round
-                    worker.run(batch, threads, max(profile["warmup"], 1), model=files[key])
-                return measure(models, lambda key, _: float(np.median(worker.run(
-                    batch, threads, profile["iters_per_round"], model=files[key]))) * 1000,
-                    rounds=profile["rounds"], seed=params["seed"])
-            finally:
-                worker.close()
+        return time_on_target(models, target, batch, threads, profile, params["seed"])
 
     timed = timed_on_target(table)
     # second pass: the whole model with sets of layers replaced, beside the whole model as it is

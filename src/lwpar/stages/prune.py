@@ -1,7 +1,8 @@
 """Prune a trained model as a variant's recipe says: structured channel pruning with torch-pruning
 (DepGraph; importance L1/L2 magnitude, Taylor or BN scale; global or per layer; channels rounded to
-`round_to`) searched to a target fraction of the baseline's MACs (within 2 %), or unstructured
-magnitude pruning made permanent (the reference: zeros in dense tensors, same MACs).
+`round_to`) searched to a target fraction of the baseline's MACs (within 2 %) or to a speed-up measured
+with ONNX Runtime on a profile target (within 5 %; budget `latency`, `prune.prune_to_speedup`), or
+unstructured magnitude pruning made permanent (the reference: zeros in dense tensors, same MACs).
 
 Writes the pruned model (architecture + weights, loadable without pruning again) and a summary JSON.
 """
@@ -21,6 +22,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args, params) -> None:
+    import os
     import time
 
     import torch
@@ -29,7 +31,8 @@ def run(args, params) -> None:
     from lwpar.complexity import count_macs, count_params
     from lwpar.data.loader import ImageTable, Prepared, build_transform
     from lwpar.io import write_json
-    from lwpar.prune import prune_to_budget, sparsity, unstructured_prune
+    from lwpar.profile import machine_info
+    from lwpar.prune import prune_to_budget, prune_to_speedup, sparsity, unstructured_prune
     from lwpar.runtime import lineage, save_model
     from lwpar.structure import check_start_model, load_model
 
@@ -56,15 +59,43 @@ def run(args, params) -> None:
             calibration = (torch.stack([table[i][0] for i in range(len(table))]), torch.from_numpy(labels))
         import torch_pruning as tp
 
-        model, ratio, fraction = prune_to_budget(model, size, cfg["macs_fraction"], cfg, calibration)
+        if cfg["budget"] == "latency":
+            batch, threads = params["profile"]["batch_sizes"][0], params["profile"]["threads"][0] or os.cpu_count() or 1
+            model, ratio, speedup, trials = prune_to_speedup(
+                model, size, cfg["speedup"], cfg, _target_timer(params, cfg["target"], (batch, 3, *size), threads),
+                calibration)
+            chosen = next(t for t in trials if t["ratio"] == ratio)
+            # plan_* as the decompose stage's rows name them: the report sets them against the profile
+            extra = {"channel_ratio": ratio, "plan_target": cfg["target"], "plan_batch": batch, "plan_threads": threads,
+                     "plan_model_ms": chosen["model_ms"], "plan_predicted_ms": chosen["pruned_ms"],
+                     "plan_cpu": machine_info().get("cpu_model"), "speedup_requested": cfg["speedup"],
+                     "speedup_planned": speedup, "trials": trials}
+        else:
+            model, ratio, fraction = prune_to_budget(model, size, cfg["macs_fraction"], cfg, calibration)
+            extra = {"channel_ratio": ratio}
         structure = [*earlier, {"op": "prune", "variant": args.variant, "tp_state": tp.state_dict(model)}]
-        extra = {"channel_ratio": ratio, "macs_fraction": fraction}
     macs_after, params_after = count_macs(model, size), count_params(model)
     save_model(args.out, model, blob["model_cfg"], blob["attributes"], structure=structure,
                macs={"before": macs_before, "after": macs_after}, params={"before": params_before, "after": params_after},
                lineage=lineage(blob, stage="prune", variant=args.variant, recipe=cfg))
     write_json(args.summary, {"variant": args.variant, "kind": cfg["kind"], "macs_before": macs_before,
                               "macs_after": macs_after, "params_before": params_before, "params_after": params_after,
+                              "macs_fraction": macs_after / macs_before,
                               "seconds": round(time.time() - started, 1), **extra})
+    measured = f"; measured {extra['speedup_planned']:.2f}x on {cfg['target']} (asked {cfg['speedup']:g}x)" \
+        if "speedup_planned" in extra else ""
     print(f"{args.variant}: MACs {macs_before / 1e6:.1f} M -> {macs_after / 1e6:.1f} M "
-          f"({macs_after / macs_before:.3f}); parameters {params_before / 1e6:.2f} M -> {params_after / 1e6:.2f} M")
+          f"({macs_after / macs_before:.3f}); parameters {params_before / 1e6:.2f} M -> {params_after / 1e6:.2f} M{measured}")
+
+
+def _target_timer(params: dict, target: str, input_shape: tuple, threads: int):
+    """Times {name: model} as the profile does (its warm-up, rounds and runs per round, interleaved) on
+    `target` at `input_shape` and `threads`; returns the median ms per name."""
+    from lwpar.decompose.latency import Candidate, time_on_target
+
+    def timer(models: dict) -> dict:
+        keys = {Candidate(name, None, None, input_shape): model for name, model in models.items()}
+        timed = time_on_target(keys, params["profile"]["targets"][target], input_shape[0], threads, params["profile"],
+                               params["seed"])
+        return {key.layer: t["median_ms"] for key, t in timed.items()}
+    return timer

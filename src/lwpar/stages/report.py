@@ -23,7 +23,8 @@ def run(args, params) -> None:
     from lwpar import LwparError
     from lwpar.io import atomic_path, write_csv, write_text
     from lwpar.report import (collect, compression, decomposition_layers, decomposition_summary, latency_plans,
-                              latency_split, breaking_points, markdown, plots, profile_machines, reliability)
+                              latency_split, breaking_points, markdown, plots, profile_machines, pruning_plans,
+                              reliability)
 
     table, attributes = collect(args.results, params)
     if table.empty:
@@ -36,7 +37,8 @@ def run(args, params) -> None:
     write_csv(args.out_dir / "decomposition_layers.csv", layers)
     write_text(args.out_dir / "comparison.md", markdown(table, stamp, latency_split(args.results), compressed,
                                                         decomposition_summary(layers), breaking_points(table, params),
-                                                        latency_plans(table, layers, params, profile_machines(args.results))))
+                                                        latency_plans(table, layers, params, profile_machines(args.results),
+                                                                      pruning_plans(args.results))))
     write_csv(args.out_dir / "per_attribute_delta.csv", attributes)
     with tempfile.TemporaryDirectory(dir=args.out_dir) as tmp:
         for path in plots(table, Path(tmp), reliability(args.results)):
