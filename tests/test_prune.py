@@ -159,3 +159,12 @@ def test_the_prune_stage_times_its_latency_budget_on_the_target(tmp_path):
     assert summary["speedup_planned"] == pytest.approx(chosen["model_ms"] / chosen["pruned_ms"])
     assert (summary["plan_target"], summary["plan_batch"], summary["plan_threads"]) == ("local_cpu", 1, 1)
     assert summary["macs_after"] < summary["macs_before"] and summary["speedup_requested"] == 1.3
+
+
+def test_a_mac_budget_inside_a_rounding_gap_names_the_gap():
+    """With one ratio for all layers, round_to moves every layer of a width at once: 0.8 of the MACs
+    lies between the unpruned model and the first rounding step."""
+    model = build_model("alm", "resnet18", 2).eval()
+    with pytest.raises(LwparError, match=r"could not reach 0.8 of the MACs \(closest: 0\.\d+ at channel ratio 0\.\d+; "
+                                         r"it jumps from 1\.000 at channel ratio 0\.000 to 0\.\d+ at 0\.\d+\): .* round_to 32"):
+        prune_to_budget(model, (64, 32), 0.8, {**CFG, "round_to": 32})

@@ -158,8 +158,12 @@ def prune_to_budget(model: nn.Module, input_size, macs_fraction: float, cfg: dic
         ratio = min(max(guess, lo[0] + 0.05 * width), hi[0] - 0.05 * width)
     trial, ratio, fraction = best
     if abs(fraction - macs_fraction) > tolerance:
+        gap = f"; it jumps from {lo[1]:.3f} at channel ratio {lo[0]:.3f} to {hi[1]:.3f} at {hi[0]:.3f}" \
+            if hi[1] is not None else ""
         raise LwparError(f"pruning could not reach {macs_fraction:g} of the MACs (closest: {fraction:.3f} at "
-                         f"channel ratio {ratio:.3f}); check round_to and ignored layers")
+                         f"channel ratio {ratio:.3f}{gap}): with one ratio for every layer, round_to "
+                         f"{cfg['round_to']} moves many layers' widths at once; a smaller round_to or global_pruning "
+                         f"reaches between")
     return trial, ratio, fraction
 
 

@@ -22,7 +22,6 @@ def add_arguments(parser) -> None:
 
 
 def run(args, params) -> None:
-    import os
     import time
 
     import torch
@@ -31,8 +30,7 @@ def run(args, params) -> None:
     from lwpar.complexity import count_macs, count_params
     from lwpar.data.loader import ImageTable, Prepared, build_transform
     from lwpar.io import write_json
-    from lwpar.profile import machine_info
-    from lwpar.prune import prune_to_budget, prune_to_speedup, sparsity, unstructured_prune
+    from lwpar.prune import sparsity, unstructured_prune
     from lwpar.runtime import lineage, save_model
     from lwpar.structure import check_start_model, load_model
 
@@ -59,20 +57,10 @@ def run(args, params) -> None:
             calibration = (torch.stack([table[i][0] for i in range(len(table))]), torch.from_numpy(labels))
         import torch_pruning as tp
 
-        if cfg["budget"] == "latency":
-            batch, threads = params["profile"]["batch_sizes"][0], params["profile"]["threads"][0] or os.cpu_count() or 1
-            model, ratio, speedup, trials = prune_to_speedup(
-                model, size, cfg["speedup"], cfg, _target_timer(params, cfg["target"], (batch, 3, *size), threads),
-                calibration)
-            chosen = next(t for t in trials if t["ratio"] == ratio)
-            # plan_* as the decompose stage's rows name them: the report sets them against the profile
-            extra = {"channel_ratio": ratio, "plan_target": cfg["target"], "plan_batch": batch, "plan_threads": threads,
-                     "plan_model_ms": chosen["model_ms"], "plan_predicted_ms": chosen["pruned_ms"],
-                     "plan_cpu": machine_info().get("cpu_model"), "speedup_requested": cfg["speedup"],
-                     "speedup_planned": speedup, "trials": trials}
-        else:
-            model, ratio, fraction = prune_to_budget(model, size, cfg["macs_fraction"], cfg, calibration)
-            extra = {"channel_ratio": ratio}
+        try:
+            model, ratio, extra = _structured(model, size, cfg, params, calibration)
+        except LwparError as error:  # the search's own message does not know the variant
+            raise LwparError(f"variant {args.variant}: {error}") from None
         structure = [*earlier, {"op": "prune", "variant": args.variant, "tp_state": tp.state_dict(model)}]
     macs_after, params_after = count_macs(model, size), count_params(model)
     save_model(args.out, model, blob["model_cfg"], blob["attributes"], structure=structure,
@@ -86,6 +74,27 @@ def run(args, params) -> None:
         if "speedup_planned" in extra else ""
     print(f"{args.variant}: MACs {macs_before / 1e6:.1f} M -> {macs_after / 1e6:.1f} M "
           f"({macs_after / macs_before:.3f}); parameters {params_before / 1e6:.2f} M -> {params_after / 1e6:.2f} M{measured}")
+
+
+def _structured(model, size, cfg: dict, params: dict, calibration):
+    """The pruned model, its channel ratio and the summary's figures, for the recipe's budget."""
+    import os
+
+    from lwpar.profile import machine_info
+    from lwpar.prune import prune_to_budget, prune_to_speedup
+
+    if cfg["budget"] == "macs":
+        model, ratio, _ = prune_to_budget(model, size, cfg["macs_fraction"], cfg, calibration)
+        return model, ratio, {"channel_ratio": ratio}
+    batch, threads = params["profile"]["batch_sizes"][0], params["profile"]["threads"][0] or os.cpu_count() or 1
+    model, ratio, speedup, trials = prune_to_speedup(
+        model, size, cfg["speedup"], cfg, _target_timer(params, cfg["target"], (batch, 3, *size), threads), calibration)
+    chosen = next(t for t in trials if t["ratio"] == ratio)
+    # plan_* as the decompose stage's rows name them: the report sets them against the profile
+    return model, ratio, {"channel_ratio": ratio, "plan_target": cfg["target"], "plan_batch": batch,
+                          "plan_threads": threads, "plan_model_ms": chosen["model_ms"],
+                          "plan_predicted_ms": chosen["pruned_ms"], "plan_cpu": machine_info().get("cpu_model"),
+                          "speedup_requested": cfg["speedup"], "speedup_planned": speedup, "trials": trials}
 
 
 def _target_timer(params: dict, target: str, input_shape: tuple, threads: int):
