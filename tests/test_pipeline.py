@@ -241,3 +241,15 @@ def test_unreachable_budget_and_nothing_to_factorize_fail_at_planning():
     depthwise["variants"]["lwalm"]["decompose"]["kinds"] = ["kxk"]  # Lite0's k x k convs are depthwise
     with pytest.raises(LwparError, match=r"^variant lwalm: nothing to factorize in alm_effl0 "):
         pipeline.check_plannable(depthwise)
+
+
+def test_pruning_by_latency_reruns_when_the_timing_settings_change():
+    """A latency budget's pruning is timed with the profile's settings on its target: they are part of
+    its job's params (a MAC budget's pruning reads none of them)."""
+    params = load_params(ROOT / "workflow/params/dense_sweep.yaml")
+    prune = pipeline.stages(params)["prune"]
+    w = {"dataset": "peta", "model": params["experiment"]["models"][0]}
+    timed = prune.param_keys(params, {**w, "variant": "prune_l2_lat2x"})
+    assert {"profile.rounds", "profile.iters_per_round", "profile.targets.local_cpu"} <= set(timed)
+    assert not [k for k in prune.param_keys(params, {**w, "variant": "prune_l2_r50"}) if k.startswith("profile")]
+    assert f"{pipeline.PACKAGE}/bench_worker.py" in prune.module_files()
