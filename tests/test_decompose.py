@@ -223,6 +223,31 @@ def test_cp_als_does_not_stop_in_a_swamp():
     assert all(r <= e * (1 + 1e-6) for r, e in zip(robust, early))
 
 
+def test_mttkrp_equals_tensorlys_and_cp_als_uses_it_only_while_running():
+    """The 3-way MTTKRP equals tensorly's (unfolding times Khatri-Rao product) for every mode, weighted or
+    not; CP-ALS reaches the same factors through it, and tensorly's own is back afterwards."""
+    import tensorly as tl
+
+    from lwpar.decompose._cp import mttkrp
+
+    rng = np.random.default_rng(0)
+    tensor = rng.standard_normal((12, 7, 9))
+    factors = [rng.standard_normal((n, 5)) for n in tensor.shape]
+    for weights in (None, rng.uniform(0.5, 2, 5)):
+        for mode in range(3):
+            expected = tl.unfold(tensor, mode) @ tl.tenalg.khatri_rao(factors, weights=weights, skip_matrix=mode)
+            np.testing.assert_allclose(mttkrp(tensor, (weights, factors), mode), expected, rtol=1e-12, atol=1e-12)
+    original = type(tl.tenalg.current_backend()).unfolding_dot_khatri_rao
+    fast = cp_als(tensor, 5, n_iter_max=30)
+    assert type(tl.tenalg.current_backend()).unfolding_dot_khatri_rao is original
+    from tensorly.decomposition import parafac
+    with tl.backend_context("numpy"):
+        errors = []
+        reference = parafac(tensor, 5, init="svd", n_iter_max=30, tol=1e-15, normalize_factors=False, linesearch=True,
+                            callback=lambda _cp, error: errors.append(error) and False)
+    np.testing.assert_allclose(tl.cp_to_tensor(fast), tl.cp_to_tensor(reference), rtol=1e-8, atol=1e-8)
+
+
 @pytest.mark.parametrize("objective,measure", [("norm", sum_of_squared_norms), ("sensitivity", sensitivity)])
 def test_cpd_epc_keeps_error_and_shrinks_terms(objective, measure):
     tensor = _kernel_tensor()
