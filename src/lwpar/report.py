@@ -443,18 +443,19 @@ def plots(table: pd.DataFrame, out_dir: Path, bins: pd.DataFrame | None = None) 
     one = scored[(scored.batch == scored.batch.min()) & (scored.threads == scored.threads.min())]
     for kind, column, label in (("latency", "latency_ms_median", "median latency (ms), batch 1, 1 thread"),
                                 ("macs", "macs", "MACs per image")):
-        fig, ax = plt.subplots(figsize=(7, 4.5))
+        fig, ax = plt.subplots(figsize=(9.5, 5))
         for (dataset, model), group in one.groupby(["dataset", "model"]):
             group = group.dropna(subset=[column])
             x, y = group[column].to_numpy(float), group["mA"].to_numpy(float) * 100
-            ax.scatter(x, y, label=f"{dataset} / {model}")
+            prefix = f"{dataset} / {model}: " if one[["dataset", "model"]].drop_duplicates().shape[0] > 1 else ""
+            colors = plt.get_cmap("tab20").colors
+            for i, (method, budgets) in enumerate(group.groupby("method", sort=True)):  # one method's budgets, joined
+                budgets = budgets.sort_values(column)
+                color = colors[i % len(colors)]
+                bx, by = budgets[column].to_numpy(float), budgets["mA"].to_numpy(float) * 100
+                ax.plot(bx, by, "o-" if len(budgets) > 1 else "o", lw=0.8, ms=5, color=color, label=prefix + method)
             for name, xi, yi, offset in zip(group.variant, x, y, label_offsets(x, y, list(group.variant))):
-                ax.annotate(name, (xi, yi), fontsize=7, xytext=offset, textcoords="offset points")
-            for _, budgets in group.groupby("method"):  # one method's budgets, joined
-                if len(budgets) > 1:
-                    budgets = budgets.sort_values(column)
-                    ax.plot(budgets[column].to_numpy(float), budgets["mA"].to_numpy(float) * 100, "-", lw=0.6,
-                            alpha=0.5, color="gray")
+                ax.annotate(name, (xi, yi), fontsize=6, xytext=offset, textcoords="offset points")
             if kind == "latency" and len(x):
                 front = pareto_front(x, y)
                 order = np.argsort(x[front])
@@ -462,7 +463,7 @@ def plots(table: pd.DataFrame, out_dir: Path, bins: pd.DataFrame | None = None) 
         ax.set_xlabel(label)
         ax.set_ylabel("test mA (%)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5))
         fig.tight_layout()
         for suffix in ("png", "svg"):
             path = out_dir / f"mA_vs_{kind}.{suffix}"
