@@ -441,14 +441,15 @@ def plots(table: pd.DataFrame, out_dir: Path, bins: pd.DataFrame | None = None) 
     written = []
     scored = table.dropna(subset=["mA"])
     one = scored[(scored.batch == scored.batch.min()) & (scored.threads == scored.threads.min())]
+    prefix_models = one[["dataset", "model"]].drop_duplicates().shape[0] > 1
+    colors = plt.get_cmap("tab20").colors
     for kind, column, label in (("latency", "latency_ms_median", "median latency (ms), batch 1, 1 thread"),
                                 ("macs", "macs", "MACs per image")):
         fig, ax = plt.subplots(figsize=(9.5, 5))
         for (dataset, model), group in one.groupby(["dataset", "model"]):
             group = group.dropna(subset=[column])
             x, y = group[column].to_numpy(float), group["mA"].to_numpy(float) * 100
-            prefix = f"{dataset} / {model}: " if one[["dataset", "model"]].drop_duplicates().shape[0] > 1 else ""
-            colors = plt.get_cmap("tab20").colors
+            prefix = f"{dataset} / {model}: " if prefix_models else ""
             for i, (method, budgets) in enumerate(group.groupby("method", sort=True)):  # one method's budgets, joined
                 budgets = budgets.sort_values(column)
                 color = colors[i % len(colors)]
