@@ -411,7 +411,7 @@ def test_under_dvc_a_stage_refuses_a_dvc_yaml_older_than_its_params_files(tmp_pa
 def test_the_report_labels_every_recipe_of_every_experiment_file():
     """Resolved recipes hold only the keys their method reads: code that labels them must not
     expect the others (an `epc` block on an SVD variant, `importance` on unstructured pruning)."""
-    from lwpar.report import method_label
+    from lwpar.report import mac_planned_label, method_label
 
     files = [ROOT / "params.yaml", *sorted((ROOT / "workflow/params").glob("*.yaml"))]
     for path in files:
@@ -425,6 +425,10 @@ def test_the_report_labels_every_recipe_of_every_experiment_file():
     sweep = load_params(ROOT / "workflow/params/dense_sweep.yaml")
     assert method_label(sweep, "prune_l2_lat2x") == "prune structured l2 (latency)"
     assert method_label(sweep, "prune_l2_r50+int8") == "prune structured l2+int8"
+    # a latency-planned variant's MAC-planned counterpart: the same method spending the budget by MACs
+    assert mac_planned_label(sweep, "prune_l2_lat2x") == method_label(sweep, "prune_l2_r30")
+    assert mac_planned_label(sweep, "lwalm_lat2x") == method_label(sweep, "lwalm_r30") == "cp-epc+svd (greedy)"
+    assert mac_planned_label(sweep, "lwalm_r30") is None
 
 
 @pytest.mark.fault

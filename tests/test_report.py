@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lwpar.report import collect, compression, decomposition_layers, decomposition_summary, markdown
+from lwpar.report import (COLUMNS, collect, compression, decomposition_layers, decomposition_summary, markdown,
+                          method_label)
 
 
 def _write(path, data):
@@ -132,7 +133,9 @@ def test_latency_plans_set_the_predicted_speedup_against_the_measured_one(result
                                             plan_target="local_cpu", plan_batch=1, plan_threads=1)
     layers.to_csv(layers_csv, index=False)
     table, _ = collect(results)
-    params = {"variants": {"cp_r50": {"decompose": {"rank": {"policy": "latency", "speedup": 1.6}}}}}
+    params = {"variants": {"cp_r50": {"decompose": {"methods": {"kxk": "cp", "pointwise": "svd"}, "kinds": ["kxk"],
+                                                    "rank": {"policy": "latency", "speedup": 1.6}},
+                                      "finetune": {}, "base": None}}}
     plans = latency_plans(table, decomposition_layers(results), params)
     assert len(plans) == 1
     plan = plans.iloc[0]
@@ -147,6 +150,35 @@ def test_latency_plans_set_the_predicted_speedup_against_the_measured_one(result
     assert "| +25.0 % (table measured on CPU A) |" in markdown(table, "stamp", plans=plans)
     plans = latency_plans(table, decomposition_layers(results), params, {("peta", "alm", "local_cpu"): "CPU A"})
     assert "| +25.0 % |" in markdown(table, "stamp", plans=plans)
+
+
+def test_a_latency_plan_is_read_against_its_method_planned_by_macs_at_equal_measured_speed():
+    from lwpar.report import latency_plans
+
+    params = {"variants": {
+        "prune_r70": {"prune": {"kind": "structured", "importance": "l2", "macs_fraction": 0.7}},
+        "prune_r30": {"prune": {"kind": "structured", "importance": "l2", "macs_fraction": 0.3}},
+        "prune_lat2x": {"prune": {"kind": "structured", "importance": "l2", "budget": "latency", "speedup": 2.0}},
+        "prune_lat3x": {"prune": {"kind": "structured", "importance": "l2", "budget": "latency", "speedup": 3.0}},
+        "zeros": {"prune": {"kind": "unstructured", "amount": 0.9}}}}
+    measured = {"prune_r70": (1.2, -0.01), "prune_r30": (2.4, -0.10), "prune_lat2x": (2.0, -0.05),
+                "prune_lat3x": (3.0, -0.12), "zeros": (2.2, -0.02)}  # another method at the same speed
+    table = pd.DataFrame([{"dataset": "peta", "model": "alm", "variant": v, "target": "local_cpu", "batch": 1,
+                           "threads": 1, "speedup": s, "mA": 0.7 + d, "delta_control_mA": d,
+                           "method": method_label(params, v)} for v, (s, d) in measured.items()])
+    pruned = pd.DataFrame([{"dataset": "peta", "model": "alm", "variant": v, "plan_model_ms": 4.0,
+                            "plan_predicted_ms": 4.0 / s, "plan_target": "local_cpu", "plan_batch": 1,
+                            "plan_threads": 1} for v, s in (("prune_lat2x", 2.0), ("prune_lat3x", 3.0))])
+    plans = latency_plans(table, pd.DataFrame(), params, pruned=pruned).set_index("variant")
+    at2x = plans.loc["prune_lat2x"]
+    assert at2x.mac_planned == "prune_r70 (1.20x) - prune_r30 (2.40x)"
+    assert at2x.mac_planned_delta_control_mA == pytest.approx(-0.01 + (0.8 / 1.2) * -0.09)
+    # faster than every MAC-planned variant: nothing to interpolate, the nearest named
+    at3x = plans.loc["prune_lat3x"]
+    assert at3x.mac_planned == "none as fast; nearest prune_r30 (2.40x)"
+    assert np.isnan(at3x.mac_planned_delta_control_mA)
+    text = markdown(table.reindex(columns=COLUMNS).astype({"control": object}), "stamp", plans=plans.reset_index())
+    assert "| 2.00x | 2.00x | +0.0 % | 65.00 | -5.00 | prune_r70 (1.20x) - prune_r30 (2.40x) | -7.00 |" in text
 
 
 def test_the_score_before_batchnorm_reestimation_is_blank_unless_taken(results):

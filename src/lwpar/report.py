@@ -81,6 +81,9 @@ def latency_plans(table: pd.DataFrame, layers: pd.DataFrame, params: dict | None
         asked = (recipe.get("decompose", {}).get("rank", {}) or recipe.get("prune", {})).get("speedup", np.nan)
         table_cpu = first.get("plan_cpu")
         profile_cpu = (machines or {}).get((dataset, model, first.plan_target))
+        peers = table[(table.dataset == dataset) & (table.model == model) & (table.target == first.plan_target)
+                      & (table.batch == first.plan_batch) & (table.threads == first.plan_threads)
+                      & (table.method == mac_planned_label(params, variant))] if params else table.iloc[:0]
         rows.append({"dataset": dataset, "model": model, "variant": variant, "target": first.plan_target,
                      "table_cpu": table_cpu if isinstance(table_cpu, str) and profile_cpu and table_cpu != profile_cpu else "",
                      "batch": int(first.plan_batch), "threads": int(first.plan_threads),
@@ -88,8 +91,28 @@ def latency_plans(table: pd.DataFrame, layers: pd.DataFrame, params: dict | None
                      "speedup_uncalibrated": uncalibrated, "speedup_planned": planned, "speedup_measured": measured,
                      "plan_error": measured / planned - 1,
                      "mA": match.mA.iloc[0] if len(match) else np.nan,
-                     "delta_control_mA": match.delta_control_mA.iloc[0] if len(match) else np.nan})
+                     "delta_control_mA": match.delta_control_mA.iloc[0] if len(match) else np.nan,
+                     **at_equal_speed(peers, measured)})
     return pd.DataFrame(rows)
+
+
+def at_equal_speed(peers: pd.DataFrame, speedup: float) -> dict:
+    """The MAC-planned variants of a method read at a latency-planned variant's measured speed-up: the
+    two whose measured speed-ups bracket it (`mac_planned`) and their mA against the matched control,
+    interpolated linearly in speed-up (`mac_planned_delta_control_mA`). Outside their range nothing is
+    interpolated: the nearest is named, and the delta left blank."""
+    peers = peers.dropna(subset=["speedup", "delta_control_mA"]).sort_values("speedup")
+    if peers.empty or np.isnan(speedup):
+        return {"mac_planned": "", "mac_planned_delta_control_mA": np.nan}
+    faster, slower = peers[peers.speedup >= speedup], peers[peers.speedup <= speedup]
+    if faster.empty or slower.empty:
+        nearest = (slower if faster.empty else faster).iloc[-1 if faster.empty else 0]
+        return {"mac_planned": f"none as {'fast' if faster.empty else 'slow'}; nearest {nearest.variant} "
+                               f"({nearest.speedup:.2f}x)", "mac_planned_delta_control_mA": np.nan}
+    low, high = slower.iloc[-1], faster.iloc[0]
+    weight = 0.0 if high.speedup == low.speedup else (speedup - low.speedup) / (high.speedup - low.speedup)
+    return {"mac_planned": f"{low.variant} ({low.speedup:.2f}x) - {high.variant} ({high.speedup:.2f}x)",
+            "mac_planned_delta_control_mA": low.delta_control_mA + weight * (high.delta_control_mA - low.delta_control_mA)}
 
 
 def against_baseline(table: pd.DataFrame) -> pd.DataFrame:
@@ -246,25 +269,43 @@ def reliability(results: Path) -> pd.DataFrame:
 def method_label(params: dict, variant: str) -> str:
     """What a variant does, without its budget: the name that groups one method's budgets (an INT8
     variant is its source's method with +int8)."""
-    from lwpar.config import schedule
-
     name = variant.removesuffix("+int8")
     suffix = "+int8" if variant.endswith("+int8") else ""
     recipe = params["variants"].get(name) if params else None
     if name == "baseline" or recipe is None:
         return name + suffix
+    return _recipe_label(params, name, recipe) + suffix
+
+
+def mac_planned_label(params: dict, variant: str) -> str | None:
+    """The method label of a latency-planned variant's MAC-planned counterpart: the same pruning with a
+    MAC budget, or the same decomposition with the `greedy` rank policy (the same sensitivity
+    measurement, spent by MACs instead of measured milliseconds). None for other variants."""
+    recipe = params["variants"].get(variant.removesuffix("+int8"), {})
+    if recipe.get("prune", {}).get("budget") == "latency":
+        return _recipe_label(params, variant, {**recipe, "prune": {**recipe["prune"], "budget": "macs"}})
+    rank = recipe.get("decompose", {}).get("rank", {})
+    if rank.get("policy") == "latency":
+        decompose = {**recipe["decompose"], "rank": {**rank, "policy": "greedy"}}
+        return _recipe_label(params, variant, {**recipe, "decompose": decompose})
+    return None
+
+
+def _recipe_label(params: dict, name: str, recipe: dict) -> str:
+    from lwpar.config import schedule
+
     if "prune" in recipe:
         prune = recipe["prune"]
         budget = " (latency)" if prune.get("budget") == "latency" else ""  # the method planned another way
-        return f"prune {prune['kind']} {prune.get('importance', 'l1')}{budget}" + suffix  # unstructured: L1
+        return f"prune {prune['kind']} {prune.get('importance', 'l1')}{budget}"  # unstructured: L1
     if "decompose" not in recipe:
-        return "control" + suffix
+        return "control"
     d = recipe["decompose"]
     kxk = f"{d['methods']['kxk']}{'-epc' if d.get('epc', {}).get('enabled') and d['methods']['kxk'] == 'cp' else ''}"
     parts = [kxk if "kxk" in d["kinds"] else None, d["methods"]["pointwise"] if {"pointwise", "linear"} & set(d["kinds"]) else None]
     stages = len(schedule(params, name))
     chain = f", {stages} stages" if stages > 1 else ""
-    return f"{'+'.join(p for p in parts if p)} ({d['rank']['policy']}{chain})" + suffix
+    return f"{'+'.join(p for p in parts if p)} ({d['rank']['policy']}{chain})"
 
 
 def breaking_points(table: pd.DataFrame, params: dict | None, tolerance: float = 0.01) -> list[str]:
@@ -366,14 +407,20 @@ def markdown(table: pd.DataFrame, stamp: str, split: pd.DataFrame | None = None,
                  "latency table, from the summed per-layer savings alone (uncalibrated) and mapped through the table's "
                  "calibration models (predicted); and the one measured on the exported model on the plan's target, "
                  "batch and threads; plan error = measured / predicted - 1. For pruning by a latency budget, predicted "
-                 "is the pruned model timed beside the unpruned one while its channel ratio was searched.\n\n"
+                 "is the pruned model timed beside the unpruned one while its channel ratio was searched. The last two "
+                 "columns read the variant at equal measured speed against its method planned by MACs (the same pruning "
+                 "with a MAC budget; the same decomposition with rank policy `greedy`, from the same sensitivity "
+                 "measurement): the two MAC-planned variants whose measured speed-ups bracket it, and their mA "
+                 "against the matched control interpolated linearly at its speed-up.\n\n"
                  "| dataset | model | variant | target | batch | threads | asked | uncalibrated | predicted | measured "
-                 "| plan error | mA | delta vs control |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+                 "| plan error | mA | delta vs control | MAC-planned at equal speed | its delta vs control |\n"
+                 "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
         text += "".join(f"| {r.dataset} | {r.model} | {r.variant} | {r.target} | {r.batch} | {r.threads} | "
                         f"{r.speedup_requested:.2f}x | {_times(r.speedup_uncalibrated)} | {r.speedup_planned:.2f}x | "
                         f"{r.speedup_measured:.2f}x | "
                         f"{r.plan_error * 100:+.1f} %{f' (table measured on {r.table_cpu})' if r.table_cpu else ''} | "
-                        f"{_percent(r.mA)} | {_percent(r.delta_control_mA)} |\n"
+                        f"{_percent(r.mA)} | {_percent(r.delta_control_mA)} | {r.mac_planned} | "
+                        f"{_percent(r.mac_planned_delta_control_mA)} |\n"
                         for r in plans.itertuples())
     if split is not None and len(split):
         text += ("\n## Where the time goes\n\nMedian latency (ms) of the whole model and of its backbone alone, "
