@@ -125,10 +125,14 @@ def paired_speedup(base_round_ms: list[float], round_ms: list[float]) -> dict:
     return {"speedup_paired": float(median), "speedup_q1": float(q1), "speedup_q3": float(q3)}
 
 
+def thread_count(setting: int) -> int:
+    """A `profile.threads` entry as a number of threads: 0 means every core."""
+    return setting or os.cpu_count() or 1
+
+
 def benchmark(artifacts: dict[str, Path], target: dict, cfg: dict) -> dict:
     """{name: {"peak_rss_mb", "latency": [{batch, threads, median_ms, p90_ms, iqr_ms, images_per_s}]}}."""
-    threads_all = os.cpu_count() or 1
-    thread_counts = sorted({threads_all if t == 0 else t for t in cfg["threads"]})
+    thread_counts = sorted({thread_count(t) for t in cfg["threads"]})
     placed = stage_on_target(artifacts, target)
     workers = {name: Worker(path, target, placed[name]) for name, path in artifacts.items()}
     results = {name: {"latency": []} for name in artifacts}

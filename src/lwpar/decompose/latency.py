@@ -145,6 +145,14 @@ def measure(table: dict[Candidate, nn.Module], timer: Callable[[Candidate, nn.Mo
                   "q3_ms": float(np.percentile(v, 75))} for key, v in times.items()}
 
 
+def plan_settings(profile: dict) -> tuple[int, int]:
+    """The batch size and thread count latency plans are timed at: the profile's first of each (threads 0:
+    every core), so that a plan and the profile's first row measure the same thing."""
+    from lwpar.profile import thread_count
+
+    return profile["batch_sizes"][0], thread_count(profile["threads"][0])
+
+
 def time_on_target(models: dict[Candidate, nn.Module], target: dict, batch: int, threads: int, profile: dict,
                    seed: int = 0) -> dict[Candidate, dict]:
     """`measure` with ONNX Runtime on `target` (params profile.targets entry): every model exported

@@ -23,7 +23,6 @@ def add_arguments(parser) -> None:
 
 
 def run(args, params) -> None:
-    import os
     import time
 
     import numpy as np
@@ -31,7 +30,7 @@ def run(args, params) -> None:
     from lwpar import LwparError
     from lwpar.decompose.factorize import factorized_layers, layer_info, select_layers
     from lwpar.decompose.latency import (TABLE_FORMAT, WHOLE_MODEL, Candidate, calibration_plans, candidates,
-                                         structural_model, table_entries, time_on_target)
+                                         plan_settings, structural_model, table_entries, time_on_target)
     from lwpar.decompose.search import curve_ranks
     from lwpar.io import sha256_file, write_json
     from lwpar.profile import machine_info
@@ -45,8 +44,7 @@ def run(args, params) -> None:
         raise LwparError(f"--target {args.target!r}: not in params profile.targets "
                          f"({', '.join(params['profile']['targets'])})")
     target, profile = params["profile"]["targets"][args.target], params["profile"]
-    batch = profile["batch_sizes"][0]
-    threads = profile["threads"][0] or os.cpu_count() or 1
+    batch, threads = plan_settings(profile)
     model, blob = load_model(args.model)
     earlier = check_start_model(args.model, blob, args.variant, params["variants"][args.variant]["base"])
     model.eval()

@@ -78,15 +78,14 @@ def run(args, params) -> None:
 
 def _structured(model, size, cfg: dict, params: dict, calibration):
     """The pruned model, its channel ratio and the summary's figures, for the recipe's budget."""
-    import os
-
+    from lwpar.decompose.latency import plan_settings
     from lwpar.profile import machine_info
     from lwpar.prune import prune_to_budget, prune_to_speedup
 
     if cfg["budget"] == "macs":
         model, ratio, _ = prune_to_budget(model, size, cfg["macs_fraction"], cfg, calibration)
         return model, ratio, {"channel_ratio": ratio}
-    batch, threads = params["profile"]["batch_sizes"][0], params["profile"]["threads"][0] or os.cpu_count() or 1
+    batch, threads = plan_settings(params["profile"])
     model, ratio, speedup, trials = prune_to_speedup(
         model, size, cfg["speedup"], cfg, _target_timer(params, cfg["target"], (batch, 3, *size), threads), calibration)
     chosen = next(t for t in trials if t["ratio"] == ratio)
