@@ -479,6 +479,9 @@ def label_offsets(x: np.ndarray, y: np.ndarray, names: list[str], width_pt: floa
 
 
 def plots(table: pd.DataFrame, out_dir: Path, bins: pd.DataFrame | None = None) -> list[Path]:
+    """mA against measured latency (with the Pareto front over every model) and against MACs, at batch 1
+    on the fewest threads; one colour per method, its budgets joined. When INT8 models are present,
+    FP32 and INT8 models get a panel each (same axes, same colours), so that neither hides the other."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -488,31 +491,46 @@ def plots(table: pd.DataFrame, out_dir: Path, bins: pd.DataFrame | None = None) 
     written = []
     scored = table.dropna(subset=["mA"])
     one = scored[(scored.batch == scored.batch.min()) & (scored.threads == scored.threads.min())]
+    one = one.assign(method=one.method.fillna(one.variant).astype(str))
+    int8 = one.variant.str.endswith("+int8")
+    panels = [("FP32", ~int8), ("INT8", int8)] if int8.any() and (~int8).any() else [("", int8 | ~int8)]
     prefix_models = one[["dataset", "model"]].drop_duplicates().shape[0] > 1
-    colors = plt.get_cmap("tab20").colors
+    families = sorted({m.removesuffix("+int8") for m in one.method})
+    colors = dict(zip(families, [plt.get_cmap("tab20").colors[i % 20] for i in range(len(families))]))
     for kind, column, label in (("latency", "latency_ms_median", "median latency (ms), batch 1, 1 thread"),
                                 ("macs", "macs", "MACs per image")):
-        fig, ax = plt.subplots(figsize=(9.5, 5))
-        for (dataset, model), group in one.groupby(["dataset", "model"]):
-            group = group.dropna(subset=[column])
-            x, y = group[column].to_numpy(float), group["mA"].to_numpy(float) * 100
-            prefix = f"{dataset} / {model}: " if prefix_models else ""
-            for i, (method, budgets) in enumerate(group.groupby("method", sort=True)):  # one method's budgets, joined
-                budgets = budgets.sort_values(column)
-                color = colors[i % len(colors)]
-                bx, by = budgets[column].to_numpy(float), budgets["mA"].to_numpy(float) * 100
-                ax.plot(bx, by, "o-" if len(budgets) > 1 else "o", lw=0.8, ms=5, color=color, label=prefix + method)
-            for name, xi, yi, offset in zip(group.variant, x, y, label_offsets(x, y, list(group.variant))):
-                ax.annotate(name, (xi, yi), fontsize=6, xytext=offset, textcoords="offset points")
-            if kind == "latency" and len(x):
-                front = pareto_front(x, y)
-                order = np.argsort(x[front])
-                ax.plot(x[front][order], y[front][order], "--", lw=1, label="Pareto front")
-        ax.set_xlabel(label)
-        ax.set_ylabel("test mA (%)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5))
-        fig.tight_layout()
+        fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels) + 2, 5), sharex=True, sharey=True,
+                                 squeeze=False)
+        for ax, (title, rows) in zip(axes[0], panels):
+            for (dataset, model), everything in one.groupby(["dataset", "model"]):
+                everything = everything.dropna(subset=[column])
+                group = everything[rows.loc[everything.index]]
+                prefix = f"{dataset} / {model}: " if prefix_models else ""
+                for method, budgets in group.groupby("method", sort=True):  # one method's budgets, joined
+                    budgets = budgets.sort_values(column)
+                    family = method.removesuffix("+int8")
+                    ax.plot(budgets[column], budgets["mA"] * 100, "o-" if len(budgets) > 1 else "o", lw=0.8, ms=5,
+                            color=colors[family], label=prefix + family)
+                x, y = group[column].to_numpy(float), group["mA"].to_numpy(float) * 100
+                for name, xi, yi, offset in zip(group.variant, x, y, label_offsets(x, y, list(group.variant))):
+                    ax.annotate(name.removesuffix("+int8"), (xi, yi), fontsize=6, xytext=offset,
+                                textcoords="offset points")
+                if kind == "latency" and len(everything):  # the front over every model, FP32 and INT8
+                    ex, ey = everything[column].to_numpy(float), everything["mA"].to_numpy(float) * 100
+                    front = pareto_front(ex, ey)
+                    order = np.argsort(ex[front])
+                    ax.plot(ex[front][order], ey[front][order], "--", lw=1, color="black", alpha=0.6,
+                            label=f"{prefix}Pareto front (all models)")
+            ax.set_title(title, fontsize=9)
+            ax.set_xlabel(label)
+            ax.grid(alpha=0.3)
+        axes[0][0].set_ylabel("test mA (%)")
+        handles = {}
+        for ax in axes[0]:
+            for handle, name in zip(*ax.get_legend_handles_labels()):
+                handles.setdefault(name, handle)
+        fig.legend(handles.values(), handles.keys(), fontsize=6, loc="center right")
+        fig.tight_layout(rect=(0, 0, 1 - 1.7 / fig.get_figwidth(), 1))
         for suffix in ("png", "svg"):
             path = out_dir / f"mA_vs_{kind}.{suffix}"
             fig.savefig(path, dpi=120)
