@@ -427,7 +427,11 @@ def test_the_report_labels_every_recipe_of_every_experiment_file():
     assert method_label(sweep, "prune_l2_r50+int8") == "prune structured l2+int8"
     # a latency-planned variant's MAC-planned counterpart: the same method spending the budget by MACs
     assert mac_planned_label(sweep, "prune_l2_lat2x") == method_label(sweep, "prune_l2_r30")
-    assert mac_planned_label(sweep, "lwalm_lat2x") == method_label(sweep, "lwalm_r30") == "cp-epc+svd (greedy)"
+    assert mac_planned_label(sweep, "lwalm_lat2x") == method_label(sweep, "lwalm_r30") == "cp-epc+svd (greedy, ALS 100)"
+    # the CP-ALS cap tells two otherwise equal recipes apart
+    assert method_label(sweep, "cpd_epc_r50") == "cp-epc+svd (budget, ALS 100)"
+    assert method_label(sweep, "cpd_epc_r50_i1000") == "cp-epc+svd (budget, ALS 1000)"
+    assert method_label(sweep, "svd_r50") == "spatial_svd+svd (budget)"
     assert mac_planned_label(sweep, "lwalm_r30") is None
 
 

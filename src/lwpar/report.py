@@ -305,7 +305,10 @@ def _recipe_label(params: dict, name: str, recipe: dict) -> str:
     parts = [kxk if "kxk" in d["kinds"] else None, d["methods"]["pointwise"] if {"pointwise", "linear"} & set(d["kinds"]) else None]
     stages = len(schedule(params, name))
     chain = f", {stages} stages" if stages > 1 else ""
-    return f"{'+'.join(p for p in parts if p)} ({d['rank']['policy']}{chain})"
+    # CP's outcome depends on how long ALS ran (the dense sweep), so its cap is part of the method
+    als_iter = d.get("epc", {}).get("als_iter")
+    als = f", ALS {als_iter}" if "kxk" in d["kinds"] and d["methods"]["kxk"] == "cp" and als_iter else ""
+    return f"{'+'.join(p for p in parts if p)} ({d['rank']['policy']}{als}{chain})"
 
 
 def breaking_points(table: pd.DataFrame, params: dict | None, tolerance: float = 0.01) -> list[str]:
