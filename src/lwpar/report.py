@@ -533,10 +533,11 @@ def plots(table: pd.DataFrame, out_dir: Path, bins: pd.DataFrame | None = None) 
             for handle, name in zip(*ax.get_legend_handles_labels()):
                 handles.setdefault(name, handle)
         fig.legend(handles.values(), handles.keys(), fontsize=6, loc="center right")
-        fig.tight_layout(rect=(0, 0, 1 - 1.7 / fig.get_figwidth(), 1))
+        legend_inches = 0.6 + 0.05 * max(map(len, handles))  # 6-pt labels: about 0.05 in per character
+        fig.tight_layout(rect=(0, 0, 1 - legend_inches / fig.get_figwidth(), 1))
         for suffix in ("png", "svg"):
             path = out_dir / f"mA_vs_{kind}.{suffix}"
-            fig.savefig(path, dpi=120)
+            fig.savefig(path, dpi=120, bbox_inches="tight")  # the legend outside the axes stays whole
             written.append(path)
         plt.close(fig)
     written += _reliability_plot(bins if bins is not None else pd.DataFrame(), out_dir, plt)
