@@ -106,7 +106,7 @@ def at_equal_speed(peers: pd.DataFrame, speedup: float) -> dict:
         return {"mac_planned": "", "mac_planned_delta_control_mA": np.nan}
     faster, slower = peers[peers.speedup >= speedup], peers[peers.speedup <= speedup]
     if faster.empty or slower.empty:
-        nearest = (slower if faster.empty else faster).iloc[-1 if faster.empty else 0]
+        nearest = slower.iloc[-1] if faster.empty else faster.iloc[0]
         return {"mac_planned": f"none as {'fast' if faster.empty else 'slow'}; nearest {nearest.variant} "
                                f"({nearest.speedup:.2f}x)", "mac_planned_delta_control_mA": np.nan}
     low, high = slower.iloc[-1], faster.iloc[0]
@@ -281,13 +281,14 @@ def mac_planned_label(params: dict, variant: str) -> str | None:
     """The method label of a latency-planned variant's MAC-planned counterpart: the same pruning with a
     MAC budget, or the same decomposition with the `greedy` rank policy (the same sensitivity
     measurement, spent by MACs instead of measured milliseconds). None for other variants."""
-    recipe = params["variants"].get(variant.removesuffix("+int8"), {})
+    name = variant.removesuffix("+int8")
+    recipe = params["variants"].get(name, {})
     if recipe.get("prune", {}).get("budget") == "latency":
-        return _recipe_label(params, variant, {**recipe, "prune": {**recipe["prune"], "budget": "macs"}})
+        return _recipe_label(params, name, {**recipe, "prune": {**recipe["prune"], "budget": "macs"}})
     rank = recipe.get("decompose", {}).get("rank", {})
     if rank.get("policy") == "latency":
         decompose = {**recipe["decompose"], "rank": {**rank, "policy": "greedy"}}
-        return _recipe_label(params, variant, {**recipe, "decompose": decompose})
+        return _recipe_label(params, name, {**recipe, "decompose": decompose})
     return None
 
 
