@@ -1,14 +1,15 @@
 # Two commands on a fresh machine (Python 3.11):  make pipeline   and   make test
 # Both create the project-local environment (.venv) if it is missing, and are idempotent.
-# Test tiers: test (fast: unit tests and each stage's CLI on synthetic releases), test-e2e (the shared
-# smoke run end to end), test-cluster (the smoke run on a one-node SLURM cluster), test-all (all three,
-# sharing one smoke run). PYTEST_ARGS adds pytest options, e.g. PYTEST_ARGS=--durations=25.
+# Test tiers, one folder each: test (tests/unit: logic on small tensors and models, in process),
+# test-stages (tests/stages: every CLI and subprocess on synthetic releases), test-e2e (tests/e2e: the
+# shared smoke run end to end), test-cluster (tests/cluster: the smoke run on a one-node SLURM cluster),
+# test-all (all four, sharing one smoke run). PYTEST_ARGS adds pytest options, e.g. PYTEST_ARGS=--durations=25.
 
 PYTHON ?= python3.11
 VENV := .venv
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: pipeline test test-e2e test-cluster test-all env smoke dvc-yaml
+.PHONY: pipeline test test-stages test-e2e test-cluster test-all env smoke dvc-yaml
 
 $(STAMP): pyproject.toml src/lwpar/models/packaged.py
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -29,18 +30,22 @@ PYTEST := PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/python -m pytest $(PYT
 # test-all's tiers share one smoke run (tests/conftest.py: smoke_run); a fresh folder per invocation
 SMOKE_DIR ?= $(shell mktemp -d -u /tmp/lwpar-smoke.XXXXXX)
 
+# the fast tier in one process per core (at most 4), each on one thread: its tests are many and small
 test: $(STAMP)
-	$(PYTEST)
+	OMP_NUM_THREADS=1 $(PYTEST) -n auto --maxprocesses 4 tests/unit
+
+test-stages: $(STAMP)
+	$(PYTEST) tests/stages
 
 test-e2e: $(STAMP)
-	$(PYTEST) -m e2e
+	$(PYTEST) tests/e2e
 
 test-cluster: $(STAMP)
-	$(PYTEST) -m cluster
+	$(PYTEST) tests/cluster
 
 test-all: $(STAMP)
 	@export LWPAR_SMOKE_DIR="$(SMOKE_DIR)"; status=0; \
-	for tier in test test-e2e test-cluster; do \
+	for tier in test test-stages test-e2e test-cluster; do \
 		start=$$(date +%s); \
 		$(MAKE) --no-print-directory $$tier || status=1; \
 		echo "make $$tier: $$(( $$(date +%s) - start )) s"; \

@@ -1,5 +1,6 @@
 # lwpar pipeline. The stages, their inputs, outputs, parameters, commands and resources are defined
-# once in src/lwpar/pipeline.py; dvc.yaml and the SLURM profile are generated from the same definition.
+# once in src/lwpar/pipeline/ (the stage table: table.py); dvc.yaml and the SLURM profile are generated
+# from the same definition.
 #
 #   snakemake --cores 8                                           # the default experiment (params.yaml)
 #   snakemake --cores 2 --config params=workflow/params/smoke.yaml  # another params file

@@ -19,10 +19,11 @@ from pathlib import Path
 
 import torch
 
-from lwpar.complexity import count_macs, count_params
-from lwpar.export import export_onnx
+from lwpar.evaluation.complexity import count_macs, count_params
+from lwpar.deploy.export import export_onnx
 from lwpar.models import build_model
-from lwpar.profile import benchmark, machine_info
+from lwpar.core.machine import machine_info
+from lwpar.deploy.benchmark import benchmark
 
 LOCAL = {"copy_command": None, "command_prefix": None, "remote_dir": None, "providers": ["CPUExecutionProvider"]}
 

@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    from lwpar.decompose import cp_als, cpd_epc, relative_error, sensitivity, sum_of_squared_norms
+    from lwpar.compress.decompose import cp_als, cpd_epc, relative_error, sensitivity, sum_of_squared_norms
 
     torch.manual_seed(args.seed)
     conv = torch.nn.Conv2d(args.channels, args.channels, 3)   # PyTorch's default (Kaiming-uniform) init

@@ -31,9 +31,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    from lwpar.complexity import count_macs, count_params
-    from lwpar.decompose.factorize import apply_plan, plan_ranks, select_layers
-    from lwpar.export import export_onnx
+    from lwpar.evaluation.complexity import count_macs, count_params
+    from lwpar.compress.decompose.factorize import apply_plan, plan_ranks, select_layers
+    from lwpar.deploy.export import export_onnx
     from lwpar.models import build_model
 
     torch.manual_seed(args.seed)

@@ -33,7 +33,7 @@ import torch
 def onnx_latency(models: dict, size, rounds: int, per_round: int) -> dict:
     import onnxruntime as ort
 
-    from lwpar.export import export_onnx
+    from lwpar.deploy.export import export_onnx
 
     sessions = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -59,7 +59,7 @@ def onnx_latency(models: dict, size, rounds: int, per_round: int) -> dict:
 
 
 def train_throughput(model, size, batch: int, steps: int) -> float:
-    from lwpar.losses import WeightedBCE
+    from lwpar.training.losses import WeightedBCE
 
     model.train().to(memory_format=torch.channels_last)
     criterion = WeightedBCE(torch.full((model.finalfc.out_features,), 0.3))
@@ -80,8 +80,8 @@ def with_svd_heads(model, fraction: float):
     """A copy whose attention convs are factorized by truncated SVD at a parameter fraction."""
     import copy
 
-    from lwpar.decompose.factorize import apply_plan, layer_info, select_layers
-    from lwpar.decompose.methods import rank_for_fraction
+    from lwpar.compress.decompose.factorize import apply_plan, layer_info, select_layers
+    from lwpar.compress.decompose.methods import rank_for_fraction
 
     model = copy.deepcopy(model)
     names = [n for n in select_layers(model, ["pointwise"], include_heads=True) if ".att_list." in n]
@@ -93,7 +93,7 @@ def with_svd_heads(model, fraction: float):
 
 
 def main() -> None:
-    from lwpar.export import PooledBackbone
+    from lwpar.deploy.export import PooledBackbone
     from lwpar.models import build_model
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

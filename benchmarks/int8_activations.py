@@ -37,9 +37,9 @@ def main() -> None:
     import onnxruntime as ort
 
     from lwpar.config import load_params
-    from lwpar.export import export_onnx
+    from lwpar.deploy.export import export_onnx
     from lwpar.models import build_model
-    from lwpar.quantize import quantize_model
+    from lwpar.deploy.quantize import quantize_model
 
     defaults = load_params(Path(__file__).resolve().parents[1] / "params.yaml")["quantize"]
     model = build_model("alm", args.backbone, args.attributes, pretrained=args.pretrained).eval()

@@ -25,10 +25,10 @@ from contextlib import ExitStack
 
 import torch
 
-from lwpar.losses import WeightedBCE
+from lwpar.training.losses import WeightedBCE
 from lwpar.models import build_model
 from lwpar.models.backbones import folded_frozen_batchnorm, freeze_stages
-from lwpar.runtime import cpu_flags
+from lwpar.core.machine import cpu_flags
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -9,8 +9,19 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).parent))
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
+sys.path.insert(0, str(TESTS))
+# The tiers are folders; each tier's tests carry its marker (`pytest -m e2e` still selects them).
+TIER_MARKERS = {"stages": "stages", "e2e": "e2e", "cluster": "cluster"}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        tier = Path(str(item.fspath)).resolve().relative_to(TESTS).parts[0]
+        if tier in TIER_MARKERS:
+            item.add_marker(getattr(pytest.mark, TIER_MARKERS[tier]))
 MIRROR = Path(os.environ.get("LWPAR_MIRROR", ROOT.parent / "shared" / "datasets"))
 # Tests set their mirror through params; an outer LWPAR_MIRROR (CI sets one) must not override it,
 # not even in module- or session-scoped fixtures, which run before any function-scoped monkeypatch.
@@ -114,6 +125,45 @@ def copy_run(work: Path, dest: Path, real_src: bool = False) -> Path:
         (dest / "src").unlink()
         shutil.copytree(ROOT / "src", dest / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     return dest
+
+
+# Small real runs shared by the tests of one module (each module makes its own, in its own folder).
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A synthetic PETA release prepared, and params for a seconds-long training run on it (tiny ALM)."""
+    import synthetic
+    from lwpar.data.prepare import prepare
+
+    tmp = tmp_path_factory.mktemp("tiny")
+    members, _ = synthetic.make_release(persons_per_subset=12, images_per_person=3)
+    synthetic.write_zip(tmp / "mirror" / "PETA.zip", members)
+    params = synthetic.tiny_training_params(tmp, tmp / "mirror")
+    prepare(params, "peta", tmp / "prepared", tmp / "dl")
+    return tmp, params
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tmp_path_factory):
+    """A tiny ALM (5 attributes, ResNet-18) and its ONNX export at 64 x 32."""
+    import torch
+
+    from lwpar.deploy.export import export_onnx
+    from lwpar.models import build_model
+
+    torch.manual_seed(0)
+    tmp = tmp_path_factory.mktemp("onnx")
+    model = build_model("alm", "resnet18", 5).eval()
+    export_onnx(model, (64, 32), tmp / "model.onnx")
+    return model, tmp / "model.onnx"
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory):
+    """A tiny ALM exported as `lwpar export` does, and a folder of photos of other sizes."""
+    import synthetic
+
+    return synthetic.make_artifact(tmp_path_factory.mktemp("artifact"), synthetic.ATTRIBUTES, synthetic.SIZE)
 
 
 # Lines a test wants in CI's output even when it passes (for example the SLURM job ids).

@@ -119,3 +119,36 @@ def write_params(path: Path, params: dict) -> Path:
 
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     return path
+
+
+ATTRIBUTES = ["hat", "bag", "skirt", "boots", "glasses"]  # a tiny artifact's attributes and input size
+SIZE = (64, 32)
+
+
+def images(folder: Path) -> list[Path]:
+    """The photos `make_artifact` wrote, nested ones included."""
+    return sorted(p for p in folder.rglob("*") if p.suffix in (".jpg", ".png"))
+
+
+def make_artifact(tmp: Path, attributes: list[str], size) -> tuple[Path, Path]:
+    """A tiny ALM exported as `lwpar export` does (its metadata: attributes, preprocessing) in
+    tmp/artifact, and a folder tmp/images of photos of other sizes, one of them nested."""
+    import torch
+
+    from lwpar.data.preprocess import describe
+    from lwpar.deploy.artifact import write_metadata
+    from lwpar.deploy.export import export_onnx
+    from lwpar.models import build_model
+
+    torch.manual_seed(0)
+    folder = tmp / "artifact"
+    folder.mkdir()
+    export_onnx(build_model("alm", "resnet18", len(attributes)).eval(), size, folder / "model.onnx")
+    write_metadata(folder / "model.onnx", {"attributes": attributes, "preprocessing": describe(size)})
+    images = tmp / "images"
+    (images / "nested").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i, (h, w) in enumerate([(160, 70), (90, 41), (300, 120), (64, 32), (57, 25)]):
+        pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(images / ("nested" if i == 4 else "") / f"p{i}.{'png' if i % 2 else 'jpg'}")
+    return folder, images

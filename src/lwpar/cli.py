@@ -1,8 +1,8 @@
-"""The one command-line interface: `lwpar <stage> ...`, one subcommand per pipeline stage (and
-`lwpar dvc`, which writes dvc.yaml).
+"""The one command-line interface: `lwpar <command> ...`, one subcommand per pipeline stage and per tool.
 
-Each stage module exposes `add_arguments(parser)` and `run(args, params)`. Snakemake rules and
-DVC stages only call these subcommands; every input, output and parameter comes in as an argument.
+Each subcommand is a module of `lwpar.stages` (its docstring, its `FLAGS`, its `run(args, params)`).
+Snakemake rules and DVC stages only call these subcommands; every input, output and parameter comes
+in as an argument.
 """
 
 from __future__ import annotations
@@ -13,50 +13,44 @@ import os
 import sys
 from pathlib import Path
 
-from lwpar import LwparError, __version__
+from lwpar import __version__
+from lwpar.core.errors import LwparError
 
-# subcommand -> (module, one-line help)
-STAGES = {
-    "data": ("lwpar.stages.data", "download and prepare a dataset into the canonical form"),
-    "train": ("lwpar.stages.train", "train a baseline model on a prepared dataset"),
-    "evaluate": ("lwpar.stages.evaluate", "score a PyTorch checkpoint or an ONNX model on a split"),
-    "sensitivity": ("lwpar.stages.sensitivity", "measure per-layer rank sensitivity on validation (LWALM search, greedy)"),
-    "latency": ("lwpar.stages.latency", "time a model's factorizable layers and their replacements on a target (latency policy)"),
-    "decompose": ("lwpar.stages.decompose", "factorize a trained model's layers (CP, CPD-EPC, Tucker-2, SVD)"),
-    "prune": ("lwpar.stages.prune", "prune a trained model (torch-pruning channels, or unstructured zeros)"),
-    "finetune": ("lwpar.stages.finetune", "fine-tune a compressed model (BN recalibration, distillation)"),
-    "export": ("lwpar.stages.export", "export a model to ONNX and check parity on real images"),
-    "quantize": ("lwpar.stages.quantize", "INT8 quantization of an ONNX model with ONNX Runtime"),
-    "card": ("lwpar.stages.card", "write an artifact's model card (card.json, card.md) from the pipeline's records"),
-    "report": ("lwpar.stages.report", "comparison tables and plots from every variant's results"),
-    "profile": ("lwpar.stages.profile", "measure latency, memory, size and MACs of ONNX artifacts on a target"),
-}
-# commands that are not stages of the pipeline
-TOOLS = {
-    "config": ("lwpar.config", "print the merged, validated configuration of a params file (or --reference: every key)"),
-    "dvc": ("lwpar.pipeline", "write (or --check) dvc.yaml from the pipeline definition"),
-    "slurm-profile": ("lwpar.stages.slurm_profile", "write (or --check) the SLURM profile from the pipeline definition"),
-    "predict": ("lwpar.stages.predict", "attribute probabilities for images from an exported artifact (ONNX Runtime only)"),
-    "bundle": ("lwpar.stages.bundle", "copy one artifact with its thresholds and model card to a folder for a device"),
-}
+# The subcommands, in the order `lwpar --help` lists them: the pipeline's stages, then the tools.
+COMMANDS = ("data", "train", "sensitivity", "latency", "decompose", "prune", "finetune", "export", "quantize",
+            "evaluate", "profile", "card", "report", "config", "dvc", "slurm-profile", "predict", "bundle")
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The docstring as written, and each flag's default."""
+
+
+def module_of(command: str):
+    return importlib.import_module(f"lwpar.stages.{command.replace('-', '_')}")
 
 
 def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
-    """The parser; only the `chosen` stage's module is imported (its arguments, its --help), so
-    `lwpar --help` and each stage start without loading the other stages' libraries."""
-    parser = argparse.ArgumentParser(
-        prog="lwpar", description="Lightweight pedestrian attribute recognition pipeline stages.")
+    """The parser. Only the chosen subcommand's module is imported (its flags, its --help), so that each
+    command runs only its own code; without one (`lwpar --help`) every module's one-line help is read."""
+    from lwpar.stages import summary
+
+    parser = argparse.ArgumentParser(prog="lwpar", description="Lightweight pedestrian attribute recognition "
+                                     "pipeline: one subcommand per stage, and the tools around it.")
     parser.add_argument("--version", action="version", version=f"lwpar {__version__}")
-    sub = parser.add_subparsers(dest="stage", metavar="<stage>", required=True)
-    for name, (module_name, help_text) in {**STAGES, **TOOLS}.items():
-        module = importlib.import_module(module_name) if name == chosen else None
-        stage = sub.add_parser(name, help=help_text, description=module.__doc__ if module else help_text,
-                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-        if module is not None:
+    sub = parser.add_subparsers(dest="stage", metavar="<command>", required=True)
+    listing = chosen is None or chosen not in COMMANDS
+    for name in COMMANDS:
+        module = module_of(name) if name == chosen or listing else None
+        command = sub.add_parser(name, help=summary(module) if module else None,
+                                 description=module.__doc__ if module else None,
+                                 formatter_class=_Formatter)
+        if module is not None and name == chosen:
             if getattr(module, "NEEDS_PARAMS", True):
-                stage.add_argument("--params", default="params.yaml", help="the params file (validated against the schema)")
-            module.add_arguments(stage)
-            stage.set_defaults(_run=module.run)
+                command.add_argument("--params", default="params.yaml",
+                                     help="the params file (validated against the schema)")
+            for flag in module.FLAGS:
+                flag.add_to(command)
+            command.set_defaults(_run=module.run)
     return parser
 
 
@@ -68,9 +62,9 @@ def check_dvc_yaml(params_file: str, params: dict) -> None:
     if not os.environ.get("DVC_STAGE") or not root or not (Path(root) / "dvc.yaml").exists():
         return
     # Imported by name: the check decides whether a job runs, never what it computes, so the pipeline
-    # definition is not a code input of every job (see pipeline.package_imports).
-    render_dvc_yaml = importlib.import_module("lwpar.pipeline").render_dvc_yaml
-    if (Path(root) / "dvc.yaml").read_text() != render_dvc_yaml(params, params_file):
+    # definition is not a code input of every job (see pipeline.code.package_imports).
+    render = importlib.import_module("lwpar.pipeline.dvc").render
+    if (Path(root) / "dvc.yaml").read_text() != render(params, params_file):
         raise LwparError(f"dvc.yaml is stale for {params_file}: run `lwpar dvc --params {params_file}`, then `dvc repro`")
 
 
@@ -82,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(chosen).parse_args(argv)
     try:
         params = load_params(args.params) if hasattr(args, "params") else None
-        if args.stage in STAGES:
+        if params is not None:
             check_dvc_yaml(args.params, params)
         args._run(args, params)
     except LwparError as exc:

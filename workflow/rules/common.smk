@@ -1,15 +1,17 @@
 import json
 import sys
 
-from lwpar import LwparError, pipeline
+from lwpar import pipeline
 from lwpar.config import ParamsError, load_params
+from lwpar.core.errors import LwparError
+from lwpar.pipeline.plannable import check_plannable
 
 # The params file: params.yaml, or the one named by `--config params=FILE`. It is validated
 # against workflow/schemas/params.schema.yaml (the package's schema) before any job is planned.
 PARAMS_FILE = str(config.get("params", "params.yaml"))
 try:
     P = load_params(PARAMS_FILE)
-    pipeline.check_plannable(P)
+    check_plannable(P)
 except LwparError as exc:
     sys.exit(f"lwpar: {PARAMS_FILE}: {exc}" if not isinstance(exc, ParamsError) else f"lwpar: {exc}")
 config.clear()

@@ -1,4 +1,4 @@
-# One rule per stage of the pipeline (src/lwpar/pipeline.py: `stages`), in its order. Everything a
+# One rule per stage of the pipeline (src/lwpar/pipeline/table.py: `stages`), in its order. Everything a
 # rule says comes from the stage's entry: adding a stage adds its rule.
 for _stage in STAGES.values():
 

@@ -7,7 +7,8 @@ import stat
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from lwpar import LwparError
+from lwpar.core.errors import LwparError
+from lwpar.core.progress import Progress
 
 
 def _check_member(archive: Path, name: str) -> PurePosixPath:
@@ -54,18 +55,20 @@ def extract_zip(archive: Path, target: Path, members: set[str] | None = None) ->
     """
     extracted = []
     with _open(archive) as zf:
-        for info in _checked_infos(archive, zf):
-            relative = _check_member(archive, info.filename)
-            if info.is_dir() or (members is not None and relative.as_posix() not in members):
-                continue
-            out = target.joinpath(*relative.parts)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                with zf.open(info) as src, open(out, "wb") as dst:
-                    shutil.copyfileobj(src, dst, 1 << 20)
-            except (zipfile.BadZipFile, EOFError, OSError) as exc:
-                if isinstance(exc, OSError) and not isinstance(exc, EOFError) and exc.errno is not None:
-                    raise LwparError(f"{out}: cannot write ({exc.strerror})") from None
-                raise LwparError(f"{archive}: truncated or corrupt archive at member {info.filename!r} ({exc})") from None
-            extracted.append(relative.as_posix())
+        infos = [info for info in _checked_infos(archive, zf) if not info.is_dir() and (
+            members is None or _check_member(archive, info.filename).as_posix() in members)]
+        with Progress(len(infos), f"extracting {archive.name}", unit="file") as progress:
+            for info in infos:
+                relative = _check_member(archive, info.filename)
+                out = target.joinpath(*relative.parts)
+                out.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    with zf.open(info) as src, open(out, "wb") as dst:
+                        shutil.copyfileobj(src, dst, 1 << 20)
+                except (zipfile.BadZipFile, EOFError, OSError) as exc:
+                    if isinstance(exc, OSError) and not isinstance(exc, EOFError) and exc.errno is not None:
+                        raise LwparError(f"{out}: cannot write ({exc.strerror})") from None
+                    raise LwparError(f"{archive}: truncated or corrupt archive at member {info.filename!r} ({exc})") from None
+                extracted.append(relative.as_posix())
+                progress.update()
     return extracted

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from lwpar import LwparError
-from lwpar.io import sha256_file
+from lwpar.core.errors import LwparError
+from lwpar.core.io import sha256_file
 
 CHUNK = 1 << 20
 

@@ -9,10 +9,10 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from lwpar import LwparError
-from lwpar import preprocess
-from lwpar.io import read_json, sha256_file
-from lwpar.preprocess import IMAGENET_MEAN, IMAGENET_STD  # noqa: F401 (the packaged backbones' input maps read them)
+from lwpar.core.errors import LwparError
+from lwpar.data import preprocess
+from lwpar.core.io import read_json, sha256_file
+from lwpar.data.preprocess import IMAGENET_MEAN, IMAGENET_STD  # noqa: F401 (the packaged backbones' input maps read them)
 
 
 class Prepared:

@@ -11,7 +11,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from lwpar import LwparError
+from lwpar.core.errors import LwparError
 from lwpar.data import peta
 
 

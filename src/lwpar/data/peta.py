@@ -12,7 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-from lwpar import LwparError
+from lwpar.core.errors import LwparError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 LABEL_FILE = "Label.txt"

@@ -23,10 +23,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lwpar import LwparError
+from lwpar.core.errors import LwparError
+from lwpar.core.progress import Progress
 from lwpar.config import mirror_dir
 from lwpar.data import archive, download, parsers, peta
-from lwpar.io import atomic_dir, sha256_file, write_csv, write_json
+from lwpar.core.io import atomic_dir, sha256_file, write_csv, write_json
 
 SPLITS = ("train", "val", "test")
 IMAGES = "images"
@@ -215,7 +216,12 @@ def check_images(root: Path, relative: np.ndarray, workers: int | None = None) -
     else:
         pool = ProcessPoolExecutor(workers)
         results = pool.map(_decode, paths, chunksize=256)
-    bad = [(rel, why) for rel, why in zip(relative, results) if why]
+    with Progress(len(paths), "checking images", unit="image") as progress:
+        reasons = []
+        for why in results:
+            reasons.append(why)
+            progress.update()
+    bad = [(rel, why) for rel, why in zip(relative, reasons) if why]
     if len(paths) >= 200 and workers >= 2:
         pool.shutdown()
     return bad

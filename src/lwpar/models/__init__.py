@@ -6,7 +6,7 @@ from pathlib import Path
 
 from torch import nn
 
-from lwpar import LwparError
+from lwpar.core.errors import LwparError
 from lwpar.models.alm import ALM, LocalizationLevel, StrongBaseline
 from lwpar.models.backbones import BACKBONES, build_backbone
 

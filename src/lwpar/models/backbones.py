@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lwpar import LwparError
+from lwpar.core.errors import LwparError
 from lwpar.models import weights as W
 
 BACKBONES = {}

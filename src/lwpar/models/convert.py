@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lwpar import LwparError
+from lwpar.core.errors import LwparError
 
 # caffe.proto field numbers: NetParameter.layer, LayerParameter.{name, type, blobs},
 # BlobProto.{data, shape, num, channels, height, width}, BlobShape.dim

@@ -16,8 +16,8 @@ from typing import Callable
 
 import torch
 
-from lwpar import LwparError
-from lwpar.io import atomic_path, sha256_file
+from lwpar.core.errors import LwparError
+from lwpar.core.io import atomic_path, sha256_file
 
 
 # Part of every converted file's name: bump it when a converter's output changes, so that files

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from lwpar import LwparError
-from lwpar.io import sha256_file
+from lwpar.core.errors import LwparError
+from lwpar.core.io import sha256_file
 
 URLS = {
     "bn_inception": "http://data.lip6.fr/cadene/pretrainedmodels/bn_inception-52deb4733.pth",

@@ -1,4 +1,4 @@
-"""Download (or take from the mirror), extract safely, parse, check and split one dataset.
+"""Download (or take from the mirror), extract, parse, check and split one dataset.
 
 Output folder: samples.csv (image, person, split, label columns), dataset.json (attributes,
 positive rates, split sizes, overlap check, checksums, skipped files) and images/; with --manifest,
@@ -9,14 +9,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lwpar.stages import flag
 
-def add_arguments(parser) -> None:
-    parser.add_argument("--dataset", required=True, help="dataset name in params datasets")
-    parser.add_argument("--out", required=True, type=Path, help="prepared dataset folder to write")
-    parser.add_argument("--manifest", type=Path, default=None,
-                        help="fingerprint of the prepared folder to write beside it (what pipeline stages read)")
-    parser.add_argument("--download-dir", type=Path, default=None,
-                        help="where downloads go (default: <paths.data>/downloads)")
+FLAGS = [
+    flag("--dataset", "dataset name in params datasets", "wildcard:dataset", required=True),
+    flag("--out", "prepared dataset folder to write", "output:prepared", type=Path, required=True),
+    flag("--manifest", "fingerprint of the prepared folder to write beside it (what pipeline stages read)",
+         "output:manifest", type=Path),
+    flag("--download-dir", "where downloads go (default: <paths.data>/downloads)", "option", type=Path),
+]
 
 
 def run(args, params) -> None:

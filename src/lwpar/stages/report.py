@@ -1,47 +1,41 @@
-"""Build the comparison from every variant's evaluation and profile results: comparison.csv and
-comparison.md (one row per dataset, model, variant, target, batch and threads), per-attribute mA
-deltas against the baseline, plots (mA against measured latency with the Pareto front, and mA
-against MACs) as PNG and SVG, each compressed variant's validation mA before and after fine-tuning
-(compression.csv) and every decomposed layer's row (decomposition_layers.csv).
+"""Comparison tables and plots from every evaluation and profile.
+
+comparison.csv and comparison.md (one row per dataset, model, artifact, target, batch and threads),
+per-attribute mA deltas against the baseline, plots (mA against measured latency with the Pareto
+front, and mA against MACs) as PNG and SVG, each compressed variant's validation mA before and after
+fine-tuning (compression.csv) and every decomposed layer's row (decomposition_layers.csv). Every file
+it reads is an argument, named <dataset>/<model>/<artifact, variant or target>.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from lwpar.stages import flag
 
-def add_arguments(parser) -> None:
-    parser.add_argument("--results", required=True, type=Path, help="results tree (<dataset>/<model>/...)")
-    parser.add_argument("--out-dir", required=True, type=Path, help="where comparison.* and plots/ go")
+_PAIRS = dict(nargs="*", default=[], metavar="D/M/NAME=PATH")
+FLAGS = [
+    flag("--profiles", "profile JSON of each dataset, model and target", "pairs:profiles", **_PAIRS),
+    flag("--metrics", "each scored artifact's eval/metrics.json", "pairs:metrics", **_PAIRS),
+    flag("--per-attribute", "each scored artifact's eval/per_attribute.csv", "pairs:per_attribute", **_PAIRS),
+    flag("--layers", "each decomposition variant's layers.csv", "pairs:layers", **_PAIRS),
+    flag("--prune", "each pruning variant's prune.json", "pairs:prune", **_PAIRS),
+    flag("--finetune", "each variant's finetune.json", "pairs:finetune", **_PAIRS),
+    flag("--out-dir", "where comparison.* and plots/ go", "folder:csv", type=Path, required=True),
+]
 
 
 def run(args, params) -> None:
     import platform
-    import tempfile
     from datetime import datetime, timezone
 
-    from lwpar import LwparError
-    from lwpar.io import atomic_path, write_csv, write_text
-    from lwpar.report import (collect, compression, decomposition_layers, decomposition_summary, latency_plans,
-                              latency_split, breaking_points, markdown, plots, profile_machines, pruning_plans,
-                              reliability)
+    from lwpar.report.build import write_report
+    from lwpar.report.inputs import Inputs
+    from lwpar.stages import named_paths
 
-    table, attributes = collect(args.results, params)
-    if table.empty:
-        raise LwparError(f"{args.results}: no profile results found (run the profile stage first)")
+    inputs = Inputs.from_pairs(**{kind: named_paths(getattr(args, kind), kind.replace("_", "-"))
+                                  for kind in ("profiles", "metrics", "per_attribute", "layers", "prune", "finetune")})
     stamp = (f"Produced by `lwpar report` on {platform.node() or 'unknown host'} ({platform.machine()}), "
              f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.")
-    compressed, layers = compression(args.results, params), decomposition_layers(args.results)
-    write_csv(args.out_dir / "comparison.csv", table)
-    write_csv(args.out_dir / "compression.csv", compressed)
-    write_csv(args.out_dir / "decomposition_layers.csv", layers)
-    write_text(args.out_dir / "comparison.md", markdown(table, stamp, latency_split(args.results), compressed,
-                                                        decomposition_summary(layers), breaking_points(table, params),
-                                                        latency_plans(table, layers, params, profile_machines(args.results),
-                                                                      pruning_plans(args.results))))
-    write_csv(args.out_dir / "per_attribute_delta.csv", attributes)
-    with tempfile.TemporaryDirectory(dir=args.out_dir) as tmp:
-        for path in plots(table, Path(tmp), reliability(args.results)):
-            with atomic_path(args.out_dir / "plots" / path.name) as target:
-                path.replace(target)
-    print(f"{args.out_dir / 'comparison.md'}: {len(table)} rows")
+    rows = write_report(inputs, params, args.out_dir, stamp)
+    print(f"{args.out_dir / 'comparison.md'}: {rows} rows")

@@ -1,25 +1,23 @@
-"""Write (or check) the SLURM profile, profiles/slurm/config.yaml: its per-rule threads and CPUs
-come from the pipeline's stage entries (`lwpar.pipeline.stages`), as the rules' memory and time do.
+"""Write (or --check) the SLURM profile from the pipeline definition.
+
+profiles/slurm/config.yaml: its per-rule threads and CPUs come from the stage table
+(`lwpar.pipeline.table`), as the rules' memory and time do.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from lwpar.stages import flag
 
-def add_arguments(parser) -> None:
-    parser.add_argument("--out", type=Path, default=Path("profiles/slurm/config.yaml"), help="file to write")
-    parser.add_argument("--check", action="store_true", help="fail if the file differs from what it would be")
+FLAGS = [
+    flag("--out", "file to write", type=Path, default=Path("profiles/slurm/config.yaml")),
+    flag("--check", "fail if the file differs from what it would be", action="store_true"),
+]
 
 
 def run(args, params) -> None:
-    from lwpar import LwparError
-    from lwpar.io import write_text
-    from lwpar.pipeline import slurm_profile
+    from lwpar.pipeline.slurm import slurm_profile
+    from lwpar.stages import write_or_check
 
-    text = slurm_profile(params)
-    if args.check:
-        if (args.out.read_text() if args.out.exists() else "") != text:
-            raise LwparError(f"{args.out} is stale: run `lwpar slurm-profile --out {args.out}`")
-        return
-    write_text(args.out, text)
+    write_or_check(args.out, slurm_profile(params), args.check, f"lwpar slurm-profile --out {args.out}")

@@ -1,0 +1,155 @@
+"""Model surgery: pick the layers, measure their shapes and sizes, factorize each layer, and rebuild a
+saved decomposed architecture without decomposing again. Ranks are chosen by `compress.ranks`."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from lwpar.compress.decompose import layers as L
+from lwpar.compress.decompose import methods as M
+
+
+def _kernel_shape(layer: nn.Module) -> dict:
+    if isinstance(layer, nn.Linear):
+        return {"in": layer.in_features, "out": layer.out_features, "kh": 1, "kw": 1}
+    kh, kw = layer.kernel_size
+    return {"in": layer.in_channels, "out": layer.out_channels, "kh": kh, "kw": kw}
+
+
+HEAD_PARTS = (".att_list.", ".stn_list.", ".fc_list.")
+
+
+def select_layers(model: nn.Module, kinds: list[str], include_first: bool = False,
+                  include_heads: bool | str = False, min_channels: int = 8, factorized: tuple[str, ...] = ()) -> list[str]:
+    """Names of the layers to factorize: of the given kinds ('kxk', 'pointwise', 'linear'); the ALM
+    attribute heads' layers with include_heads true, only them with 'only', none with false; never
+    the first conv unless asked (a 3-channel input leaves CP and Tucker-2 nothing to cut on the input
+    side; SVD of its C_out x (3 k k) unfolding can), and never a piece of a layer that an earlier step
+    factorized (`factorized`: those layers' names). Layers narrower than `min_channels` on either side
+    of that unfolding are left alone."""
+    names, first_seen = [], False
+    for name, module in model.named_modules():
+        kind = L.eligible(module)
+        if kind is None:
+            continue
+        is_first = isinstance(module, nn.Conv2d) and not first_seen
+        first_seen = first_seen or isinstance(module, nn.Conv2d)
+        if is_first and not include_first:
+            continue
+        in_head = any(part in name for part in HEAD_PARTS)
+        if (in_head and include_heads is False) or (not in_head and include_heads == "only"):
+            continue
+        if any(name.startswith(f"{done}.") for done in factorized):
+            continue
+        shape = _kernel_shape(module)
+        if kind in kinds and min(shape["in"] * shape["kh"] * shape["kw"], shape["out"]) >= min_channels:
+            names.append(name)
+    return names
+
+
+def factorized_layers(structure: list[dict]) -> tuple[str, ...]:
+    """Names of the layers that earlier decomposition steps of a model file replaced."""
+    return tuple(entry["layer"] for step in structure if step["op"] == "decompose" for entry in step["plan"])
+
+
+def method_for(kind: str, methods: dict) -> str:
+    return methods["kxk"] if kind == "kxk" else methods["pointwise"]
+
+
+def layer_io_sizes(model: nn.Module, names: list[str], input_size) -> dict[str, tuple]:
+    """(input HxW, output HxW) of each named layer at `input_size`, from one forward pass."""
+    sizes, hooks = {}, []
+    modules = dict(model.named_modules())
+    for name in names:
+        def hook(module, inputs, output, name=name):
+            if output.dim() == 4:
+                sizes[name] = (tuple(inputs[0].shape[-2:]), tuple(output.shape[-2:]))
+            else:
+                sizes[name] = ((1, 1), (1, 1))
+        hooks.append(modules[name].register_forward_hook(hook))
+    was_training = model.training
+    model.eval()
+    levels = []
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, *input_size))
+            if set(names) - set(sizes):
+                # The fused ALM head reads its attention weights without calling the modules, so the
+                # hooks missed them: their sizes come from a pass through the published (slow) computation.
+                levels = [m for m in model.modules() if getattr(m, "head", None) == "fused"]
+                for level in levels:
+                    level.head = "reference"
+                model(torch.zeros(1, 3, *input_size))
+    finally:
+        model.train(was_training)
+        for level in levels:
+            level.head = "fused"
+        for h in hooks:
+            h.remove()
+    return sizes
+
+
+def factorized_macs(method: str, shape: dict, rank: int, io: tuple) -> int:
+    """MACs of the factorized layer, by the method's formula."""
+    return M.method(method).macs(shape, rank, io)
+
+
+def original_macs(shape: dict, io: tuple) -> int:
+    (_, _), (ho, wo) = io
+    return ho * wo * shape["in"] * shape["out"] * shape["kh"] * shape["kw"]
+
+
+def layer_info(model: nn.Module, names: list[str], methods: dict, input_size, io: dict | None = None) -> list[dict]:
+    """Per selected layer: name, kind, method, kernel shape and I/O sizes (what every rank policy needs;
+    `io`: the sizes from `layer_io_sizes`, if already measured)."""
+    modules = dict(model.named_modules())
+    io = io or layer_io_sizes(model, names, input_size)
+    info = []
+    for name in names:
+        kind = L.eligible(modules[name])
+        info.append({"layer": name, "kind": kind, "method": method_for(kind, methods),
+                     "shape": _kernel_shape(modules[name]), "io": io[name]})
+    return info
+
+
+def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def factorize_layer(layer: nn.Module, method: str, rank: int, seed: int = 0, epc: dict | None = None) -> tuple[nn.Module, dict]:
+    """Factorize one layer; returns the replacement and figures for the layer table."""
+    weight = layer.weight.detach().double().cpu().numpy()
+    started = time.time()
+    new, approx, stats = M.method(method).factorize(layer, weight, rank, seed, epc)
+    stats["relative_error"] = float(np.linalg.norm(weight - approx) / np.linalg.norm(weight))
+    stats["seconds"] = round(time.time() - started, 3)
+    return new.to(layer.weight.dtype), stats
+
+
+def empty_factorized(layer: nn.Module, method: str, rank: int) -> nn.Module:
+    """The replacement's structure with zero weights (to load a saved decomposed model into)."""
+    return M.method(method).empty(layer, _kernel_shape(layer), rank)
+
+
+def apply_plan(model: nn.Module, plan: list[dict], decompose: bool = True, seed: int = 0, epc: dict | None = None,
+               progress=None) -> list[dict]:
+    """Replace each planned layer; with decompose=False only the structure (for loading)."""
+    modules = dict(model.named_modules())
+    rows = []
+    for entry in plan:
+        layer = modules[entry["layer"]]
+        if decompose:
+            new, stats = factorize_layer(layer, entry["method"], entry["rank"], seed, epc)
+        else:
+            new, stats = empty_factorized(layer, entry["method"], entry["rank"]), {}
+        rows.append({**entry, **stats, "params_before": L.layer_params(layer), "params_after": L.layer_params(new)})
+        _replace(model, entry["layer"], new)
+        if progress:
+            progress(entry, stats)
+    return rows

@@ -1,0 +1,188 @@
+"""What a variant's recipe means, as plain facts (no torch, no numpy): which decomposition methods read
+the `epc` block, which keys each rank policy and each pruning kind and budget read, which policies
+measure accuracy or time, what a recipe is called in the tables, and which variant is a recipe's
+matched control.
+
+The configuration drops and refuses keys by these facts, the pipeline plans its measurement jobs by
+them and the report labels its rows by them; the method and policy registries
+(`compress.decompose.methods`, `compress.ranks`) are checked against them by the tests, so the
+facts and the code that acts on them cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Decomposition methods, per layer kind (the schema's enums are checked against these).
+KXK_METHODS = ("cp", "cp4", "tucker2", "spatial_svd", "svd")
+POINTWISE_METHODS = ("svd",)
+# Methods that read the `epc` block: `cp` runs CP-ALS capped at `epc.als_iter`, then EPC if enabled;
+# `cp4` runs tensorly's parafac on the 4-way kernel (100 iterations) and reads none of it.
+EPC_METHODS = ("cp",)
+
+
+@dataclass(frozen=True)
+class RankPolicy:
+    reads: tuple[str, ...] = ()          # the optional `rank` keys it reads (below: OPTIONAL_RANK_KEYS)
+    search_reads: tuple[str, ...] = ()   # the optional `rank.search` keys it reads
+    measured: bool = False               # scores layers on validation: needs the sensitivity stage
+    timed: bool = False                  # allocates by measured latency: needs a latency table
+
+
+RANK_POLICIES = {
+    "ratio": RankPolicy(reads=("fraction",)),
+    "energy": RankPolicy(reads=("energy",)),
+    "evbmf": RankPolicy(),
+    "budget": RankPolicy(reads=("macs_fraction",)),
+    "search": RankPolicy(reads=("search",), search_reads=("eps",), measured=True),
+    "greedy": RankPolicy(reads=("macs_fraction", "search"), search_reads=("fractions",), measured=True),
+    "latency": RankPolicy(reads=("speedup", "target", "search"), search_reads=("fractions",), measured=True,
+                          timed=True),
+}
+# `rank` and `rank.search` keys that only some policies read; every policy reads the others.
+OPTIONAL_RANK_KEYS = ("fraction", "energy", "macs_fraction", "search", "speedup", "target")
+OPTIONAL_SEARCH_KEYS = ("eps", "fractions")
+MEASURED_POLICIES = tuple(name for name, policy in RANK_POLICIES.items() if policy.measured)
+# Policies whose per-layer scores at `search.fractions` a latency plan can share (`sensitivity_from`).
+CURVE_POLICIES = tuple(name for name, policy in RANK_POLICIES.items() if "fractions" in policy.search_reads)
+
+# Pruning: the keys each kind and each structured budget read (every other key is always read).
+PRUNE_KINDS = {"structured": ("importance", "global_pruning", "round_to", "iterative_steps", "budget",
+                              "macs_fraction", "speedup", "target"),
+               "unstructured": ("amount",)}
+PRUNE_BUDGETS = {"macs": ("macs_fraction",), "latency": ("speedup", "target")}
+TIMED_PRUNE_BUDGETS = ("latency",)
+
+
+def _readers(table: dict, key: str) -> tuple[str, ...]:
+    return tuple(name for name, keys in table.items() if key in keys)
+
+
+def rank_key_readers(key: str) -> tuple[str, ...]:
+    """The rank policies that read an optional `rank` key."""
+    return tuple(name for name, policy in RANK_POLICIES.items() if key in policy.reads)
+
+
+def search_key_readers(key: str) -> tuple[str, ...]:
+    return tuple(name for name, policy in RANK_POLICIES.items() if key in policy.search_reads)
+
+
+def reads(recipe: dict, block: str, key: str) -> bool:
+    """Whether a variant's compression step reads `key` of `block` (decompose, rank, search, prune);
+    `recipe`: the variant's complete recipe (defaults filled)."""
+    if block == "decompose":
+        decompose = recipe["decompose"]
+        return key != "epc" or ("kxk" in decompose["kinds"] and decompose["methods"]["kxk"] in EPC_METHODS)
+    if block in ("rank", "search"):
+        policy = RANK_POLICIES[recipe["decompose"]["rank"]["policy"]]
+        optional, read = (OPTIONAL_RANK_KEYS, policy.reads) if block == "rank" else (OPTIONAL_SEARCH_KEYS,
+                                                                                    policy.search_reads)
+        return key not in optional or key in read
+    prune = recipe["prune"]
+    by_kind = key not in _all(PRUNE_KINDS) or key in PRUNE_KINDS[prune["kind"]]
+    by_budget = key not in _all(PRUNE_BUDGETS) or key in PRUNE_BUDGETS.get(prune.get("budget"), ())
+    return by_kind and by_budget
+
+
+def _all(table: dict) -> set[str]:
+    return {key for keys in table.values() for key in keys}
+
+
+def prune_key_readers(key: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(the pruning kinds, the structured budgets) that read a `prune` key."""
+    return _readers(PRUNE_KINDS, key), _readers(PRUNE_BUDGETS, key)
+
+
+def is_measured(recipe: dict) -> bool:
+    """A decomposition whose ranks come from measured per-layer accuracy (the sensitivity stage)."""
+    rank = recipe.get("decompose", {}).get("rank", {})
+    return rank.get("policy") in MEASURED_POLICIES
+
+
+def timing_step(recipe: dict) -> dict | None:
+    """The recipe's block that is planned by measured latency on a target (its `target` key), if any."""
+    rank = recipe.get("decompose", {}).get("rank", {})
+    if rank.get("policy") in RANK_POLICIES and RANK_POLICIES[rank["policy"]].timed:
+        return rank
+    prune = recipe.get("prune", {})
+    return prune if prune.get("budget") in TIMED_PRUNE_BUDGETS else None
+
+
+# Controls and schedules
+
+def is_control(recipe: dict) -> bool:
+    """A variant with no compression step: its fine-tuning applied to the uncompressed start model."""
+    return "decompose" not in recipe and "prune" not in recipe
+
+
+# finetune keys that change what is scored, not how the model is trained
+SCORING_ONLY = {"score_before_recalibration"}
+
+
+def schedule(params: dict, variant: str) -> list[dict]:
+    """The fine-tuning recipes a variant's model went through, first stage first (its `base` chain),
+    without the keys that only add a score."""
+    chain = []
+    while variant is not None:
+        chain.append({k: v for k, v in params["variants"][variant]["finetune"].items() if k not in SCORING_ONLY})
+        variant = params["variants"][variant]["base"]
+    return chain[::-1]
+
+
+def matched_control(params: dict, variant: str) -> str | None:
+    """The experiment's control whose schedule is exactly the variant's, so that a delta against it
+    measures the compression and not the extra training; None for a control or the baseline."""
+    name = variant.removesuffix("+int8")
+    if name == "baseline" or is_control(params["variants"][name]):
+        return None
+    wanted = schedule(params, name)
+    return next((c for c in params["experiment"]["variants"]
+                 if is_control(params["variants"][c]) and schedule(params, c) == wanted), None)
+
+
+# Labels
+
+def label(params: dict, name: str, recipe: dict) -> str:
+    """What a recipe does, without its budget: the name that groups one method's budgets in the tables
+    and plots ("cp-epc+svd (greedy, ALS 50)", "prune structured l2", "control")."""
+    if "prune" in recipe:
+        prune = recipe["prune"]
+        budget = " (latency)" if prune.get("budget") in TIMED_PRUNE_BUDGETS else ""  # the method planned another way
+        return f"prune {prune['kind']} {prune.get('importance', 'l1')}{budget}"  # unstructured: L1
+    if "decompose" not in recipe:
+        return "control"
+    d = recipe["decompose"]
+    kxk_method = d["methods"]["kxk"]
+    takes_epc = "kxk" in d["kinds"] and kxk_method in EPC_METHODS
+    epc = d.get("epc", {}) if takes_epc else {}
+    kxk = f"{kxk_method}{'-epc' if epc.get('enabled') else ''}"
+    parts = [kxk if "kxk" in d["kinds"] else None, d["methods"]["pointwise"] if {"pointwise", "linear"} & set(d["kinds"]) else None]
+    stages = len(schedule(params, name))
+    chain = f", {stages} stages" if stages > 1 else ""
+    # CP's outcome depends on how long ALS ran (the dense sweep), so its cap is part of the method
+    als = f", ALS {epc['als_iter']}" if epc.get("als_iter") else ""
+    return f"{'+'.join(p for p in parts if p)} ({d['rank']['policy']}{als}{chain})"
+
+
+def method_label(params: dict | None, variant: str) -> str:
+    """A variant's `label` (an INT8 variant is its source's with +int8; the baseline is itself)."""
+    name = variant.removesuffix("+int8")
+    suffix = "+int8" if variant.endswith("+int8") else ""
+    recipe = params["variants"].get(name) if params else None
+    if name == "baseline" or recipe is None:
+        return name + suffix
+    return label(params, name, recipe) + suffix
+
+
+def mac_planned_label(params: dict, variant: str) -> str | None:
+    """The label of a latency-planned variant's MAC-planned counterpart: the same pruning with a MAC
+    budget, or the same decomposition with the `greedy` rank policy (the same sensitivity measurement,
+    spent by MACs instead of measured milliseconds). None for other variants."""
+    name = variant.removesuffix("+int8")
+    recipe = params["variants"].get(name, {})
+    if recipe.get("prune", {}).get("budget") in TIMED_PRUNE_BUDGETS:
+        return label(params, name, {**recipe, "prune": {**recipe["prune"], "budget": "macs"}})
+    rank = recipe.get("decompose", {}).get("rank", {})
+    if rank.get("policy") in RANK_POLICIES and RANK_POLICIES[rank["policy"]].timed:
+        return label(params, name, {**recipe, "decompose": {**recipe["decompose"], "rank": {**rank, "policy": "greedy"}}})
+    return None

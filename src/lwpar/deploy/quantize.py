@@ -1,0 +1,153 @@
+"""INT8 quantization of an exported ONNX model with ONNX Runtime: static (QDQ, calibrated on a fixed,
+seeded subset of the training split) or dynamic (weights only, no calibration). `op_types` limits
+quantization to the listed ONNX ops (null: every op ONNX Runtime can quantize); of those, ops that
+only move or combine tensors are quantized only where an INT8 tensor reaches them (`float_islands`)."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from lwpar.core.errors import LwparError
+from lwpar.core.io import atomic_path
+from lwpar.core.progress import Progress
+
+METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+# uint8 activations with int8 weights (U8S8) is the form ONNX Runtime's x86 kernels fuse into
+# QLinearConv; with int8 activations some convs stay as DequantizeLinear + FP32 Conv at run time.
+ACTIVATIONS = {"uint8": "QUInt8", "int8": "QInt8"}
+
+
+class ImageCalibration:
+    """onnxruntime CalibrationDataReader over preprocessed image batches, counted in the log."""
+
+    def __init__(self, input_name: str, batches, total: int | None = None):
+        self.input_name, self.batches = input_name, iter(batches)
+        self.progress = Progress(total, "calibrating", unit="batch", items="images")
+
+    def get_next(self):
+        batch = next(self.batches, None)
+        if batch is None:
+            self.progress.close()
+            return None
+        self.progress.update(items=len(batch))
+        return {self.input_name: batch}
+
+
+CALIBRATION_BATCH = 16  # images per calibration batch
+
+
+def calibration_batches(paths, transform, count: int, seed: int, batch_size: int = CALIBRATION_BATCH):
+    order = np.random.default_rng(seed).permutation(len(paths))[:count]
+    from lwpar.data.loader import ImageTable
+
+    table = ImageTable([paths[i] for i in sorted(order)], np.zeros((len(order), 1), np.float32), transform)
+    for start in range(0, len(table), batch_size):
+        yield np.stack([table[i][0].numpy() for i in range(start, min(start + batch_size, len(table)))])
+
+
+def pools_as_depthwise_convs(model) -> int:
+    """Rewrite, in place, every AveragePool that equals a depthwise convolution (padding counted in the
+    mean, no ceil_mode) as a Conv with constant 1/(kh*kw) weights; returns how many. Why: ONNX Runtime
+    runs a quantized AveragePool as QLinearAveragePool, several times slower than the FP32 pool, while a
+    depthwise QLinearConv is fast (measured on ALM-BN-Inception's seven 3x3 stride-1 pools)."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    shapes = {v.name: v.type.tensor_type.shape for v in [*model.graph.value_info, *model.graph.input]}
+    rewritten = 0
+    for index, node in enumerate(list(model.graph.node)):
+        if node.op_type != "AveragePool":
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        kernel = list(attrs["kernel_shape"])
+        pads = list(attrs.get("pads", [0] * 2 * len(kernel)))
+        shape = shapes.get(node.input[0])
+        channels = shape.dim[1].dim_value if shape is not None and len(shape.dim) == 4 else 0
+        if (len(kernel) != 2 or not channels or attrs.get("ceil_mode", 0) or attrs.get("auto_pad", b"NOTSET") != b"NOTSET"
+                or (any(pads) and not attrs.get("count_include_pad", 0))):
+            continue
+        weight = numpy_helper.from_array(np.full((channels, 1, *kernel), 1.0 / np.prod(kernel), np.float32),
+                                         f"{node.name or node.output[0]}_depthwise_mean")
+        model.graph.initializer.append(weight)
+        conv = helper.make_node("Conv", [node.input[0], weight.name], list(node.output), name=f"{node.name}_as_conv",
+                                group=channels, kernel_shape=kernel, pads=pads,
+                                strides=list(attrs.get("strides", [1, 1])))
+        model.graph.node.remove(node)
+        model.graph.node.insert(index, conv)
+        rewritten += 1
+    if rewritten:
+        onnx.checker.check_model(model)
+    return rewritten
+
+
+# Ops whose INT8 kernels save arithmetic: always quantized when listed. The other listed ops
+# (Add, Relu, Concat, ...) only move or combine tensors and are quantized where INT8 reaches them.
+COMPUTE_OPS = {"Conv", "ConvTranspose", "MatMul", "Gemm"}
+
+
+def float_islands(model, op_types: list[str]) -> list[str]:
+    """Names of listed non-compute nodes that no quantized tensor reaches: every input is float, so
+    quantizing one would only add a QuantizeLinear before it and a DequantizeLinear after it, both
+    run on every call, and round its result. In ALM these are the head's bias adds, `1 + sigmoid`
+    and the concatenation of its logits (on ALM-BN-Inception 17 QLinearAdds and their glue). Nodes
+    are visited in graph (topological) order, so a chain of such ops is excluded whole."""
+    listed = set(op_types)
+    quantized_tensors, excluded = set(), []
+    for node in model.graph.node:
+        if node.op_type not in listed:
+            continue
+        if node.op_type in COMPUTE_OPS or any(name in quantized_tensors for name in node.input):
+            quantized_tensors.update(node.output)
+        elif node.name:  # nodes_to_exclude matches by name (exported nodes all have one)
+            excluded.append(node.name)
+    return excluded
+
+
+def quantize_model(source: Path, target: Path, cfg: dict, batches=None) -> None:
+    import onnx.defs
+
+    unknown = [op for op in cfg["op_types"] or [] if not onnx.defs.has(op)]
+    if unknown:  # ONNX Runtime would silently quantize nothing of that name
+        raise LwparError(f"quantize.op_types: {', '.join(unknown)} is not an ONNX operator (e.g. Conv, MatMul, Add)")
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory() as tmp, atomic_path(target) as out:
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        if cfg["mode"] == "dynamic":
+            quantize_dynamic(str(prepared), str(out), per_channel=cfg["per_channel"], weight_type=QuantType.QInt8,
+                             reduce_range=cfg["reduce_range"], op_types_to_quantize=cfg["op_types"])
+            _carry_metadata(source, out, cfg)
+            return
+        import onnx
+
+        graph = onnx.load(str(prepared))
+        if pools_as_depthwise_convs(graph):
+            onnx.save(graph, str(prepared))
+        input_name = graph.graph.input[0].name
+        excluded = float_islands(graph, cfg["op_types"]) if cfg["op_types"] else []
+        reader = ImageCalibration(input_name, batches, -(-cfg["calibration_images"] // CALIBRATION_BATCH))
+        try:
+            quantize_static(str(prepared), str(out), reader, quant_format=QuantFormat.QDQ,
+                            op_types_to_quantize=cfg["op_types"], nodes_to_exclude=excluded,
+                            per_channel=cfg["per_channel"], reduce_range=cfg["reduce_range"], weight_type=QuantType.QInt8,
+                            activation_type=getattr(QuantType, ACTIVATIONS[cfg["activations"]]),
+                            calibrate_method=getattr(CalibrationMethod, METHODS[cfg["calibration"]]),
+                            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+        finally:
+            reader.progress.close(final_line=False)
+        _carry_metadata(source, out, cfg)
+
+
+def _carry_metadata(source: Path, target: Path, cfg: dict) -> None:
+    """An lwpar artifact's INT8 form says what it is too (ONNX Runtime's quantizer drops metadata)."""
+    from lwpar.deploy.artifact import KEY, copy_metadata
+
+    import onnx
+
+    if any(p.key == KEY for p in onnx.load(str(source), load_external_data=False).metadata_props):
+        copy_metadata(source, target, precision="int8", quantization={k: cfg[k] for k in ("mode", "calibration")})

@@ -1,0 +1,210 @@
+"""The stage table: one entry per stage, in pipeline order. The Snakefile makes one rule per entry
+(workflow/rules/stages.smk), `lwpar dvc` one DVC stage per job of the grid (`jobs.grid`), and
+`lwpar slurm-profile` the SLURM profile's per-rule settings. An entry holds what only the pipeline
+knows (output patterns, inputs, params keys, resources); the subcommand holds its flags and
+description (`lwpar.stages`)."""
+
+from __future__ import annotations
+
+from lwpar.compress.recipes import timing_step
+from lwpar.pipeline.experiment import profiled_names, sensitivity_source, variant_pattern
+from lwpar.pipeline.layout import (REFERENCE, finetune_start, prepared, profile_file, run_folder, source_model,
+                                   start_model)
+from lwpar.pipeline.stage import Stage
+
+BENCH_WORKER = "deploy/bench_worker.py"  # runs as a script in its own process (on the target), not imported
+TIMING_KEYS = ("batch_sizes", "threads", "warmup", "rounds", "iters_per_round")
+
+
+def timing_keys(target: str | None) -> list[str]:
+    """The params a measurement on `target` depends on (the profile, a latency table, a latency-budget pruning)."""
+    return [*(f"profile.{k}" for k in TIMING_KEYS), f"profile.targets.{target}"] if target else []
+
+
+def _decompose_inputs(params: dict, w: dict) -> dict[str, str]:
+    inputs = {"model": start_model(params, w)}
+    source = sensitivity_source(params, w["variant"])
+    if source:
+        inputs["sensitivity"] = f"{run_folder(params, w, source)}/sensitivity.json"
+    timed = timing_step(params["variants"][w["variant"]])
+    if timed is not None:  # timed with the sensitivity source's candidate ranks
+        inputs["latency_table"] = f"{run_folder(params, w, source)}/latency-{timed['target']}.json"
+    return inputs
+
+
+def _profile_inputs(params: dict, w: dict) -> dict[str, str]:
+    names = profiled_names(params, w["model"])
+    fp32 = [n for n in names if not n.endswith("+int8") and n != REFERENCE]
+    return {**{f"onnx:{n}": f"{run_folder(params, w, n)}/model.onnx" for n in names},
+            **{f"backbone:{n}": f"{run_folder(params, w, n)}/backbone.onnx" for n in fp32},
+            **{f"torch:{n}": source_model(params, {**w, "name": n}) for n in fp32}}
+
+
+def _card_inputs(params: dict, w: dict) -> dict[str, str]:
+    folder = run_folder(params, w, w["name"])
+    return {"onnx": f"{folder}/model.onnx", "metrics": f"{folder}/eval/metrics.json",
+            "thresholds": f"{folder}/thresholds.json",
+            "parity": f"{run_folder(params, w, w['name'].removesuffix('+int8'))}/parity.json",
+            "training": f"{run_folder(params, w, 'baseline')}/train.json", "data": prepared(params, w["dataset"]),
+            **{f"profiles:{t}": profile_file(params, w, t) for t in params["experiment"]["targets"]}}
+
+
+def stages(params: dict) -> dict[str, Stage]:
+    data_dir = params["paths"]["data"]
+    results = params["paths"]["results"]
+    run = f"{results}/{{dataset}}/{{model}}"
+    name_pattern = {"name": "[A-Za-z0-9_]+"}
+    return {s.name: s for s in [
+        Stage(
+            name="data", wildcards=("dataset",),
+            outputs={"prepared": f"{data_dir}/prepared/{{dataset}}",
+                     "manifest": f"{data_dir}/prepared/{{dataset}}.manifest.json"},
+            directories=("prepared",),
+            inputs=lambda p, w: {},
+            param_keys=lambda p, w: ["seed", f"datasets.{w['dataset']}"],
+            options=lambda p, w: {"download_dir": f"{data_dir}/downloads"},
+            local=True, threads=2, mem_mb=4000, runtime_min=30,
+        ),
+        Stage(
+            name="train", wildcards=("dataset", "model"),
+            outputs={"model": f"{run}/baseline/model.pt", "history": f"{run}/baseline/history.csv",
+                     "summary": f"{run}/baseline/train.json"},
+            inputs=lambda p, w: {"data": prepared(p, w["dataset"])},
+            param_keys=lambda p, w: ["seed", "runtime.amp", "train", "evaluate", f"models.{w['model']}"],
+            metrics=("summary",), plots=("history",),
+            cluster_threads=8, mem_mb=8000, runtime_min=120, gpu=True,
+        ),
+        Stage(
+            name="sensitivity", wildcards=("dataset", "model", "variant"),
+            outputs={"cache": f"{run}/{{variant}}/sensitivity.json"},
+            inputs=lambda p, w: {"model": start_model(p, w), "data": prepared(p, w["dataset"])},
+            param_keys=lambda p, w: ["seed", "runtime.amp", "evaluate", "train.batch_size",
+                                     f"variants.{w['variant']}.base", f"variants.{w['variant']}.decompose"],
+            cluster_threads=8, mem_mb=8000, runtime_min=240, gpu=True,  # hundreds of validation passes
+            constraints=lambda p: {"variant": variant_pattern(p, "sensitivity")},
+        ),
+        Stage(
+            name="latency", wildcards=("dataset", "model", "variant", "target"),
+            outputs={"table": f"{run}/{{variant}}/latency-{{target}}.json"},
+            inputs=lambda p, w: {"model": start_model(p, w)},
+            param_keys=lambda p, w: ["seed", f"variants.{w['variant']}.base",
+                                     *(f"variants.{w['variant']}.decompose.{k}" for k in
+                                       ("kinds", "methods", "include_first", "include_heads", "rank.multiple",
+                                        "rank.search.fractions")),
+                                     *timing_keys(w["target"])],
+            scripts=(BENCH_WORKER,),
+            threads="all", cluster_threads=8, mem_mb=8000, runtime_min=60,  # timing: alone on the machine
+            constraints=lambda p: {"variant": variant_pattern(p, "latency")},
+        ),
+        Stage(
+            name="decompose", wildcards=("dataset", "model", "variant"),
+            outputs={"model": f"{run}/{{variant}}/compressed.pt", "table": f"{run}/{{variant}}/layers.csv"},
+            inputs=_decompose_inputs,
+            param_keys=lambda p, w: ["seed", f"variants.{w['variant']}.base", f"variants.{w['variant']}.decompose"],
+            cluster_threads=4, mem_mb=8000, runtime_min=60,
+            constraints=lambda p: {"variant": variant_pattern(p, "decompose")},
+        ),
+        Stage(
+            name="prune", wildcards=("dataset", "model", "variant"),
+            outputs={"model": f"{run}/{{variant}}/compressed.pt", "summary": f"{run}/{{variant}}/prune.json"},
+            inputs=lambda p, w: {"model": start_model(p, w), "data": prepared(p, w["dataset"])},
+            param_keys=lambda p, w: ["seed", f"variants.{w['variant']}.base", f"variants.{w['variant']}.prune",
+                                     *timing_keys((timing_step(p["variants"][w["variant"]]) or {}).get("target"))],
+            scripts=(BENCH_WORKER,),
+            metrics=("summary",),
+            threads="all", cluster_threads=4, mem_mb=8000, runtime_min=60,  # a latency budget times: alone
+            constraints=lambda p: {"variant": variant_pattern(p, "prune")},
+        ),
+        Stage(
+            name="finetune", wildcards=("dataset", "model", "variant"),
+            outputs={"model": f"{run}/{{variant}}/model.pt", "history": f"{run}/{{variant}}/history.csv",
+                     "summary": f"{run}/{{variant}}/finetune.json"},
+            inputs=lambda p, w: {"model": finetune_start(p, w), "teacher": f"{run_folder(p, w, 'baseline')}/model.pt",
+                                 "data": prepared(p, w["dataset"])},
+            param_keys=lambda p, w: ["seed", "runtime.amp", "train", "evaluate", f"variants.{w['variant']}.finetune"],
+            metrics=("summary",),
+            cluster_threads=8, mem_mb=8000, runtime_min=120, gpu=True,
+            # the experiment's variants only: its output pattern would also match baseline/model.pt
+            constraints=lambda p: {"variant": variant_pattern(p, "finetune")},
+        ),
+        Stage(
+            name="export", wildcards=("dataset", "model", "name"),
+            outputs={"onnx": f"{run}/{{name}}/model.onnx", "parity": f"{run}/{{name}}/parity.json",
+                     "backbone": f"{run}/{{name}}/backbone.onnx"},
+            inputs=lambda p, w: {"model": source_model(p, w), "data": prepared(p, w["dataset"])},
+            param_keys=lambda p, w: [],
+            options=lambda p, w: {"alm_head": "reference" if w["name"] == REFERENCE else None},
+            metrics=("parity",),
+            threads=1, cluster_threads=1, mem_mb=4000, runtime_min=20,
+            constraints=lambda p: name_pattern,
+        ),
+        Stage(
+            name="quantize", wildcards=("dataset", "model", "name"),
+            outputs={"onnx": f"{run}/{{name}}+int8/model.onnx"},
+            inputs=lambda p, w: {"onnx": f"{run_folder(p, w, w['name'])}/model.onnx", "data": prepared(p, w["dataset"])},
+            param_keys=lambda p, w: ["seed", "quantize"],
+            cluster_threads=2, mem_mb=4000, runtime_min=30,
+            constraints=lambda p: name_pattern,
+        ),
+        Stage(
+            name="evaluate", wildcards=("dataset", "model", "name"),
+            outputs={"metrics": f"{run}/{{name}}/eval/metrics.json",
+                     "per_attribute": f"{run}/{{name}}/eval/per_attribute.csv",
+                     "thresholds": f"{run}/{{name}}/thresholds.json"},
+            inputs=lambda p, w: {"data": prepared(p, w["dataset"]), "onnx": f"{run_folder(p, w, w['name'])}/model.onnx"},
+            param_keys=lambda p, w: ["evaluate"],
+            options=lambda p, w: {"split": "test"},
+            metrics=("metrics",),
+            cluster_threads=4, mem_mb=4000, runtime_min=30,
+            constraints=lambda p: {"name": "[A-Za-z0-9_+]+"},
+        ),
+        Stage(
+            name="profile", wildcards=("dataset", "model", "target"),
+            outputs={"profile": f"{run}/profile-{{target}}.json"},
+            inputs=_profile_inputs,
+            param_keys=lambda p, w: timing_keys(w["target"]),
+            scripts=(BENCH_WORKER,),
+            metrics=("profile",),
+            threads="all", cluster_threads=8, mem_mb=8000, runtime_min=60,  # 1 thread and all of the job's cores
+        ),
+        Stage(
+            name="card", wildcards=("dataset", "model", "name"),
+            outputs={"json": f"{run}/{{name}}/card.json", "markdown": f"{run}/{{name}}/card.md"},
+            inputs=_card_inputs,
+            param_keys=lambda p, w: [],
+            local=True, threads=1, constraints=lambda p: {"name": "[A-Za-z0-9_+]+"},
+        ),
+        Stage(
+            name="report", wildcards=(),
+            outputs={"csv": f"{results}/comparison.csv", "markdown": f"{results}/comparison.md",
+                     "attributes": f"{results}/per_attribute_delta.csv", "compression": f"{results}/compression.csv",
+                     "layers": f"{results}/decomposition_layers.csv",
+                     "latency_png": f"{results}/plots/mA_vs_latency.png",
+                     "latency_svg": f"{results}/plots/mA_vs_latency.svg",
+                     "macs_png": f"{results}/plots/mA_vs_macs.png", "macs_svg": f"{results}/plots/mA_vs_macs.svg",
+                     "reliability_png": f"{results}/plots/reliability.png",
+                     "reliability_svg": f"{results}/plots/reliability.svg"},
+            inputs=lambda p, w: _report_inputs(p),
+            # the variants' recipes label them and pick each one's matched control
+            param_keys=lambda p, w: ["experiment", *(f"variants.{v}" for v in p["experiment"]["variants"])],
+            plots=("csv", "latency_png", "macs_png"), local=True, cached=False,
+            threads=1, report_category="comparison",
+        ),
+    ]}
+
+
+def _report_inputs(params: dict) -> dict[str, str]:
+    """The files the report reads, each named `<kind>:<dataset>/<model>/<artifact, variant or target>`."""
+    from lwpar.pipeline.jobs import grid
+
+    reads = {"evaluate": ("metrics", "per_attribute"), "profile": ("profile",), "decompose": ("table",),
+             "prune": ("summary",), "finetune": ("summary",)}
+    kinds = {("evaluate", "metrics"): "metrics", ("evaluate", "per_attribute"): "per_attribute",
+             ("profile", "profile"): "profiles", ("decompose", "table"): "layers", ("prune", "summary"): "prune",
+             ("finetune", "summary"): "finetune"}
+    inputs = {}
+    for stage, w in grid(params, upto="profile"):
+        for key in reads.get(stage.name, ()):
+            last = w.get("name") or w.get("variant") or w.get("target")
+            inputs[f"{kinds[stage.name, key]}:{w['dataset']}/{w['model']}/{last}"] = stage.job_outputs(w)[key]
+    return inputs
