@@ -22,6 +22,19 @@ def pytest_collection_modifyitems(config, items):
         tier = Path(str(item.fspath)).resolve().relative_to(TESTS).parts[0]
         if tier in TIER_MARKERS:
             item.add_marker(getattr(pytest.mark, TIER_MARKERS[tier]))
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_run_in_process(request, monkeypatch):
+    """The fast tier runs in process: a unit test that starts a command (a CLI, Snakemake, a benchmark
+    worker) fails at once, naming it; such tests belong to tests/stages."""
+    if Path(str(request.node.fspath)).resolve().relative_to(TESTS).parts[0] != "unit":
+        return
+    import subprocess
+
+    def refuse(args, *rest, **kwargs):
+        raise AssertionError(f"the unit tier runs no commands ({args!r}): move the test to tests/stages")
+    monkeypatch.setattr(subprocess, "Popen", refuse)
 MIRROR = Path(os.environ.get("LWPAR_MIRROR", ROOT.parent / "shared" / "datasets"))
 # Tests set their mirror through params; an outer LWPAR_MIRROR (CI sets one) must not override it,
 # not even in module- or session-scoped fixtures, which run before any function-scoped monkeypatch.
