@@ -17,7 +17,7 @@ from lwpar import __version__
 from lwpar.core.errors import LwparError
 
 # The subcommands, in the order `lwpar --help` lists them: the pipeline's stages, then the tools.
-COMMANDS = ("data", "train", "sensitivity", "latency", "decompose", "prune", "finetune", "export", "quantize",
+COMMANDS = ("data", "train", "calibrate", "sensitivity", "latency", "decompose", "prune", "finetune", "export", "quantize",
             "evaluate", "profile", "card", "report", "config", "dvc", "slurm-profile", "predict", "bundle")
 
 

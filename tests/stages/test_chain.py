@@ -19,9 +19,10 @@ from lwpar import pipeline
 from lwpar.cli import main
 
 pytestmark = pytest.mark.timeout(600)  # the first test runs the chain
-# a decomposition, a pruning, two decompositions planned by measured sensitivity (one by measured
-# latency, from the other's probes), and their matched control
-VARIANTS = ["svd_r50", "prune_l2_r50", "svd_greedy", "svd_lat", "control"]
+# a decomposition, the same fitted to the layers' outputs on calibration statistics, a pruning, two
+# decompositions planned by measured sensitivity (one by measured latency, from the other's probes),
+# and their matched control
+VARIANTS = ["svd_r50", "svd_cov", "prune_l2_r50", "svd_greedy", "svd_lat", "control"]
 
 
 # Keys that say where and how a job runs, not what it computes: reading them never reruns a job.
@@ -103,6 +104,12 @@ def chain(tmp_path_factory):
                 "include_heads": False}
     params["variants"]["svd_greedy"] = {"base": None, "finetune": dict(params["variants"]["svd_r50"]["finetune"]), "decompose": {
         **measured, "rank": {"policy": "greedy", "macs_fraction": 0.9, "multiple": 8, "search": search}}}
+    # the 1 x 1 convs at a quarter of their parameters: ranks the tiny release's images can fit
+    params["variants"]["svd_cov"] = {"base": None, "finetune": dict(params["variants"]["svd_r50"]["finetune"]),
+                                     "decompose": {**params["variants"]["svd_r50"]["decompose"], "fit": "covariance",
+                                                   "kinds": ["pointwise"], "rank": {"policy": "ratio", "fraction": 0.25,
+                                                                                    "multiple": 8}}}
+    params["calibration"].update(images=48, heldout_images=16, batch_size=16)
     params["variants"]["svd_lat"] = {"base": None, "finetune": dict(params["variants"]["control"]["finetune"]), "decompose": {
         **measured, "rank": {"policy": "latency", "speedup": 1.05, "target": "local_cpu", "multiple": 8,
                              "search": {**search, "sensitivity_from": "svd_greedy"}}}}
@@ -144,7 +151,7 @@ def _outputs(chain, stage, **wildcards):
 
 def test_every_job_runs_and_writes_every_declared_output(chain):
     _, jobs = chain
-    assert {name for name, *_ in jobs} == {"data", "train", "sensitivity", "latency", "decompose", "prune", "finetune",
+    assert {name for name, *_ in jobs} == {"data", "train", "calibrate", "sensitivity", "latency", "decompose", "prune", "finetune",
                                           "export", "quantize", "evaluate", "profile", "card", "report"}
     for name, wildcards, command, code, outputs, *_ in jobs:
         missing = [path for path in outputs.values() if not Path(path).exists()]
@@ -304,3 +311,25 @@ def test_a_latency_plan_holds_what_it_was_measured_under_and_refuses_another_mod
     assert main([*args, "--latency-table", str(other), "--out", str(out)]) == 2  # the last flag given wins
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and "other.json: measured on another start model" in error[0] and not out.exists()
+
+
+def test_a_covariance_fit_decomposes_in_the_start_models_calibration_statistics(chain):
+    """The calibrate job measures every layer its variants may factorize, on training images only; the
+    decomposition that fits outputs records its regulariser and, per layer, its output error on the
+    held-out images beside its weights' error."""
+    import torch
+
+    from lwpar.core.io import sha256_file
+
+    statistics = torch.load(_outputs(chain, "calibrate")["statistics"], weights_only=False)
+    assert statistics["model_sha256"] == sha256_file(_outputs(chain, "train")["model"])
+    assert (statistics["images"], statistics["heldout_images"]) == (48, 16) and statistics["seconds"] >= 0
+    fitted = pd.read_csv(_outputs(chain, "decompose", variant="svd_cov")["table"])
+    plain = pd.read_csv(_outputs(chain, "decompose", variant="svd_r50")["table"])
+    assert len(fitted) > 3 and set(fitted.layer) == set(statistics["layers"])
+    for layer in fitted.layer:
+        entry = statistics["layers"][layer]
+        size = entry["second_moment"].shape[0]
+        assert entry["rows"] >= 48 and entry["heldout_rows"] >= 16 and entry["heldout_second_moment"].shape == (size, size)
+    assert (fitted.fit == "covariance").all() and (fitted.ridge == 0.01).all()
+    assert fitted.output_error.between(0, 1).all() and "output_error" not in plain

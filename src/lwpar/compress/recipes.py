@@ -16,6 +16,10 @@ from dataclasses import dataclass
 # Decomposition methods, per layer kind (the schema's enums are checked against these).
 KXK_METHODS = ("cp", "cp4", "tucker2", "spatial_svd", "svd")
 POINTWISE_METHODS = ("svd",)
+# What a factorization fits (`decompose.fit`): the kernel, or the layer's output in the calibration
+# statistics' metric (which then must be measured on the start model: the calibrate stage).
+FITS = ("weights", "covariance")
+CALIBRATED_FITS = ("covariance",)
 # Methods that read the `epc` block: `cp` runs CP-ALS capped at `epc.als_iter`, then EPC if enabled;
 # `cp4` runs tensorly's parafac on the 4-way kernel (100 iterations) and reads none of it.
 EPC_METHODS = ("cp",)
@@ -99,6 +103,11 @@ def is_measured(recipe: dict) -> bool:
     return rank.get("policy") in MEASURED_POLICIES
 
 
+def is_calibrated(recipe: dict) -> bool:
+    """A decomposition that fits its layers in the start model's calibration statistics."""
+    return recipe.get("decompose", {}).get("fit") in CALIBRATED_FITS
+
+
 def timing_step(recipe: dict) -> dict | None:
     """The recipe's block that is planned by measured latency on a target (its `target` key), if any."""
     rank = recipe.get("decompose", {}).get("rank", {})
@@ -161,7 +170,8 @@ def label(params: dict, name: str, recipe: dict) -> str:
     chain = f", {stages} stages" if stages > 1 else ""
     # CP's outcome depends on how long ALS ran (the dense sweep), so its cap is part of the method
     als = f", ALS {epc['als_iter']}" if epc.get("als_iter") else ""
-    return f"{'+'.join(p for p in parts if p)} ({d['rank']['policy']}{als}{chain})"
+    fit = f", {d['fit']} fit" if d.get("fit") in CALIBRATED_FITS else ""
+    return f"{'+'.join(p for p in parts if p)} ({d['rank']['policy']}{als}{fit}{chain})"
 
 
 def method_label(params: dict | None, variant: str) -> str:

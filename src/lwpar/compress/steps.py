@@ -61,9 +61,11 @@ class Compressed:
     summary: dict = field(default_factory=dict)      # pruning: the search's figures
 
 
-def decompose(begun: Start, variant: str, recipe: dict, seed: int, probe=None, latency_table: dict | None = None) -> Compressed:
-    """Choose the ranks (`compress.ranks.plan`) and factorize the chosen layers; a row per layer with
-    its shape, rank, parameters and MACs before and after, errors and seconds."""
+def decompose(begun: Start, variant: str, recipe: dict, seed: int, probe=None, latency_table: dict | None = None,
+              statistics=None) -> Compressed:
+    """Choose the ranks (`compress.ranks.plan`) and factorize the chosen layers (in the calibration
+    `statistics`' metric, if given); a row per layer with its shape, rank, parameters and MACs before
+    and after, errors and seconds."""
     from lwpar.compress.ranks import plan
 
     model, size = begun.model, begun.input_size
@@ -73,7 +75,7 @@ def decompose(begun: Start, variant: str, recipe: dict, seed: int, probe=None, l
     if not chosen:
         raise LwparError(f"variant {variant}: the rank policy leaves every layer as it is")
     with Progress(len(chosen), f"decompose {variant}", unit="layer") as progress:
-        rows = apply_plan(model, chosen, seed=seed, epc=recipe.get("epc"),
+        rows = apply_plan(model, chosen, seed=seed, epc=recipe.get("epc"), statistics=statistics,
                           progress=lambda entry, stats: progress.update(note=entry["layer"]))
     for row in rows:
         if latency_table is not None:  # where the plan's prediction holds, for the report to check it there

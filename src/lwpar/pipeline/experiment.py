@@ -3,7 +3,7 @@ policies need (sensitivity caches, latency tables) and the artifacts it scores a
 
 from __future__ import annotations
 
-from lwpar.compress.recipes import RANK_POLICIES, is_measured
+from lwpar.compress.recipes import RANK_POLICIES, is_calibrated, is_measured
 from lwpar.pipeline.layout import REFERENCE
 
 
@@ -38,10 +38,23 @@ def latency_tables(params: dict) -> list[tuple[str, str]]:
     return sorted(pairs)
 
 
+def calibrated_variants(params: dict) -> dict[str, list[str]]:
+    """The variants that fit their layers in calibration statistics, by the model they start from
+    (`baseline`, or the base variant whose fine-tuned model they compress): one calibrate job each."""
+    starts: dict[str, list[str]] = {}
+    for variant in variants_of(params, "decompose"):
+        if is_calibrated(params["variants"][variant]):
+            starts.setdefault(params["variants"][variant]["base"] or "baseline", []).append(variant)
+    return dict(sorted(starts.items()))
+
+
 def variant_pattern(params: dict, kind: str) -> str:
     """A wildcard constraint matching exactly the variants a stage runs for (never matching when there
-    are none): `sensitivity`, `latency`, or a compression step (`decompose`, `prune`, `finetune`)."""
-    if kind == "sensitivity":
+    are none): `sensitivity`, `latency`, `calibrate` (the start models), or a compression step
+    (`decompose`, `prune`, `finetune`)."""
+    if kind == "calibrate":
+        names = list(calibrated_variants(params))
+    elif kind == "sensitivity":
         names = measured_variants(params)
     elif kind == "latency":
         names = sorted({v for v, _ in latency_tables(params)})

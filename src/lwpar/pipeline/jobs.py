@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from lwpar.pipeline.experiment import artifact_names, latency_tables, measured_variants, profiled_names, variants_of
+from lwpar.pipeline.experiment import (artifact_names, calibrated_variants, latency_tables, measured_variants,
+                                      profiled_names, variants_of)
 from lwpar.pipeline.stage import Stage
 from lwpar.pipeline.table import stages
 
@@ -14,6 +15,7 @@ def grid(params: dict, upto: str | None = None) -> list[tuple[Stage, dict]]:
     pairs = [{"dataset": d, "model": m} for d in experiment["datasets"] for m in experiment["models"]]
     jobs = [(table["data"], {"dataset": d}) for d in experiment["datasets"]]
     jobs += [(table["train"], w) for w in pairs]
+    jobs += [(table["calibrate"], {**w, "start": s}) for w in pairs for s in calibrated_variants(params)]
     jobs += [(table["sensitivity"], {**w, "variant": v}) for w in pairs for v in measured_variants(params)]
     jobs += [(table["latency"], {**w, "variant": v, "target": t}) for w in pairs for v, t in latency_tables(params)]
     for kind in ("decompose", "prune"):

@@ -109,5 +109,5 @@ def _values(flag: Flag, inputs: dict, outputs: dict, wildcards: Wildcards, optio
         return [f"{name.partition(':')[2]}={path}" for name, path in inputs.items() if name.partition(":")[0] == key]
     if how == "option":
         value = options.get(flag.dest)
-        return [] if value is None else [str(value)]
+        return [] if value is None else [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
     return []

@@ -6,8 +6,8 @@ description (`lwpar.stages`)."""
 
 from __future__ import annotations
 
-from lwpar.compress.recipes import timing_step
-from lwpar.pipeline.experiment import profiled_names, sensitivity_source, variant_pattern
+from lwpar.compress.recipes import is_calibrated, timing_step
+from lwpar.pipeline.experiment import calibrated_variants, profiled_names, sensitivity_source, variant_pattern
 from lwpar.pipeline.layout import (REFERENCE, finetune_start, prepared, profile_file, run_folder, source_model,
                                    start_model)
 from lwpar.pipeline.stage import Stage
@@ -29,7 +29,17 @@ def _decompose_inputs(params: dict, w: dict) -> dict[str, str]:
     timed = timing_step(params["variants"][w["variant"]])
     if timed is not None:  # timed with the sensitivity source's candidate ranks
         inputs["latency_table"] = f"{run_folder(params, w, source)}/latency-{timed['target']}.json"
+    if is_calibrated(params["variants"][w["variant"]]):  # the start model's statistics
+        start = params["variants"][w["variant"]]["base"] or "baseline"
+        inputs["calibration"] = f"{run_folder(params, w, start)}/calibration.pt"
     return inputs
+
+
+def _calibrate_keys(params: dict, w: dict) -> list[str]:
+    """What a start model's statistics depend on: the calibration set, and which layers its variants select."""
+    selection = ("kinds", "include_first", "include_heads")
+    return ["seed", "calibration", *(f"variants.{v}.decompose.{k}" for v in calibrated_variants(params).get(w["start"], [])
+                                      for k in selection)]
 
 
 def _profile_inputs(params: dict, w: dict) -> dict[str, str]:
@@ -75,6 +85,15 @@ def stages(params: dict) -> dict[str, Stage]:
             cluster_threads=8, mem_mb=8000, runtime_min=120, gpu=True,
         ),
         Stage(
+            name="calibrate", wildcards=("dataset", "model", "start"),
+            outputs={"statistics": f"{run}/{{start}}/calibration.pt"},
+            inputs=lambda p, w: {"model": f"{run_folder(p, w, w['start'])}/model.pt", "data": prepared(p, w["dataset"])},
+            param_keys=_calibrate_keys,
+            options=lambda p, w: {"variants": calibrated_variants(p).get(w["start"])},
+            cluster_threads=4, mem_mb=8000, runtime_min=60,
+            constraints=lambda p: {"start": variant_pattern(p, "calibrate")},
+        ),
+        Stage(
             name="sensitivity", wildcards=("dataset", "model", "variant"),
             outputs={"cache": f"{run}/{{variant}}/sensitivity.json"},
             inputs=lambda p, w: {"model": start_model(p, w), "data": prepared(p, w["dataset"])},
@@ -100,7 +119,8 @@ def stages(params: dict) -> dict[str, Stage]:
             name="decompose", wildcards=("dataset", "model", "variant"),
             outputs={"model": f"{run}/{{variant}}/compressed.pt", "table": f"{run}/{{variant}}/layers.csv"},
             inputs=_decompose_inputs,
-            param_keys=lambda p, w: ["seed", f"variants.{w['variant']}.base", f"variants.{w['variant']}.decompose"],
+            param_keys=lambda p, w: ["seed", f"variants.{w['variant']}.base", f"variants.{w['variant']}.decompose",
+                                     *(["calibration.ridge"] if is_calibrated(p["variants"][w["variant"]]) else [])],
             cluster_threads=4, mem_mb=8000, runtime_min=60,
             constraints=lambda p: {"variant": variant_pattern(p, "decompose")},
         ),

@@ -26,7 +26,7 @@ FILLS = {
     "wildcard": "the job's wildcard <key>",
     "inputs": "the paths of every input named <key>:<anything>",
     "pairs": "NAME=PATH for every input named <key>:NAME",
-    "option": "the value the stage entry's `options` gives (omitted when None)",
+    "option": "the value (or values) the stage entry's `options` gives (omitted when None)",
 }
 
 

@@ -19,6 +19,7 @@ FLAGS = [
     flag("--sensitivity", "sensitivity cache (measured rank policies: search, greedy, latency)", "input:sensitivity",
          type=Path),
     flag("--latency-table", "per-layer latency table (rank policy latency)", "input:latency_table", type=Path),
+    flag("--calibration", "the start model's calibration statistics (fit: covariance)", "input:calibration", type=Path),
 ]
 
 
@@ -48,7 +49,14 @@ def run(args, params) -> None:
         if latency_table.get("model_sha256") != sha256_file(args.model):
             raise LwparError(f"{args.latency_table}: measured on another start model than {args.model}: "
                              f"run `lwpar latency` again")
-    done = steps.decompose(begun, args.variant, recipe, params["seed"], probe, latency_table)
+    statistics = None
+    if recipe["fit"] != "weights":
+        from lwpar.compress.calibration import Statistics
+
+        if args.calibration is None:
+            raise LwparError(f"variant {args.variant}: fit {recipe['fit']!r} needs --calibration")
+        statistics = Statistics(args.calibration, args.model, params["calibration"]["ridge"])
+    done = steps.decompose(begun, args.variant, recipe, params["seed"], probe, latency_table, statistics)
     write_csv(args.table, pd.DataFrame(done.rows))
     save_model(args.out, done.model, begun.blob["model_cfg"], begun.blob["attributes"], structure=done.structure,
                macs=done.macs, params=done.params,

@@ -4,6 +4,7 @@ saved decomposed architecture without decomposing again. Ranks are chosen by `co
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -11,6 +12,7 @@ from torch import nn
 
 from lwpar.compress.decompose import layers as L
 from lwpar.compress.decompose import methods as M
+from lwpar.compress.decompose.metric import output_error
 
 
 def _kernel_shape(layer: nn.Module) -> dict:
@@ -40,8 +42,8 @@ def select_layers(model: nn.Module, kinds: list[str], include_first: bool = Fals
         first_seen = first_seen or isinstance(module, nn.Conv2d)
         if is_first and not include_first:
             continue
-        in_head = any(part in name for part in HEAD_PARTS)
-        if (in_head and include_heads is False) or (not in_head and include_heads == "only"):
+        head = in_head(name)
+        if (head and include_heads is False) or (not head and include_heads == "only"):
             continue
         if any(name.startswith(f"{done}.") for done in factorized):
             continue
@@ -60,6 +62,24 @@ def method_for(kind: str, methods: dict) -> str:
     return methods["kxk"] if kind == "kxk" else methods["pointwise"]
 
 
+@contextmanager
+def published_heads(model: nn.Module):
+    """The ALM's attribute heads computed as published while the block runs: the fused head reads its
+    attention weights without calling the modules, so forward hooks on them would never fire."""
+    levels = [m for m in model.modules() if getattr(m, "head", None) == "fused"]
+    for level in levels:
+        level.head = "reference"
+    try:
+        yield
+    finally:
+        for level in levels:
+            level.head = "fused"
+
+
+def in_head(name: str) -> bool:
+    return any(part in name for part in HEAD_PARTS)
+
+
 def layer_io_sizes(model: nn.Module, names: list[str], input_size) -> dict[str, tuple]:
     """(input HxW, output HxW) of each named layer at `input_size`, from one forward pass."""
     sizes, hooks = {}, []
@@ -73,21 +93,14 @@ def layer_io_sizes(model: nn.Module, names: list[str], input_size) -> dict[str, 
         hooks.append(modules[name].register_forward_hook(hook))
     was_training = model.training
     model.eval()
-    levels = []
     try:
         with torch.no_grad():
             model(torch.zeros(1, 3, *input_size))
-            if set(names) - set(sizes):
-                # The fused ALM head reads its attention weights without calling the modules, so the
-                # hooks missed them: their sizes come from a pass through the published (slow) computation.
-                levels = [m for m in model.modules() if getattr(m, "head", None) == "fused"]
-                for level in levels:
-                    level.head = "reference"
-                model(torch.zeros(1, 3, *input_size))
+            if set(names) - set(sizes):  # heads' layers: through the published (slow) computation
+                with published_heads(model):
+                    model(torch.zeros(1, 3, *input_size))
     finally:
         model.train(was_training)
-        for level in levels:
-            level.head = "fused"
         for h in hooks:
             h.remove()
     return sizes
@@ -122,12 +135,19 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
-def factorize_layer(layer: nn.Module, method: str, rank: int, seed: int = 0, epc: dict | None = None) -> tuple[nn.Module, dict]:
-    """Factorize one layer; returns the replacement and figures for the layer table."""
+def factorize_layer(layer: nn.Module, method: str, rank: int, seed: int = 0, epc: dict | None = None,
+                    metric=None, heldout: np.ndarray | None = None) -> tuple[nn.Module, dict]:
+    """Factorize one layer (fitting its output in `metric`, an `InputMetric`, if given); returns the
+    replacement and figures for the layer table: the weights' relative error and, with `heldout` (a
+    second moment of held-out inputs), the output's."""
     weight = layer.weight.detach().double().cpu().numpy()
     started = time.time()
-    new, approx, stats = M.method(method).factorize(layer, weight, rank, seed, epc)
+    new, approx, stats = M.method(method).factorize(layer, weight, rank, seed, epc, metric)
     stats["relative_error"] = float(np.linalg.norm(weight - approx) / np.linalg.norm(weight))
+    if heldout is not None:
+        stats["output_error"] = output_error(weight, approx, heldout)
+    if metric is not None:
+        stats.update(fit="covariance", ridge=metric.ridge)
     stats["seconds"] = round(time.time() - started, 3)
     return new.to(layer.weight.dtype), stats
 
@@ -138,14 +158,19 @@ def empty_factorized(layer: nn.Module, method: str, rank: int) -> nn.Module:
 
 
 def apply_plan(model: nn.Module, plan: list[dict], decompose: bool = True, seed: int = 0, epc: dict | None = None,
-               progress=None) -> list[dict]:
-    """Replace each planned layer; with decompose=False only the structure (for loading)."""
+               progress=None, statistics=None) -> list[dict]:
+    """Replace each planned layer; with decompose=False only the structure (for loading). With
+    `statistics` (`compress.calibration.Statistics`), each layer is fitted to its output on the
+    calibration inputs, and its output error on the held-out ones is recorded."""
     modules = dict(model.named_modules())
     rows = []
     for entry in plan:
         layer = modules[entry["layer"]]
         if decompose:
-            new, stats = factorize_layer(layer, entry["method"], entry["rank"], seed, epc)
+            fitting = {} if statistics is None else {
+                "metric": statistics.metric(entry["layer"], _kernel_shape(layer), entry["rank"]),
+                "heldout": statistics.heldout(entry["layer"])}
+            new, stats = factorize_layer(layer, entry["method"], entry["rank"], seed, epc, **fitting)
         else:
             new, stats = empty_factorized(layer, entry["method"], entry["rank"]), {}
         rows.append({**entry, **stats, "params_before": L.layer_params(layer), "params_after": L.layer_params(new)})

@@ -3,7 +3,8 @@ theirs): how a method factorizes a weight, the empty structure a saved model is 
 parameter count per rank and its MACs. Adding a method is one `@register`ed class.
 
 Shapes are dicts {"in", "out", "kh", "kw"} (a linear layer is a 1 x 1 kernel); `io` is
-((input height, width), (output height, width)).
+((input height, width), (output height, width)). With a `metric` (`decompose.metric.InputMetric`), a
+method fits the layer's output on the calibration inputs instead of its weights.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from torch import nn
 from lwpar.core.errors import LwparError
 from lwpar.compress.decompose import _cp
 from lwpar.compress.decompose import layers as L
+from lwpar.compress.decompose.metric import InputMetric, along
 
 METHODS: dict[str, type[Method]] = {}
 
@@ -39,9 +41,10 @@ class Method:
     name: str
 
     @classmethod
-    def factorize(cls, layer: nn.Module, weight: np.ndarray, rank: int, seed: int, epc: dict | None
-                  ) -> tuple[nn.Module, np.ndarray, dict]:
-        """The replacement layer, the weight it approximates (for the error) and extra figures."""
+    def factorize(cls, layer: nn.Module, weight: np.ndarray, rank: int, seed: int, epc: dict | None,
+                  metric: InputMetric | None = None) -> tuple[nn.Module, np.ndarray, dict]:
+        """The replacement layer, the weight it approximates (for the errors) and extra figures; with
+        `metric`, fitted to the layer's output on the calibration inputs."""
         raise NotImplementedError
 
     @classmethod
@@ -91,20 +94,30 @@ class CP(Method):
     name = "cp"
 
     @classmethod
-    def factorize(cls, layer, weight, rank, seed, epc):
+    def factorize(cls, layer, weight, rank, seed, epc, metric=None):
         _kxk_only(layer, weight, "CP")
         cout, cin, kh, kw = weight.shape
         tensor = weight.transpose(1, 0, 2, 3).reshape(cin, cout, kh * kw)
+        if metric is not None:  # CP (and EPC, its error bound now the output's) of the whitened kernel
+            tensor = along(along(tensor, metric.channels[0], 0), metric.positions[0], 2)
         als = {}
         cp = _cp.cp_als(tensor, rank, seed=seed, n_iter_max=epc.get("als_iter", 1000) if epc else 1000, info=als)
-        stats = {"lambda_sq_before": _cp.sum_of_squared_norms(cp), "sensitivity_before": _cp.sensitivity(cp),
-                 "als_error": als["error"], "als_iterations": als["iterations"], "als_converged": als["converged"]}
+        start = cp
         if epc and epc.get("enabled"):
             cp = _cp.cpd_epc(tensor, rank, seed=seed, init=cp, objective=epc.get("objective", "norm"),
                              n_iter_max=epc.get("iterations", 100))
-        stats.update(lambda_sq_after=_cp.sum_of_squared_norms(cp), sensitivity_after=_cp.sensitivity(cp))
+        if metric is not None:
+            start, cp = (cls._unwhitened(c, metric) for c in (start, cp))
+        stats = {"lambda_sq_before": _cp.sum_of_squared_norms(start), "sensitivity_before": _cp.sensitivity(start),
+                 "als_error": als["error"], "als_iterations": als["iterations"], "als_converged": als["converged"],
+                 "lambda_sq_after": _cp.sum_of_squared_norms(cp), "sensitivity_after": _cp.sensitivity(cp)}
         approx = tl.cp_to_tensor(cp).reshape(cin, cout, kh, kw).transpose(1, 0, 2, 3)
         return L.cp_layer(layer, cp.weights, cp.factors), approx, stats
+
+    @staticmethod
+    def _unwhitened(cp, metric: InputMetric):
+        weights, (a, b, c) = cp
+        return tl.cp_tensor.CPTensor((weights, [metric.channels[1] @ a, b, metric.positions[1] @ c]))
 
     @classmethod
     def empty(cls, layer, shape, rank):
@@ -133,13 +146,20 @@ class CP4(CP):
     name = "cp4"
 
     @classmethod
-    def factorize(cls, layer, weight, rank, seed, epc):
+    def factorize(cls, layer, weight, rank, seed, epc, metric=None):
         _kxk_only(layer, weight, "CP")
+        tensor = weight.transpose(1, 0, 2, 3)
+        if metric is not None:
+            tensor = along(along(along(tensor, metric.channels[0], 0), metric.rows[0], 2), metric.columns[0], 3)
         with tl.backend_context("numpy"):
-            cp = tl.decomposition.parafac(weight.transpose(1, 0, 2, 3), rank, init="svd", random_state=seed,
-                                          n_iter_max=100)
-        approx = tl.cp_to_tensor(cp).transpose(1, 0, 2, 3)
-        return L.cp4_layer(layer, np.asarray(cp.weights), [np.asarray(f) for f in cp.factors]), approx, {}
+            cp = tl.decomposition.parafac(tensor, rank, init="svd", random_state=seed, n_iter_max=100)
+        factors = [np.asarray(f) for f in cp.factors]
+        if metric is not None:
+            factors = [metric.channels[1] @ factors[0], factors[1], metric.rows[1] @ factors[2],
+                       metric.columns[1] @ factors[3]]
+        weights = np.asarray(cp.weights)
+        approx = tl.cp_to_tensor((weights, factors)).transpose(1, 0, 2, 3)
+        return L.cp4_layer(layer, weights, factors), approx, {}
 
     @classmethod
     def empty(cls, layer, shape, rank):
@@ -165,11 +185,21 @@ class Tucker2(Method):
     name = "tucker2"
 
     @classmethod
-    def factorize(cls, layer, weight, rank, seed, epc):
+    def factorize(cls, layer, weight, rank, seed, epc, metric=None):
+        if metric is not None:
+            weight = cls._spatial(along(weight, metric.channels[0], 1), metric.positions[0])
         (core, (u_out, u_in)), _ = tl.decomposition.partial_tucker(weight, rank=[rank, rank], modes=[0, 1],
                                                                     random_state=seed)
+        if metric is not None:  # the input factor and the core's positions mapped back
+            core, u_in = cls._spatial(core, metric.positions[1]), metric.channels[1] @ u_in
         approx = tl.tenalg.multi_mode_dot(core, [u_out, u_in], modes=[0, 1])
         return L.tucker2_layer(layer, core, u_in, u_out), approx, {}
+
+    @staticmethod
+    def _spatial(tensor: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+        """`matrix` applied along the kernel positions (the last two axes, row-major)."""
+        shape = tensor.shape
+        return along(tensor.reshape(*shape[:2], -1), matrix, 2).reshape(shape)
 
     @classmethod
     def empty(cls, layer, shape, rank):
@@ -203,9 +233,14 @@ class SVD(Method):
     name = "svd"
 
     @classmethod
-    def factorize(cls, layer, weight, rank, seed, epc):
-        u, s, vt = np.linalg.svd(weight.reshape(weight.shape[0], -1), full_matrices=False)
+    def factorize(cls, layer, weight, rank, seed, epc, metric=None):
+        unfolded = weight.reshape(weight.shape[0], -1)
+        if metric is not None:  # the closed form: the truncated SVD of W S^(1/2), mapped back by S^(-1/2)
+            unfolded = unfolded @ metric.whole[0]
+        u, s, vt = np.linalg.svd(unfolded, full_matrices=False)
         left, right = u[:, :rank] * s[:rank], vt[:rank]
+        if metric is not None:
+            right = right @ metric.whole[1]
         return L.svd_layer(layer, left, right), (left @ right).reshape(weight.shape), {}
 
     @classmethod
@@ -234,13 +269,19 @@ class SpatialSVD(Method):
     name = "spatial_svd"
 
     @classmethod
-    def factorize(cls, layer, weight, rank, seed, epc):
+    def factorize(cls, layer, weight, rank, seed, epc, metric=None):
         cout, cin, kh, kw = weight.shape
+        if metric is not None:
+            weight = along(along(along(weight, metric.channels[0], 1), metric.rows[0], 2), metric.columns[0], 3)
         u, s, vt = np.linalg.svd(weight.transpose(1, 2, 0, 3).reshape(cin * kh, cout * kw), full_matrices=False)
         root = np.sqrt(s[:rank])
         vertical = (u[:, :rank] * root).T.reshape(rank, cin, kh)
         horizontal = (vt[:rank].T * root).reshape(cout, kw, rank).transpose(0, 2, 1)
         approx = (u[:, :rank] * s[:rank] @ vt[:rank]).reshape(cin, kh, cout, kw).transpose(2, 0, 1, 3)
+        if metric is not None:  # the vertical factor holds channels and rows, the horizontal one columns
+            vertical = along(along(vertical, metric.channels[1], 1), metric.rows[1], 2)
+            horizontal = along(horizontal, metric.columns[1], 2)
+            approx = np.einsum("rch,orw->ochw", vertical, horizontal)
         return L.spatial_svd_layer(layer, vertical, horizontal), approx, {}
 
     @classmethod

@@ -1,0 +1,58 @@
+"""Measure the calibration statistics of a start model's factorizable layers (decompositions that fit outputs).
+
+For the variants that start from this model with `fit: covariance`: per layer they may factorize,
+the second moment of its unfolded input over `calibration.images` seeded training images, and over
+`calibration.heldout_images` others (which score each factorization's output error). Never
+validation or test images. Writes calibration.pt with what it was measured on (the model's sha256)
+and what it cost (seconds, bytes); the decompose stage refuses statistics of another model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lwpar.stages import dataset_dir, flag
+
+FLAGS = [
+    flag("--model", "the start model.pt (the baseline, or the base variant's fine-tuned model)", "input:model",
+         type=Path, required=True),
+    dataset_dir("training images"),
+    flag("--variants", "the variants (params variants) whose selected layers are measured", "option", nargs="+",
+         required=True),
+    flag("--out", "calibration statistics (calibration.pt) to write", "output:statistics", type=Path, required=True),
+]
+
+
+def run(args, params) -> None:
+    import numpy as np
+
+    from lwpar.compress import calibration
+    from lwpar.compress.structure import load_model
+    from lwpar.core.errors import LwparError
+    from lwpar.core.runtime import configure
+    from lwpar.data.loader import Prepared, build_transform, make_loader
+
+    recipes = []
+    for name in args.variants:
+        recipe = params["variants"].get(name)
+        if recipe is None or "decompose" not in recipe:
+            raise LwparError(f"--variants {name!r}: not a decomposition variant in params variants")
+        recipes.append(recipe)
+    cfg = params["calibration"]
+    device = configure(params)
+    model, blob = load_model(args.model)
+    names = calibration.layers_to_calibrate(model, recipes, blob.get("structure", []))
+    data = Prepared(args.dataset_dir)
+    fit_paths, heldout_paths = calibration.calibration_images(data, cfg["images"], cfg["heldout_images"], params["seed"])
+    transform = build_transform(blob["model_cfg"]["input_size"], False)
+
+    def batches(paths):
+        loader = make_loader(paths, np.zeros((len(paths), 1), np.float32), transform, cfg["batch_size"],
+                             params["runtime"]["workers"])
+        return (images for images, _ in loader)
+
+    statistics = calibration.calibrate(model, args.model, names, batches(fit_paths), batches(heldout_paths), device,
+                                       (len(fit_paths), len(heldout_paths)), cfg["batch_size"])
+    calibration.save(args.out, statistics)
+    print(f"{args.out}: {len(names)} layers from {len(fit_paths)} + {len(heldout_paths)} training images in "
+          f"{statistics['seconds']:.0f} s, {statistics['bytes'] / 1e6:.1f} MB")
