@@ -3,6 +3,7 @@ sensitivity cache they share (replayed without measuring, refused when measured 
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -235,3 +236,29 @@ def test_a_failure_while_installing_replays_leaves_the_model_as_it_was(monkeypat
     assert all(not m._forward_hooks for m in model.modules()), "a recording hook was left in the model"
     with torch.no_grad():
         assert torch.equal(model(x), reference)
+
+
+def test_a_probe_of_a_variant_that_fits_outputs_fits_them_too(monkeypatch):
+    """The measured policies score each rank as the plan will factorize it: with calibration statistics,
+    the probe's replacement is fitted in the layer's metric (here: the metric the statistics give)."""
+    import lwpar.compress.ranks.sensitivity as sensitivity
+    from lwpar.compress.decompose.factorize import layer_info
+    from lwpar.compress.decompose.metric import InputMetric
+
+    model = _model()
+    entry = layer_info(model, ["6"], {"kxk": "tucker2", "pointwise": "svd"}, SIZE)[0]
+    second_moment = np.diag(np.linspace(0.01, 10, 48))
+
+    class Statistics:
+        def metric(self, name, shape, rank):
+            assert (name, shape, rank) == ("6", entry["shape"], 16)
+            return InputMetric(second_moment, shape)
+
+    seen = []
+    real = sensitivity.factorize_layer
+    monkeypatch.setattr(sensitivity, "factorize_layer",
+                        lambda *args, **kwargs: seen.append(kwargs.get("metric")) or real(*args, **kwargs))
+    scores = [sensitivity.SensitivityProbe(model, lambda m: float(m(torch.ones(1, 3, *SIZE)).sum()),
+                                           statistics=statistics)(entry, 16) for statistics in (None, Statistics())]
+    assert seen[0] is None and np.array_equal(seen[1].second_moment, second_moment)
+    assert scores[0] != scores[1]  # the same rank fitted another way scores otherwise

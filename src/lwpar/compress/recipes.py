@@ -171,7 +171,9 @@ def label(params: dict, name: str, recipe: dict) -> str:
     # CP's outcome depends on how long ALS ran (the dense sweep), so its cap is part of the method
     als = f", ALS {epc['als_iter']}" if epc.get("als_iter") else ""
     fit = f", {d['fit']} fit" if d.get("fit") in CALIBRATED_FITS else ""
-    return f"{'+'.join(p for p in parts if p)} ({d['rank']['policy']}{als}{fit}{chain})"
+    # a variant read after BatchNorm re-estimation alone is another point than the fine-tuned one
+    tuned = ", no fine-tuning" if recipe.get("finetune", {}).get("epochs") == 0 else ""
+    return f"{'+'.join(p for p in parts if p)} ({d['rank']['policy']}{als}{fit}{tuned}{chain})"
 
 
 def method_label(params: dict | None, variant: str) -> str:

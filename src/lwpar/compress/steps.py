@@ -51,6 +51,20 @@ def start(path: Path, params: dict, variant: str, step: str) -> Start:
     return begun
 
 
+def calibrated(recipe: dict, args, params: dict):
+    """The start model's calibration statistics when `recipe` (a decompose block) fits outputs, else
+    None; `args.calibration` names the file, checked against `args.model`."""
+    from lwpar.compress.recipes import CALIBRATED_FITS
+
+    if recipe["fit"] not in CALIBRATED_FITS:
+        return None
+    from lwpar.compress.calibration import Statistics
+
+    if args.calibration is None:
+        raise LwparError(f"variant {args.variant}: fit {recipe['fit']!r} needs --calibration")
+    return Statistics(args.calibration, args.model, params["calibration"]["ridge"])
+
+
 @dataclass
 class Compressed:
     model: nn.Module

@@ -79,7 +79,8 @@ def problems(params: dict):
             yield (f"variants.{name}.decompose.rank.search.sensitivity_from",
                    f"{source!r} does not score the ranks this latency plan times (it needs a {' or '.join(CURVE_POLICIES)} "
                    f"policy with the same search.fractions and multiple)")
-        elif (any(other.get(k) != variant["decompose"].get(k) for k in ("kinds", "methods", "include_first", "include_heads", "epc"))
+        elif (any(other.get(k) != variant["decompose"].get(k)
+                  for k in ("kinds", "methods", "fit", "include_first", "include_heads", "epc"))
               or params["variants"][source]["base"] != variant["base"]):
             yield (f"variants.{name}.decompose.rank.search.sensitivity_from",
                    f"{source!r} factorizes other layers or by other methods: its measurements do not apply")

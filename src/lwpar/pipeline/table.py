@@ -29,10 +29,15 @@ def _decompose_inputs(params: dict, w: dict) -> dict[str, str]:
     timed = timing_step(params["variants"][w["variant"]])
     if timed is not None:  # timed with the sensitivity source's candidate ranks
         inputs["latency_table"] = f"{run_folder(params, w, source)}/latency-{timed['target']}.json"
-    if is_calibrated(params["variants"][w["variant"]]):  # the start model's statistics
-        start = params["variants"][w["variant"]]["base"] or "baseline"
-        inputs["calibration"] = f"{run_folder(params, w, start)}/calibration.pt"
-    return inputs
+    return {**inputs, **_calibration_input(params, w)}
+
+
+def _calibration_input(params: dict, w: dict) -> dict[str, str]:
+    """The start model's calibration statistics, for a variant that fits its layers' outputs."""
+    recipe = params["variants"][w["variant"]]
+    if not is_calibrated(recipe):
+        return {}
+    return {"calibration": f"{run_folder(params, w, recipe['base'] or 'baseline')}/calibration.pt"}
 
 
 def _calibrate_keys(params: dict, w: dict) -> list[str]:
@@ -96,9 +101,11 @@ def stages(params: dict) -> dict[str, Stage]:
         Stage(
             name="sensitivity", wildcards=("dataset", "model", "variant"),
             outputs={"cache": f"{run}/{{variant}}/sensitivity.json"},
-            inputs=lambda p, w: {"model": start_model(p, w), "data": prepared(p, w["dataset"])},
+            inputs=lambda p, w: {"model": start_model(p, w), "data": prepared(p, w["dataset"]),
+                                 **_calibration_input(p, w)},
             param_keys=lambda p, w: ["seed", "runtime.amp", "evaluate", "train.batch_size",
-                                     f"variants.{w['variant']}.base", f"variants.{w['variant']}.decompose"],
+                                     f"variants.{w['variant']}.base", f"variants.{w['variant']}.decompose",
+                                     *(["calibration.ridge"] if is_calibrated(p["variants"][w["variant"]]) else [])],
             cluster_threads=8, mem_mb=8000, runtime_min=240, gpu=True,  # hundreds of validation passes
             constraints=lambda p: {"variant": variant_pattern(p, "sensitivity")},
         ),

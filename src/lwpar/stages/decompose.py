@@ -41,7 +41,8 @@ def run(args, params) -> None:
         if args.sensitivity is None:
             raise LwparError(f"variant {args.variant}: rank policy {recipe['rank']['policy']!r} needs --sensitivity")
         # the baseline the cache was measured on, and the settings, must be this plan's
-        probe = SensitivityProbe(begun.model, cache=load_cache(args.sensitivity, cache_settings(params, recipe, args.model)))
+        settings = cache_settings(params, recipe, args.model, args.calibration if recipe["fit"] != "weights" else None)
+        probe = SensitivityProbe(begun.model, cache=load_cache(args.sensitivity, settings))
     if policy.timed:
         if args.latency_table is None:
             raise LwparError(f"variant {args.variant}: rank policy {recipe['rank']['policy']!r} needs --latency-table")
@@ -49,13 +50,7 @@ def run(args, params) -> None:
         if latency_table.get("model_sha256") != sha256_file(args.model):
             raise LwparError(f"{args.latency_table}: measured on another start model than {args.model}: "
                              f"run `lwpar latency` again")
-    statistics = None
-    if recipe["fit"] != "weights":
-        from lwpar.compress.calibration import Statistics
-
-        if args.calibration is None:
-            raise LwparError(f"variant {args.variant}: fit {recipe['fit']!r} needs --calibration")
-        statistics = Statistics(args.calibration, args.model, params["calibration"]["ridge"])
+    statistics = steps.calibrated(recipe, args, params)
     done = steps.decompose(begun, args.variant, recipe, params["seed"], probe, latency_table, statistics)
     write_csv(args.table, pd.DataFrame(done.rows))
     save_model(args.out, done.model, begun.blob["model_cfg"], begun.blob["attributes"], structure=done.structure,

@@ -22,6 +22,7 @@ FLAGS = [
     dataset_dir("train and val splits"),
     variant(),
     flag("--out", "sensitivity cache (JSON) to write", "output:cache", type=Path, required=True),
+    flag("--calibration", "the start model's calibration statistics (fit: covariance)", "input:calibration", type=Path),
 ]
 
 
@@ -32,7 +33,7 @@ def run(args, params) -> None:
 
     from lwpar.compress.recipes import MEASURED_POLICIES, RANK_POLICIES, is_measured
     from lwpar.compress.ranks.sensitivity import cache_settings, measure_sensitivity
-    from lwpar.compress.steps import start
+    from lwpar.compress.steps import calibrated, start
     from lwpar.core.errors import LwparError
     from lwpar.core.runtime import configure, run_precision, seed_everything
     from lwpar.data.loader import Prepared
@@ -49,14 +50,15 @@ def run(args, params) -> None:
     begun = start(args.model, params, args.variant, "decompose")
     model, size = begun.model.to(device, memory_format=torch.channels_last), begun.input_size
     precision = run_precision(model, params["runtime"]["amp"], size, device)
-    settings = {**cache_settings(params, recipe, args.model), "variant": args.variant,
+    statistics = calibrated(recipe, args, params)
+    settings = {**cache_settings(params, recipe, args.model, statistics and args.calibration), "variant": args.variant,
                 **({"precision": str(precision)} if precision != torch.float32 else {})}
     started = time.time()
     probe, done = measure_sensitivity(
         model, args.model, Prepared(args.dataset_dir), recipe, begun.names, size, count_macs(model, size),
         Run(device, precision, seed=params["seed"], eval_batch=params["evaluate"]["batch_size"],
             threshold=params["evaluate"]["threshold"]),
-        params["train"]["batch_size"], settings, args.out)
+        params["train"]["batch_size"], settings, args.out, statistics)
     resumed = f" ({done['resumed']} more resumed)" if done["resumed"] else ""
     print(f"{args.variant}: {probe.measured} probes in {time.time() - started:.0f} s{resumed}; "
           + ("the ranks are chosen with the latency table" if RANK_POLICIES[recipe["rank"]["policy"]].timed

@@ -68,8 +68,9 @@ class SensitivityProbe:
     images and batches) and holds their outputs for all those calls in memory."""
 
     def __init__(self, model: nn.Module, score=None, recalibrate=None, seed: int = 0, epc: dict | None = None,
-                 cache: dict | None = None, on_measure=None, reuse_prefix: bool = False):
+                 cache: dict | None = None, on_measure=None, reuse_prefix: bool = False, statistics=None):
         self.model, self.score, self.recalibrate, self.seed, self.epc = model, score, recalibrate, seed, epc
+        self.statistics = statistics  # `compress.calibration.Statistics`: probes fit outputs, as the plan will
         self.cache = dict(cache or {})
         self.measured = 0
         self.on_measure = on_measure  # called with (key, score) after every new measurement
@@ -174,18 +175,22 @@ class SensitivityProbe:
 
         def prepare():
             original = self.model.get_submodule(name)
-            replacement, _ = factorize_layer(original, entry["method"], rank, self.seed, self.epc)
+            fitting = {} if self.statistics is None else {"metric": self.statistics.metric(name, entry["shape"], rank)}
+            replacement, _ = factorize_layer(original, entry["method"], rank, self.seed, self.epc, **fitting)
             _replace(self.model, name, replacement.to(next(original.parameters()).device))
             return lambda: _replace(self.model, name, original)
         return self._measure(self.key(name, entry["method"], rank), prepare, name)
 
 
-def cache_settings(params: dict, recipe: dict, model_file: Path) -> dict:
-    """What the scores depend on besides layer, method and rank; a cache is reused only if they match."""
+def cache_settings(params: dict, recipe: dict, model_file: Path, calibration: Path | None = None) -> dict:
+    """What the scores depend on besides layer, method and rank; a cache is reused only if they match
+    (for probes that fit outputs, also the fit, its regulariser and the statistics file)."""
     search = recipe["rank"]["search"]
+    fitted = {"fit": recipe["fit"], "ridge": params["calibration"]["ridge"],
+              "calibration_sha256": sha256_file(calibration)} if calibration is not None else {}
     return {"baseline_sha256": sha256_file(model_file), "seed": params["seed"], "epc": recipe.get("epc"),
             "metric": search["metric"], "val_images": search["val_images"],
-            "calibration_batches": search["calibration_batches"]}
+            "calibration_batches": search["calibration_batches"], **fitted}
 
 
 def save_cache(path: Path, probe: SensitivityProbe, meta: dict) -> None:
@@ -205,13 +210,15 @@ def load_cache(path: Path, meta: dict) -> dict:
 
 
 def measure_sensitivity(model: nn.Module, model_file: Path, data, recipe: dict, names: list[str], input_size,
-                        total_macs: int, run, train_batch: int, settings: dict, out: Path) -> tuple[SensitivityProbe, dict]:
+                        total_macs: int, run, train_batch: int, settings: dict, out: Path,
+                        statistics=None) -> tuple[SensitivityProbe, dict]:
     """Run the probes `recipe`'s measured rank policy needs on `model` (in eval mode on `run.device`),
     recording each in `<out>.partial` and resuming from it; returns the probe (its cache holds every
     score) and the record written beside the scores: `settings` (what a cache is checked against) with
     the seconds spent, the probes resumed and the plan where the probes alone make one.
 
-    `run` (a `training.loop.Run`): device, precision, seed, validation batch size and threshold."""
+    `run` (a `training.loop.Run`): device, precision, seed, validation batch size and threshold;
+    `statistics`: the start model's calibration statistics, when the recipe fits outputs."""
     from lwpar.compress.ranks.registry import measure
     from lwpar.data.loader import ImageTable, build_transform, make_loader
     from lwpar.evaluation.metrics import pedestrian_metrics
@@ -253,7 +260,7 @@ def measure_sensitivity(model: nn.Module, model_file: Path, data, recipe: dict, 
     # every probe scores the same images and recalibrates on the same batches: what runs before the
     # probed layer can be replayed (reuse_prefix)
     probe = SensitivityProbe(model, score, recalibrate if calibration else None, seed=run.seed, epc=recipe.get("epc"),
-                             cache=resumed, on_measure=record, reuse_prefix=True)
+                             cache=resumed, on_measure=record, reuse_prefix=True, statistics=statistics)
     with progress:
         chosen = measure(model, names, recipe["methods"], input_size, recipe["rank"], total_macs, probe)
     save_cache(out, probe, {**settings, "seconds": round(spent + time.time() - started, 1), "resumed_probes": len(resumed),
