@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from lwpar.evaluation.complexity import count_macs
 from lwpar.models import build_model
@@ -134,3 +135,56 @@ def test_a_mac_budget_inside_a_rounding_gap_names_the_gap():
     with pytest.raises(LwparError, match=r"could not reach 0.8 of the MACs \(closest: 0\.\d+ at channel ratio 0\.\d+; "
                                          r"it jumps from 1\.000 at channel ratio 0\.000 to 0\.\d+ at 0\.\d+\): .* round_to 32"):
         prune_to_budget(model, (64, 32), 0.8, {**CFG, "round_to": 32})
+
+
+class _Chain(nn.Module):
+    """Three conv - BN - ReLU blocks, pooled, then a classifier: the third conv consumes what pruning
+    removes from the second (the first, as in every model, is never pruned)."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                                      nn.Conv2d(16, 24, 3, padding=1), nn.BatchNorm2d(24), nn.ReLU(),
+                                      nn.Conv2d(24, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU())
+        self.classifier = nn.Linear(32, 5)
+
+    def forward(self, x):
+        return self.classifier(self.features(x).mean((2, 3)))
+
+
+def test_reconstruction_refits_the_layers_whose_inputs_pruning_removed():
+    """After channels are pruned, each layer that lost inputs is refitted by least squares on the
+    calibration statistics: its output error on held-out inputs falls below that of merely dropping them."""
+    import copy
+
+    from lwpar.compress.calibration import second_moments
+    from lwpar.compress.prune import reconstruct, structured_prune
+
+    torch.manual_seed(0)
+    original = _Chain().eval()
+    with torch.no_grad():  # correlated channels: what the kept ones carry says much about the removed ones
+        mix = torch.randn(24, 6) @ torch.randn(6, 24) / 3 + torch.eye(24)
+        original.features[3].weight.copy_(torch.einsum("oc,cihw->oihw", mix, original.features[3].weight))
+    cfg = {"importance": "l2", "global_pruning": False, "iterative_steps": 1, "round_to": 1}
+    pruned = structured_prune(copy.deepcopy(original), (12, 12), 0.4, cfg)
+    assert pruned.kept_channels["features.6"]["in"] != list(range(24))  # the consumer lost inputs
+
+    def images(seed):
+        generator = torch.Generator().manual_seed(seed)
+        return [torch.randn(8, 3, 12, 12, generator=generator) for _ in range(4)]
+    names = ["features.3", "features.6", "classifier"]
+    fitted, _ = second_moments(original, names, images(1), torch.device("cpu"))
+    heldout, _ = second_moments(original, names, images(2), torch.device("cpu"))
+
+    class Statistics:
+        def layer(self, name):
+            return {"second_moment": fitted[name]}
+
+        def heldout(self, name):
+            return heldout[name].double().numpy()
+
+    before = pruned.features[6].weight.detach().clone()
+    rows = {row["layer"]: row for row in reconstruct(pruned, original, Statistics(), 1e-3)}
+    assert "features.6" in rows and rows["features.6"]["kept_inputs"] < rows["features.6"]["inputs"] == 24
+    assert all(row["output_error_refit"] < row["output_error_dropped"] for row in rows.values()), rows
+    assert not torch.equal(before, pruned.features[6].weight)

@@ -141,11 +141,16 @@ class Statistics:
 
 
 def layers_to_calibrate(model: nn.Module, recipes: list[dict], earlier: list[dict]) -> list[str]:
-    """Every layer that one of the decompositions `recipes` (starting from `model`) may factorize."""
+    """Every layer that one of the decompositions `recipes` (starting from `model`) may factorize, and
+    for a pruning that reconstructs, every dense layer outside the attribute heads whose inputs it may
+    remove (every one but the first convolution)."""
     from lwpar.compress.decompose.factorize import factorized_layers, select_layers
 
     names = set()
     for recipe in recipes:
+        if "prune" in recipe:
+            names.update(select_layers(model, ["kxk", "pointwise", "linear"], min_channels=1))
+            continue
         d = recipe["decompose"]
         names.update(select_layers(model, d["kinds"], d["include_first"], d["include_heads"],
                                    factorized=factorized_layers(earlier)))

@@ -114,6 +114,8 @@ def structured_prune(model: nn.Module, input_size, ratio: float, cfg: dict, cali
     if is_alm:  # attention hidden units and the transform / unit outputs are per attribute, never pruned
         ignored += [m for level in traced.levels for m in (level.conv1, level.stn, level.fc)]
     first_conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    names = {id(m): name for name, m in model.named_modules()}
+    kept = getattr(model, "kept_channels", {})
     pruner = tp.pruner.MetaPruner(
         traced, example, importance=_importance(cfg["importance"]), global_pruning=cfg["global_pruning"],
         pruning_ratio=ratio, iterative_steps=cfg["iterative_steps"], ignored_layers=[*ignored, first_conv],
@@ -126,10 +128,24 @@ def structured_prune(model: nn.Module, input_size, ratio: float, cfg: dict, cali
             torch.nn.functional.binary_cross_entropy_with_logits(outputs, targets).backward()
         for group in pruner.step(interactive=True):
             for dep, idxs in group:
+                _record_kept(kept, names, dep.target.module, dep.handler, idxs)
                 for real in replay.get(dep.target.module, ()):
                     dep.handler(real, idxs)
             group.prune()
+    model.kept_channels = kept
     return model
+
+
+def _record_kept(kept: dict, names: dict, module: nn.Module, handler, idxs) -> None:
+    """Which of a layer's original input and output channels survive (`model.kept_channels`: name ->
+    {"in": [...], "out": [...]}, original indices), for the reconstruction of its weights."""
+    side = {"prune_in_channels": "in", "prune_out_channels": "out"}.get(getattr(handler, "__name__", ""))
+    if side is None or id(module) not in names or not isinstance(module, (nn.Conv2d, nn.Linear)):
+        return
+    weight = module.weight
+    current = kept.setdefault(names[id(module)], {}).setdefault(side, list(range(weight.shape[1 if side == "in" else 0])))
+    dropped = set(int(i) for i in idxs)
+    kept[names[id(module)]][side] = [c for i, c in enumerate(current) if i not in dropped]
 
 
 def prune_to_budget(model: nn.Module, input_size, macs_fraction: float, cfg: dict, calibration=None,
@@ -235,9 +251,11 @@ def sparsity(model: nn.Module) -> float:
 
 
 def prune_step(begun: Start, variant: str, cfg: dict, seed: int, calibration=None, timer: Timer | None = None,
-          plan_settings: tuple[int, int] | None = None, cpu: str | None = None) -> Compressed:
+               plan_settings: tuple[int, int] | None = None, cpu: str | None = None, statistics=None) -> Compressed:
     """Structured pruning to the recipe's MAC budget or measured speed-up (`timer` times models on the
-    target at `plan_settings`, (batch, threads), on CPU `cpu`), or unstructured magnitude pruning."""
+    target at `plan_settings`, (batch, threads), on CPU `cpu`), then with `reconstruct` the layers that
+    lost input channels refitted on the start model's calibration `statistics`; or unstructured
+    magnitude pruning."""
     model, size = begun.model, begun.input_size
     torch.manual_seed(seed)
     macs_before, params_before = count_macs(model, size), count_params(model)
@@ -253,6 +271,10 @@ def prune_step(begun: Start, variant: str, cfg: dict, seed: int, calibration=Non
             model, extra = _structured(model, size, cfg, calibration, timer, plan_settings, cpu)
         except LwparError as error:  # the search's own message does not know the variant
             raise LwparError(f"variant {variant}: {error}") from None
+        if cfg.get("reconstruct"):
+            started_refit = time.time()
+            extra["reconstruction"] = reconstruct(model, begun.model, statistics, statistics.ridge)
+            extra["reconstruction_seconds"] = round(time.time() - started_refit, 1)
         structure = [*begun.earlier, {"op": "prune", "variant": variant, "tp_state": tp.state_dict(model)}]
     macs_after, params_after = count_macs(model, size), count_params(model)
     summary = {"variant": variant, "kind": cfg["kind"], "macs_before": macs_before, "macs_after": macs_after,
@@ -276,3 +298,40 @@ def _structured(model, size, cfg: dict, calibration, timer, plan_settings, cpu) 
                    "plan_threads": threads, "plan_model_ms": chosen["model_ms"],
                    "plan_predicted_ms": chosen["pruned_ms"], "plan_cpu": cpu,
                    "speedup_requested": cfg["speedup"], "speedup_planned": speedup, "trials": trials}
+
+
+def reconstruct(pruned: nn.Module, original: nn.Module, statistics, ridge: float) -> list[dict]:
+    """Refit every dense layer that lost input channels (He et al., ICCV 2017; AIMET's weight
+    reconstruction) so that, on the calibration inputs, its output from the kept channels comes as close
+    as it can to the unpruned layer's from all of them: the least-squares solution
+        W' = W S[:, K] (S[K, K] + ridge * mean(eig S[K, K]) * I)^-1
+    with S the second moment of the layer's unfolded input and K the kept channels' entries. Returns,
+    per refitted layer, its output error on the held-out inputs with the channels merely dropped and
+    after the refit."""
+    from lwpar.compress.decompose.metric import output_error
+
+    rows = []
+    for name, sides in getattr(pruned, "kept_channels", {}).items():
+        layer = pruned.get_submodule(name)
+        if "in" not in sides or (isinstance(layer, nn.Conv2d) and layer.groups != 1):
+            continue
+        weight = original.get_submodule(name).weight.detach().double().cpu().numpy()
+        weight = weight[sides.get("out", slice(None))]
+        positions = int(np.prod(weight.shape[2:])) if weight.ndim == 4 else 1
+        columns = np.array([c * positions + j for c in sides["in"] for j in range(positions)], dtype=int)
+        unfolded = weight.reshape(weight.shape[0], -1)
+        moment = statistics.layer(name)["second_moment"].double().numpy()
+        kept = moment[np.ix_(columns, columns)]
+        regulariser = ridge * max(float(np.trace(kept)) / len(columns), 1e-30)
+        refit = np.linalg.solve(kept + regulariser * np.eye(len(columns)), (unfolded @ moment[:, columns]).T).T
+        heldout = statistics.heldout(name)
+        errors = []
+        for fitted in (unfolded[:, columns], refit):
+            embedded = np.zeros_like(unfolded)
+            embedded[:, columns] = fitted
+            errors.append(output_error(unfolded, embedded, heldout))
+        with torch.no_grad():
+            layer.weight.copy_(torch.from_numpy(refit.reshape(layer.weight.shape)).to(layer.weight.dtype))
+        rows.append({"layer": name, "kept_inputs": len(sides["in"]), "inputs": int(weight.shape[1]),
+                     "output_error_dropped": errors[0], "output_error_refit": errors[1]})
+    return rows

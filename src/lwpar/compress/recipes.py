@@ -52,7 +52,7 @@ CURVE_POLICIES = tuple(name for name, policy in RANK_POLICIES.items() if "fracti
 
 # Pruning: the keys each kind and each structured budget read (every other key is always read).
 PRUNE_KINDS = {"structured": ("importance", "global_pruning", "round_to", "iterative_steps", "budget",
-                              "macs_fraction", "speedup", "target"),
+                              "macs_fraction", "speedup", "target", "reconstruct"),
                "unstructured": ("amount",)}
 PRUNE_BUDGETS = {"macs": ("macs_fraction",), "latency": ("speedup", "target")}
 TIMED_PRUNE_BUDGETS = ("latency",)
@@ -104,8 +104,9 @@ def is_measured(recipe: dict) -> bool:
 
 
 def is_calibrated(recipe: dict) -> bool:
-    """A decomposition that fits its layers in the start model's calibration statistics."""
-    return recipe.get("decompose", {}).get("fit") in CALIBRATED_FITS
+    """A compression step that reads the start model's calibration statistics: a decomposition that
+    fits its layers' outputs, a pruning that refits the layers whose inputs it removed."""
+    return recipe.get("decompose", {}).get("fit") in CALIBRATED_FITS or bool(recipe.get("prune", {}).get("reconstruct"))
 
 
 def timing_step(recipe: dict) -> dict | None:
@@ -154,10 +155,14 @@ def matched_control(params: dict, variant: str) -> str | None:
 def label(params: dict, name: str, recipe: dict) -> str:
     """What a recipe does, without its budget: the name that groups one method's budgets in the tables
     and plots ("cp-epc+svd (greedy, ALS 50)", "prune structured l2", "control")."""
+    # a variant read after BatchNorm re-estimation alone is another point than the fine-tuned one
+    untuned = recipe.get("finetune", {}).get("epochs") == 0
     if "prune" in recipe:
         prune = recipe["prune"]
-        budget = " (latency)" if prune.get("budget") in TIMED_PRUNE_BUDGETS else ""  # the method planned another way
-        return f"prune {prune['kind']} {prune.get('importance', 'l1')}{budget}"  # unstructured: L1
+        qualifiers = [q for q, on in (("latency", prune.get("budget") in TIMED_PRUNE_BUDGETS),  # planned another way
+                                      ("reconstructed", prune.get("reconstruct")), ("no fine-tuning", untuned)) if on]
+        return f"prune {prune['kind']} {prune.get('importance', 'l1')}" + (f" ({', '.join(qualifiers)})" if qualifiers
+                                                                            else "")  # unstructured: L1
     if "decompose" not in recipe:
         return "control"
     d = recipe["decompose"]
@@ -171,8 +176,7 @@ def label(params: dict, name: str, recipe: dict) -> str:
     # CP's outcome depends on how long ALS ran (the dense sweep), so its cap is part of the method
     als = f", ALS {epc['als_iter']}" if epc.get("als_iter") else ""
     fit = f", {d['fit']} fit" if d.get("fit") in CALIBRATED_FITS else ""
-    # a variant read after BatchNorm re-estimation alone is another point than the fine-tuned one
-    tuned = ", no fine-tuning" if recipe.get("finetune", {}).get("epochs") == 0 else ""
+    tuned = ", no fine-tuning" if untuned else ""
     return f"{'+'.join(p for p in parts if p)} ({d['rank']['policy']}{als}{fit}{tuned}{chain})"
 
 

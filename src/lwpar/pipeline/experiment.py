@@ -39,10 +39,11 @@ def latency_tables(params: dict) -> list[tuple[str, str]]:
 
 
 def calibrated_variants(params: dict) -> dict[str, list[str]]:
-    """The variants that fit their layers in calibration statistics, by the model they start from
-    (`baseline`, or the base variant whose fine-tuned model they compress): one calibrate job each."""
+    """The variants that read calibration statistics (fitting outputs, refitting after pruning), by the
+    model they start from (`baseline`, or the base variant whose fine-tuned model they compress): one
+    calibrate job each."""
     starts: dict[str, list[str]] = {}
-    for variant in variants_of(params, "decompose"):
+    for variant in params["experiment"]["variants"]:
         if is_calibrated(params["variants"][variant]):
             starts.setdefault(params["variants"][variant]["base"] or "baseline", []).append(variant)
     return dict(sorted(starts.items()))

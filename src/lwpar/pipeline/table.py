@@ -42,9 +42,11 @@ def _calibration_input(params: dict, w: dict) -> dict[str, str]:
 
 def _calibrate_keys(params: dict, w: dict) -> list[str]:
     """What a start model's statistics depend on: the calibration set, and which layers its variants select."""
-    selection = ("kinds", "include_first", "include_heads")
-    return ["seed", "calibration", *(f"variants.{v}.decompose.{k}" for v in calibrated_variants(params).get(w["start"], [])
-                                      for k in selection)]
+    keys = ["seed", "calibration"]
+    for v in calibrated_variants(params).get(w["start"], []):
+        keys += ([f"variants.{v}.prune.{k}" for k in ("kind", "reconstruct")] if "prune" in params["variants"][v] else
+                 [f"variants.{v}.decompose.{k}" for k in ("kinds", "fit", "include_first", "include_heads")])
+    return keys
 
 
 def _profile_inputs(params: dict, w: dict) -> dict[str, str]:
@@ -134,9 +136,10 @@ def stages(params: dict) -> dict[str, Stage]:
         Stage(
             name="prune", wildcards=("dataset", "model", "variant"),
             outputs={"model": f"{run}/{{variant}}/compressed.pt", "summary": f"{run}/{{variant}}/prune.json"},
-            inputs=lambda p, w: {"model": start_model(p, w), "data": prepared(p, w["dataset"])},
+            inputs=lambda p, w: {"model": start_model(p, w), "data": prepared(p, w["dataset"]), **_calibration_input(p, w)},
             param_keys=lambda p, w: ["seed", f"variants.{w['variant']}.base", f"variants.{w['variant']}.prune",
-                                     *timing_keys((timing_step(p["variants"][w["variant"]]) or {}).get("target"))],
+                                     *timing_keys((timing_step(p["variants"][w["variant"]]) or {}).get("target")),
+                                     *(["calibration.ridge"] if is_calibrated(p["variants"][w["variant"]]) else [])],
             scripts=(BENCH_WORKER,),
             metrics=("summary",),
             threads="all", cluster_threads=4, mem_mb=8000, runtime_min=60,  # a latency budget times: alone

@@ -1,7 +1,7 @@
-"""Measure the calibration statistics of a start model's factorizable layers (decompositions that fit outputs).
+"""Measure the calibration statistics of a start model's layers (decompositions fitting outputs, prunings refitting).
 
-For the variants that start from this model with `fit: covariance`: per layer they may factorize,
-the second moment of its unfolded input over `calibration.images` seeded training images, and over
+For the variants that start from this model with `fit: covariance` or `prune.reconstruct`: per layer
+they may factorize or refit, the second moment of its unfolded input over `calibration.images` seeded training images, and over
 `calibration.heldout_images` others (which score each factorization's output error). Never
 validation or test images. Writes calibration.pt with what it was measured on (the model's sha256)
 and what it cost (seconds, bytes); the decompose stage refuses statistics of another model.
@@ -27,6 +27,7 @@ def run(args, params) -> None:
     import numpy as np
 
     from lwpar.compress import calibration
+    from lwpar.compress.recipes import is_calibrated
     from lwpar.compress.structure import load_model
     from lwpar.core.errors import LwparError
     from lwpar.core.runtime import configure
@@ -35,8 +36,8 @@ def run(args, params) -> None:
     recipes = []
     for name in args.variants:
         recipe = params["variants"].get(name)
-        if recipe is None or "decompose" not in recipe:
-            raise LwparError(f"--variants {name!r}: not a decomposition variant in params variants")
+        if recipe is None or not is_calibrated(recipe):
+            raise LwparError(f"--variants {name!r}: not a variant of params variants that fits outputs or reconstructs")
         recipes.append(recipe)
     cfg = params["calibration"]
     device = configure(params)

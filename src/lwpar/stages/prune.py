@@ -20,6 +20,7 @@ FLAGS = [
     variant(),
     flag("--out", "pruned model file to write", "output:model", type=Path, required=True),
     flag("--summary", "summary JSON to write", "output:summary", type=Path, required=True),
+    flag("--calibration", "the start model's calibration statistics (reconstruct: true)", "input:calibration", type=Path),
 ]
 TAYLOR_IMAGES = 32  # training images whose gradients rank the channels (importance `taylor`)
 
@@ -42,7 +43,15 @@ def run(args, params) -> None:
         timer = target_timer(params["profile"]["targets"][cfg["target"]], *settings, params["profile"], params["seed"])
     calibration = _taylor_batch(args.dataset_dir, begun.input_size) \
         if cfg["kind"] == "structured" and cfg["importance"] == "taylor" else None
-    done = prune_step(begun, args.variant, cfg, params["seed"], calibration, timer, settings, cpu_model())
+    statistics = None
+    if cfg.get("reconstruct"):
+        from lwpar.compress.calibration import Statistics
+        from lwpar.core.errors import LwparError
+
+        if args.calibration is None:
+            raise LwparError(f"variant {args.variant}: reconstruct needs --calibration")
+        statistics = Statistics(args.calibration, args.model, params["calibration"]["ridge"])
+    done = prune_step(begun, args.variant, cfg, params["seed"], calibration, timer, settings, cpu_model(), statistics)
     save_model(args.out, done.model, begun.blob["model_cfg"], begun.blob["attributes"], structure=done.structure,
                macs=done.macs, params=done.params, lineage=lineage(begun.blob, stage="prune", variant=args.variant, recipe=cfg))
     write_json(args.summary, done.summary)
