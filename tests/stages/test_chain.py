@@ -19,11 +19,11 @@ from lwpar import pipeline
 from lwpar.cli import main
 
 pytestmark = pytest.mark.timeout(600)  # the first test runs the chain
-# a decomposition, the same fitted to the layers' outputs on calibration statistics, a pruning (and
-# the same with the layers that lost inputs refitted on those statistics), two
-# decompositions planned by measured sensitivity (one by measured latency, from the other's probes),
-# and their matched control
-VARIANTS = ["svd_r50", "svd_cov", "prune_l2_r50", "prune_rec", "svd_greedy", "svd_lat", "control"]
+# a decomposition, the same fitted to the layers' outputs on calibration statistics, and fitted layer
+# after layer from its own inputs then reconstructed block by block, a pruning (and the same with the
+# layers that lost inputs refitted on those statistics), two decompositions planned by measured
+# sensitivity (one by measured latency, from the other's probes), and their matched control
+VARIANTS = ["svd_r50", "svd_cov", "svd_seq", "prune_l2_r50", "prune_rec", "svd_greedy", "svd_lat", "control"]
 
 
 # Keys that say where and how a job runs, not what it computes: reading them never reruns a job.
@@ -110,6 +110,10 @@ def chain(tmp_path_factory):
                                      "decompose": {**params["variants"]["svd_r50"]["decompose"], "fit": "covariance",
                                                    "kinds": ["pointwise"], "rank": {"policy": "ratio", "fraction": 0.25,
                                                                                     "multiple": 8}}}
+    params["variants"]["svd_seq"] = {**params["variants"]["svd_cov"], "finetune": dict(params["variants"]["svd_r50"]["finetune"]),
+                                     "decompose": {**params["variants"]["svd_cov"]["decompose"], "fit": "sequential"},
+                                     "blockwise": {"steps": 3, "images": 16, "heldout_images": 8, "batch_size": 4,
+                                                   "lr": 0.001}}
     params["calibration"].update(images=48, heldout_images=16, batch_size=16)
     params["variants"]["prune_rec"] = {"base": None, "finetune": dict(params["variants"]["prune_l2_r50"]["finetune"]),
                                        "prune": {**params["variants"]["prune_l2_r50"]["prune"], "reconstruct": True}}
@@ -336,6 +340,28 @@ def test_a_covariance_fit_decomposes_in_the_start_models_calibration_statistics(
         assert entry["rows"] >= 48 and entry["heldout_rows"] >= 16 and entry["heldout_second_moment"].shape == (size, size)
     assert (fitted.fit == "covariance").all() and (fitted.ridge == 0.01).all()
     assert fitted.output_error.between(0, 1).all() and "output_error" not in plain
+
+
+def test_a_sequential_fit_runs_the_images_and_block_wise_reconstruction_trains_the_changed_blocks(chain):
+    """The sequential fit fits the same layers at the same ranks from the compressed model's inputs
+    (the calibration images run, each layer's capture timed); block-wise reconstruction then trains
+    every block holding one of them, records each block's errors, and leaves other variants alone."""
+    sequential = pd.read_csv(_outputs(chain, "decompose", variant="svd_seq")["table"])
+    covariance = pd.read_csv(_outputs(chain, "decompose", variant="svd_cov")["table"])
+    assert sorted(sequential.layer) == sorted(covariance.layer) and (sequential.fit == "sequential").all()
+    assert (sequential.set_index("layer").loc[covariance.layer, "rank"].values == covariance["rank"].values).all()
+    assert (sequential.capture_seconds > 0).all() and sequential.output_error.between(0, 1).all()
+    # the first layer fitted sees the uncompressed inputs: as the covariance fit; a later one does not
+    first = sequential.iloc[0].layer
+    assert sequential.iloc[0].output_error == pytest.approx(covariance.set_index("layer").loc[first, "output_error"], rel=1e-3)
+    record = _json(_outputs(chain, "finetune", variant="svd_seq")["summary"])["blockwise"]
+    blocks = record["blocks"]
+    assert blocks and record["seconds"] > 0 and all(b["steps"] == 3 and b["parameters"] > 0 for b in blocks)
+    assert {b["block"] for b in blocks} >= {".".join(layer.split(".")[:3]) for layer in sequential.layer
+                                            if layer.startswith("main_branch.layer")}
+    for b in blocks:
+        assert 0 <= b["heldout_error_before"] and (b["heldout_error_after"] <= b["heldout_error_before"]) == b["kept"], b
+    assert "blockwise" not in _json(_outputs(chain, "finetune", variant="svd_cov")["summary"])
 
 
 def test_a_reconstructing_pruning_refits_the_layers_that_lost_inputs(chain):

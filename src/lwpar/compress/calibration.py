@@ -170,3 +170,25 @@ def calibration_images(data, images: int, heldout: int, seed: int) -> tuple[list
     if any(str(p) in others for p in chosen):  # a prepared table listing one image in two splits
         raise LwparError(f"{data.folder}: an image of the training split is also in val or test: calibration refused")
     return chosen[:images], chosen[images:]
+
+
+def image_batches(paths: list, input_size, batch_size: int, workers: int):
+    """The images at `paths`, evaluation-transformed, in order, in batches of `batch_size`."""
+    from lwpar.data.loader import build_transform, make_loader
+
+    loader = make_loader(paths, np.zeros((len(paths), 1), np.float32), build_transform(input_size, False), batch_size,
+                         workers)
+    return (images for images, _ in loader)
+
+
+def fitting_images(data, params: dict, input_size, images: int | None = None, heldout: int = 0) -> tuple:
+    """The seeded training images a step fits on (`calibration.images` of them unless `images` says),
+    and `heldout` others, as two tensors (N x 3 x H x W, in memory)."""
+    cfg = params["calibration"]
+    fit_paths, heldout_paths = calibration_images(data, cfg["images"] if images is None else images, heldout,
+                                                  params["seed"])
+
+    def load(paths):
+        batches = list(image_batches(paths, input_size, cfg["batch_size"], params["runtime"]["workers"]))
+        return torch.cat(batches) if batches else torch.empty(0, 3, *input_size)
+    return load(fit_paths), load(heldout_paths)

@@ -16,10 +16,12 @@ from dataclasses import dataclass
 # Decomposition methods, per layer kind (the schema's enums are checked against these).
 KXK_METHODS = ("cp", "cp4", "tucker2", "spatial_svd", "svd")
 POINTWISE_METHODS = ("svd",)
-# What a factorization fits (`decompose.fit`): the kernel, or the layer's output in the calibration
-# statistics' metric (which then must be measured on the start model: the calibrate stage).
-FITS = ("weights", "covariance")
-CALIBRATED_FITS = ("covariance",)
+# What a factorization fits (`decompose.fit`): the kernel, the layer's output in the calibration
+# statistics' metric (which then must be measured on the start model: the calibrate stage), or that
+# output from the inputs the partly compressed model gives the layer (which also runs the images).
+FITS = ("weights", "covariance", "sequential")
+CALIBRATED_FITS = ("covariance", "sequential")
+RUNS_IMAGES_FITS = ("sequential",)
 # Methods that read the `epc` block: `cp` runs CP-ALS capped at `epc.als_iter`, then EPC if enabled;
 # `cp4` runs tensorly's parafac on the 4-way kernel (100 iterations) and reads none of it.
 EPC_METHODS = ("cp",)
@@ -109,6 +111,16 @@ def is_calibrated(recipe: dict) -> bool:
     return recipe.get("decompose", {}).get("fit") in CALIBRATED_FITS or bool(recipe.get("prune", {}).get("reconstruct"))
 
 
+def runs_images(recipe: dict) -> bool:
+    """A decomposition that runs the calibration images itself (the sequential fit)."""
+    return recipe.get("decompose", {}).get("fit") in RUNS_IMAGES_FITS
+
+
+def reconstructs_blocks(recipe: dict) -> bool:
+    """A variant whose changed blocks are trained towards the uncompressed model's before fine-tuning."""
+    return bool(recipe.get("blockwise", {}).get("steps"))
+
+
 def timing_step(recipe: dict) -> dict | None:
     """The recipe's block that is planned by measured latency on a target (its `target` key), if any."""
     rank = recipe.get("decompose", {}).get("rank", {})
@@ -160,7 +172,8 @@ def label(params: dict, name: str, recipe: dict) -> str:
     if "prune" in recipe:
         prune = recipe["prune"]
         qualifiers = [q for q, on in (("latency", prune.get("budget") in TIMED_PRUNE_BUDGETS),  # planned another way
-                                      ("reconstructed", prune.get("reconstruct")), ("no fine-tuning", untuned)) if on]
+                                      ("reconstructed", prune.get("reconstruct")),
+                                      ("block-wise", reconstructs_blocks(recipe)), ("no fine-tuning", untuned)) if on]
         return f"prune {prune['kind']} {prune.get('importance', 'l1')}" + (f" ({', '.join(qualifiers)})" if qualifiers
                                                                             else "")  # unstructured: L1
     if "decompose" not in recipe:
@@ -176,8 +189,9 @@ def label(params: dict, name: str, recipe: dict) -> str:
     # CP's outcome depends on how long ALS ran (the dense sweep), so its cap is part of the method
     als = f", ALS {epc['als_iter']}" if epc.get("als_iter") else ""
     fit = f", {d['fit']} fit" if d.get("fit") in CALIBRATED_FITS else ""
+    blocks = ", block-wise" if reconstructs_blocks(recipe) else ""
     tuned = ", no fine-tuning" if untuned else ""
-    return f"{'+'.join(p for p in parts if p)} ({d['rank']['policy']}{als}{fit}{tuned}{chain})"
+    return f"{'+'.join(p for p in parts if p)} ({d['rank']['policy']}{als}{fit}{blocks}{tuned}{chain})"
 
 
 def method_label(params: dict | None, variant: str) -> str:

@@ -65,6 +65,27 @@ def calibrated(recipe: dict, args, params: dict):
     return Statistics(args.calibration, args.model, params["calibration"]["ridge"])
 
 
+def sequential(recipe: dict, args, params: dict, begun: Start):
+    """For `fit: sequential`, the walk that fits each layer from the partly compressed model's inputs
+    (`compress.sequential.SequentialFit`): a copy of the start model as the teacher, and the
+    calibration images of the training split in `args.dataset_dir`; else None."""
+    if recipe["fit"] != "sequential":
+        return None
+    import copy
+
+    from lwpar.compress.calibration import fitting_images
+    from lwpar.compress.sequential import SequentialFit
+    from lwpar.core.runtime import configure
+    from lwpar.data.loader import Prepared
+
+    if args.dataset_dir is None:
+        raise LwparError(f"variant {args.variant}: fit 'sequential' needs --dataset-dir (its calibration images)")
+    device = configure(params)
+    images, _ = fitting_images(Prepared(args.dataset_dir), params, begun.input_size)
+    return SequentialFit(copy.deepcopy(begun.model), images, params["calibration"]["batch_size"], device,
+                         params["calibration"]["ridge"])
+
+
 @dataclass
 class Compressed:
     model: nn.Module
@@ -76,10 +97,11 @@ class Compressed:
 
 
 def decompose(begun: Start, variant: str, recipe: dict, seed: int, probe=None, latency_table: dict | None = None,
-              statistics=None) -> Compressed:
+              statistics=None, walk=None) -> Compressed:
     """Choose the ranks (`compress.ranks.plan`) and factorize the chosen layers (in the calibration
-    `statistics`' metric, if given); a row per layer with its shape, rank, parameters and MACs before
-    and after, errors and seconds."""
+    `statistics`' metric, if given; layer after layer from the compressed model's own inputs with
+    `walk`, a `SequentialFit`); a row per layer with its shape, rank, parameters and MACs before and
+    after, errors and seconds."""
     from lwpar.compress.ranks import plan
 
     model, size = begun.model, begun.input_size
@@ -89,8 +111,9 @@ def decompose(begun: Start, variant: str, recipe: dict, seed: int, probe=None, l
     if not chosen:
         raise LwparError(f"variant {variant}: the rank policy leaves every layer as it is")
     with Progress(len(chosen), f"decompose {variant}", unit="layer") as progress:
-        rows = apply_plan(model, chosen, seed=seed, epc=recipe.get("epc"), statistics=statistics,
+        rows = apply_plan(model, chosen, seed=seed, epc=recipe.get("epc"), statistics=statistics, sequential=walk,
                           progress=lambda entry, stats: progress.update(note=entry["layer"]))
+    model.cpu()
     for row in rows:
         if latency_table is not None:  # where the plan's prediction holds, for the report to check it there
             row.update(plan_target=latency_table["target"], plan_batch=latency_table["batch"],

@@ -58,6 +58,9 @@ def problems(params: dict):
                    f"of the variant and of each base)")
     for name in params["experiment"]["variants"]:
         variant = params["variants"].get(name, {})
+        if variant.get("blockwise", {}).get("steps") and is_control(variant):
+            yield (f"variants.{name}.blockwise.steps", "a control has no compressed layer to reconstruct "
+                   "(block-wise reconstruction would leave it unchanged): set 0")
         block = timing_step(variant)
         if block is not None and block["target"] not in params["experiment"]["targets"]:
             key = "prune" if "budget" in block else "decompose.rank"

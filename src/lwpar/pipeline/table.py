@@ -6,7 +6,7 @@ description (`lwpar.stages`)."""
 
 from __future__ import annotations
 
-from lwpar.compress.recipes import is_calibrated, timing_step
+from lwpar.compress.recipes import is_calibrated, reconstructs_blocks, runs_images, timing_step
 from lwpar.pipeline.experiment import calibrated_variants, profiled_names, sensitivity_source, variant_pattern
 from lwpar.pipeline.layout import (REFERENCE, finetune_start, prepared, profile_file, run_folder, source_model,
                                    start_model)
@@ -29,6 +29,8 @@ def _decompose_inputs(params: dict, w: dict) -> dict[str, str]:
     timed = timing_step(params["variants"][w["variant"]])
     if timed is not None:  # timed with the sensitivity source's candidate ranks
         inputs["latency_table"] = f"{run_folder(params, w, source)}/latency-{timed['target']}.json"
+    if runs_images(params["variants"][w["variant"]]):  # the calibration images
+        inputs["data"] = prepared(params, w["dataset"])
     return {**inputs, **_calibration_input(params, w)}
 
 
@@ -129,7 +131,9 @@ def stages(params: dict) -> dict[str, Stage]:
             outputs={"model": f"{run}/{{variant}}/compressed.pt", "table": f"{run}/{{variant}}/layers.csv"},
             inputs=_decompose_inputs,
             param_keys=lambda p, w: ["seed", f"variants.{w['variant']}.base", f"variants.{w['variant']}.decompose",
-                                     *(["calibration.ridge"] if is_calibrated(p["variants"][w["variant"]]) else [])],
+                                     *(["calibration.ridge"] if is_calibrated(p["variants"][w["variant"]]) else []),
+                                     *(["calibration.images", "calibration.batch_size"] if
+                                       runs_images(p["variants"][w["variant"]]) else [])],
             cluster_threads=4, mem_mb=8000, runtime_min=60,
             constraints=lambda p: {"variant": variant_pattern(p, "decompose")},
         ),
@@ -151,7 +155,11 @@ def stages(params: dict) -> dict[str, Stage]:
                      "summary": f"{run}/{{variant}}/finetune.json"},
             inputs=lambda p, w: {"model": finetune_start(p, w), "teacher": f"{run_folder(p, w, 'baseline')}/model.pt",
                                  "data": prepared(p, w["dataset"])},
-            param_keys=lambda p, w: ["seed", "runtime.amp", "train", "evaluate", f"variants.{w['variant']}.finetune"],
+            param_keys=lambda p, w: ["seed", "runtime.amp", "train", "evaluate", f"variants.{w['variant']}.finetune",
+                                     # whether it is on, or the whole block when it is
+                                     *([f"variants.{w['variant']}.blockwise", "calibration.batch_size"]
+                                       if reconstructs_blocks(p["variants"][w["variant"]])
+                                       else [f"variants.{w['variant']}.blockwise.steps"])],
             metrics=("summary",),
             cluster_threads=8, mem_mb=8000, runtime_min=120, gpu=True,
             # the experiment's variants only: its output pattern would also match baseline/model.pt

@@ -24,14 +24,12 @@ FLAGS = [
 
 
 def run(args, params) -> None:
-    import numpy as np
-
     from lwpar.compress import calibration
     from lwpar.compress.recipes import is_calibrated
     from lwpar.compress.structure import load_model
     from lwpar.core.errors import LwparError
     from lwpar.core.runtime import configure
-    from lwpar.data.loader import Prepared, build_transform, make_loader
+    from lwpar.data.loader import Prepared
 
     recipes = []
     for name in args.variants:
@@ -45,15 +43,11 @@ def run(args, params) -> None:
     names = calibration.layers_to_calibrate(model, recipes, blob.get("structure", []))
     data = Prepared(args.dataset_dir)
     fit_paths, heldout_paths = calibration.calibration_images(data, cfg["images"], cfg["heldout_images"], params["seed"])
-    transform = build_transform(blob["model_cfg"]["input_size"], False)
-
-    def batches(paths):
-        loader = make_loader(paths, np.zeros((len(paths), 1), np.float32), transform, cfg["batch_size"],
-                             params["runtime"]["workers"])
-        return (images for images, _ in loader)
-
-    statistics = calibration.calibrate(model, args.model, names, batches(fit_paths), batches(heldout_paths), device,
-                                       (len(fit_paths), len(heldout_paths)), cfg["batch_size"])
+    size, workers = blob["model_cfg"]["input_size"], params["runtime"]["workers"]
+    statistics = calibration.calibrate(
+        model, args.model, names, calibration.image_batches(fit_paths, size, cfg["batch_size"], workers),
+        calibration.image_batches(heldout_paths, size, cfg["batch_size"], workers), device,
+        (len(fit_paths), len(heldout_paths)), cfg["batch_size"])
     calibration.save(args.out, statistics)
     print(f"{args.out}: {len(names)} layers from {len(fit_paths)} + {len(heldout_paths)} training images in "
           f"{statistics['seconds']:.0f} s, {statistics['bytes'] / 1e6:.1f} MB")

@@ -2,7 +2,8 @@
 
 Writes the decomposed model (architecture + weights, loadable without decomposing again) and a
 per-layer table: layer, method, shape, rank, parameters and MACs before and after, relative
-reconstruction error, ||lambda||^2 and sensitivity before and after EPC, seconds taken.
+reconstruction error, ||lambda||^2 and sensitivity before and after EPC, seconds taken; with a
+calibrated fit, the output error on held-out calibration images (and the sequential fit's capture time).
 """
 
 from __future__ import annotations
@@ -19,7 +20,10 @@ FLAGS = [
     flag("--sensitivity", "sensitivity cache (measured rank policies: search, greedy, latency)", "input:sensitivity",
          type=Path),
     flag("--latency-table", "per-layer latency table (rank policy latency)", "input:latency_table", type=Path),
-    flag("--calibration", "the start model's calibration statistics (fit: covariance)", "input:calibration", type=Path),
+    flag("--calibration", "the start model's calibration statistics (fit: covariance or sequential)",
+         "input:calibration", type=Path),
+    flag("--dataset-dir", "prepared dataset whose calibration images the sequential fit runs (fit: sequential)",
+         "input:data", type=Path),
 ]
 
 
@@ -51,7 +55,8 @@ def run(args, params) -> None:
             raise LwparError(f"{args.latency_table}: measured on another start model than {args.model}: "
                              f"run `lwpar latency` again")
     statistics = steps.calibrated(recipe, args, params)
-    done = steps.decompose(begun, args.variant, recipe, params["seed"], probe, latency_table, statistics)
+    done = steps.decompose(begun, args.variant, recipe, params["seed"], probe, latency_table, statistics,
+                           steps.sequential(recipe, args, params, begun))
     write_csv(args.table, pd.DataFrame(done.rows))
     save_model(args.out, done.model, begun.blob["model_cfg"], begun.blob["attributes"], structure=done.structure,
                macs=done.macs, params=done.params,

@@ -1,8 +1,10 @@
 """Fine-tune a compressed variant, or a control's start model (BN recalibration, optional distillation).
 
-Runs the training loop of `train` (same resume and determinism guarantees) after re-estimating
-BatchNorm statistics, optionally distilled from the uncompressed baseline; the epoch is selected on
-validation. Writes <out>/model.pt, history.csv and finetune.json (validation metrics before and after).
+With `blockwise.steps`, first trains the compressed model's changed blocks towards the baseline's
+(`--teacher`) on cached training images. Then runs the training loop of `train` (same resume and
+determinism guarantees) after re-estimating BatchNorm statistics, optionally distilled from the
+uncompressed baseline; the epoch is selected on validation. Writes <out>/model.pt, history.csv and
+finetune.json (validation metrics before and after, the block-wise record and its seconds).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ def run(args, params) -> None:
     import pandas as pd
     import torch
 
+    from lwpar.compress.blockwise import reconstruct_blocks
+    from lwpar.compress.calibration import fitting_images
     from lwpar.compress.structure import load_model
     from lwpar.core.errors import LwparError
     from lwpar.core.io import write_csv, write_json
@@ -37,6 +41,7 @@ def run(args, params) -> None:
     if args.variant not in params["variants"]:
         raise LwparError(f"--variant {args.variant!r}: not in params variants ({', '.join(params['variants'])})")
     recipe = params["variants"][args.variant]["finetune"]
+    blockwise = params["variants"][args.variant]["blockwise"]
     device = configure(params)
     data = Prepared(args.dataset_dir)
     model, blob = load_model(args.model)
@@ -44,23 +49,36 @@ def run(args, params) -> None:
     seed_everything(params["seed"])
     model.to(device)
     precision = run_precision(model, params["runtime"]["amp"], size, device)
-    teacher = None
-    if recipe["distill_weight"] > 0:
+    teacher = reconstruct = None
+    if recipe["distill_weight"] > 0 or blockwise["steps"]:
         if args.teacher is None:
-            raise LwparError(f"variant {args.variant}: distill_weight > 0 needs --teacher")
+            raise LwparError(f"variant {args.variant}: distillation and block-wise reconstruction need --teacher")
         teacher, _ = load_model(args.teacher)
         teacher.to(device).eval()
+    if blockwise["steps"]:
+        def reconstruct(student):
+            images, heldout = fitting_images(data, params, size, blockwise["images"], blockwise["heldout_images"])
+            return reconstruct_blocks(student, teacher, images, heldout, blockwise, device, params["seed"],
+                                      params["calibration"]["batch_size"])
     structure = [{k: v for k, v in step.items() if k != "tp_state"} for step in blob.get("structure", [])]
     stamp = fingerprint(recipe, params["train"], params["seed"], structure, data.meta.get("sources"),
-                        *([str(precision)] if precision != torch.float32 else []))
+                        *([str(precision)] if precision != torch.float32 else []),
+                        *([blockwise] if blockwise["steps"] else []))
     run_on = Run(device, precision, params["runtime"]["workers"], params["seed"], params["evaluate"]["batch_size"],
                  params["evaluate"]["threshold"])
-    history, scores = finetune(model, data, size, recipe, params["train"], args.out, run_on, teacher, stamp)
+    history, scores = finetune(model, data, size, recipe, params["train"], args.out, run_on, teacher, stamp,
+                               reconstruct)
     extra = {k: blob[k] for k in ("structure", "macs", "params") if k in blob}
     save_model(args.out / "model.pt", model, blob["model_cfg"], blob["attributes"], **extra,
                lineage=lineage(blob, stage="finetune", variant=args.variant, recipe=recipe, best_epoch=scores["best_epoch"]))
     write_csv(args.out / "history.csv", pd.DataFrame(history))
     write_json(args.out / "finetune.json", {"variant": args.variant, **scores})
+    if "blockwise" in scores:
+        blocks = scores["blockwise"]["blocks"]
+        print(f"{args.variant}: {len(blocks)} blocks reconstructed in {scores['blockwise']['seconds']:.0f} s; held-out "
+              f"relative error {sum(b['heldout_error_before'] for b in blocks) / max(len(blocks), 1):.4f} -> "
+              f"{sum(b['heldout_error_after'] if b['kept'] else b['heldout_error_before'] for b in blocks) / max(len(blocks), 1):.4f} "
+              f"(mean over blocks)")
     before, recalibrated, after = scores["val_before"], scores["val_after_bn_recalibration"], scores["val_after"]
     print(f"{args.variant}: val mA"
           + (f" {before['mA']:.4f} before fine-tuning," if before else "")

@@ -1,7 +1,7 @@
-"""Fine-tuning a compressed model, or a control's uncompressed start model: BatchNorm statistics
-re-estimated first, then the training loop of `fit` (same resume and determinism guarantees) for the
-recipe's schedule, optionally distilled from the uncompressed baseline; the epoch is selected on
-validation, and the start model is kept if no epoch beats it."""
+"""Fine-tuning a compressed model, or a control's uncompressed start model: an optional reconstruction
+step, then BatchNorm statistics re-estimated, then the training loop of `fit` (same resume and
+determinism guarantees) for the recipe's schedule, optionally distilled from the uncompressed
+baseline; the epoch is selected on validation, and the start model is kept if no epoch beats it."""
 
 from __future__ import annotations
 
@@ -24,11 +24,13 @@ def schedule(train: dict, recipe: dict) -> dict:
 
 
 def finetune(model: torch.nn.Module, data: Prepared, input_size, recipe: dict, train: dict, out: Path, run: Run,
-             teacher: torch.nn.Module | None = None, stamp: str = "") -> tuple[list[dict], dict]:
-    """Fine-tune `model` in place; returns the history and the summary's scores (finetune.json)."""
+             teacher: torch.nn.Module | None = None, stamp: str = "", reconstruct=None) -> tuple[list[dict], dict]:
+    """Fine-tune `model` in place; returns the history and the summary's scores (finetune.json).
+    `reconstruct`: a step run on the model first (block-wise reconstruction), returning its record."""
     cfg = schedule(train, recipe)
     val_paths, val_labels = data.split("val")
     model.to(run.device)
+    reconstructed = reconstruct(model) if reconstruct else None
 
     def score(m):
         return validate(m, val_paths, val_labels, input_size, run)
@@ -57,4 +59,5 @@ def finetune(model: torch.nn.Module, data: Prepared, input_size, recipe: dict, t
              if best_epoch else recalibrated or before)
     return history, {"val_before": before, "val_after_bn_recalibration": recalibrated, "val_after": after,
                      "best_epoch": best_epoch, "epochs": recipe["epochs"], "seconds": round(time.time() - started, 1),
-                     "device": str(run.device), "precision": str(run.precision).removeprefix("torch.")}
+                     "device": str(run.device), "precision": str(run.precision).removeprefix("torch."),
+                     **({"blockwise": reconstructed} if reconstructed is not None else {})}

@@ -136,18 +136,20 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
 
 
 def factorize_layer(layer: nn.Module, method: str, rank: int, seed: int = 0, epc: dict | None = None,
-                    metric=None, heldout: np.ndarray | None = None) -> tuple[nn.Module, dict]:
-    """Factorize one layer (fitting its output in `metric`, an `InputMetric`, if given); returns the
-    replacement and figures for the layer table: the weights' relative error and, with `heldout` (a
-    second moment of held-out inputs), the output's."""
+                    metric=None, heldout: np.ndarray | None = None, target: np.ndarray | None = None) -> tuple[nn.Module, dict]:
+    """Factorize one layer (fitting its output in `metric`, an `InputMetric`, if given; fitting `target`
+    instead of its weight, the sequential fit's corrected weight, if given); returns the replacement
+    and figures for the layer table: the weights' relative error and, with `heldout` (a second moment
+    of held-out inputs), the output's, both against the layer's own weight."""
     weight = layer.weight.detach().double().cpu().numpy()
     started = time.time()
-    new, approx, stats = M.method(method).factorize(layer, weight, rank, seed, epc, metric)
+    new, approx, stats = M.method(method).factorize(layer, weight if target is None else target, rank, seed, epc,
+                                                    metric)
     stats["relative_error"] = float(np.linalg.norm(weight - approx) / np.linalg.norm(weight))
     if heldout is not None:
         stats["output_error"] = output_error(weight, approx, heldout)
     if metric is not None:
-        stats.update(fit="covariance", ridge=metric.ridge)
+        stats.update(fit="covariance" if target is None else "sequential", ridge=metric.ridge)
     stats["seconds"] = round(time.time() - started, 3)
     return new.to(layer.weight.dtype), stats
 
@@ -158,23 +160,34 @@ def empty_factorized(layer: nn.Module, method: str, rank: int) -> nn.Module:
 
 
 def apply_plan(model: nn.Module, plan: list[dict], decompose: bool = True, seed: int = 0, epc: dict | None = None,
-               progress=None, statistics=None) -> list[dict]:
+               progress=None, statistics=None, sequential=None) -> list[dict]:
     """Replace each planned layer; with decompose=False only the structure (for loading). With
     `statistics` (`compress.calibration.Statistics`), each layer is fitted to its output on the
-    calibration inputs, and its output error on the held-out ones is recorded."""
-    modules = dict(model.named_modules())
+    calibration inputs, and its output error on the held-out ones is recorded; with `sequential` too
+    (`compress.sequential.SequentialFit`), the layers are fitted in execution order, each from the
+    inputs the layers before it now give it."""
+    if sequential is not None:
+        order = sequential.order([entry["layer"] for entry in plan])
+        plan = sorted(plan, key=lambda entry: order.index(entry["layer"]))
     rows = []
     for entry in plan:
-        layer = modules[entry["layer"]]
+        layer = model.get_submodule(entry["layer"])
         if decompose:
             fitting = {} if statistics is None else {
                 "metric": statistics.metric(entry["layer"], _kernel_shape(layer), entry["rank"]),
                 "heldout": statistics.heldout(entry["layer"])}
+            if sequential is not None:
+                started = time.time()
+                fitting["metric"], fitting["target"] = sequential.fitting(model, entry["layer"], _kernel_shape(layer),
+                                                                          entry["rank"])
+                capture_seconds = round(time.time() - started, 3)
             new, stats = factorize_layer(layer, entry["method"], entry["rank"], seed, epc, **fitting)
+            if sequential is not None:
+                stats["capture_seconds"] = capture_seconds
         else:
             new, stats = empty_factorized(layer, entry["method"], entry["rank"]), {}
         rows.append({**entry, **stats, "params_before": L.layer_params(layer), "params_after": L.layer_params(new)})
-        _replace(model, entry["layer"], new)
+        _replace(model, entry["layer"], new.to(layer.weight.device))
         if progress:
             progress(entry, stats)
     return rows
