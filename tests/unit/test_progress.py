@@ -54,3 +54,17 @@ def test_a_terminal_gets_a_bar():
         progress.update()
         progress.update()
     assert "predict:" in log.getvalue() and "/2 [" in log.getvalue()  # a tqdm bar, not lines
+
+
+def test_counted_batches_name_the_pass_count_images_and_stop_where_the_loader_is_cut():
+    from itertools import islice
+
+    from lwpar.core.progress import counted
+
+    loader = [(list(range(8)), None)] * 5
+    log = io.StringIO()
+    seen = list(counted(islice(loader, 3), "BatchNorm re-estimation", 3, every=0, stream=log))
+    assert len(seen) == 3
+    lines = log.getvalue().splitlines()
+    assert lines[-1].startswith("BatchNorm re-estimation: batch 3 of 3 (100 %)") and "images/s" in lines[-1]
+    assert list(counted(loader, None)) == loader  # unnamed: silent, every batch

@@ -104,3 +104,15 @@ def track(iterable, total: int | None, desc: str, **settings):
         for item in iterable:
             yield item
             progress.update()
+
+
+def counted(loader, desc: str | None, total: int | None = None, **settings):
+    """A loader's (images, labels) batches, counted in the log as batches and images when `desc` names
+    the pass (None: silent); `total` when fewer than the loader's length are taken."""
+    if desc is None:
+        yield from loader
+        return
+    with Progress(total or len(loader), desc, unit="batch", items="images", **settings) as progress:
+        for images, labels in loader:
+            yield images, labels
+            progress.update(items=len(images))

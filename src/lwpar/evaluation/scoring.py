@@ -7,19 +7,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from lwpar.core.progress import Progress
+from lwpar.core.progress import counted
 from lwpar.data.loader import make_loader
-
-
-def _batches(loader, progress: str | None):
-    """The loader's batches, counted in the log when `progress` names the pass."""
-    if progress is None:
-        yield from loader
-        return
-    with Progress(len(loader), progress, unit="batch", items="images") as bar:
-        for images, labels in loader:
-            yield images, labels
-            bar.update(items=len(images))
 
 
 @torch.no_grad()
@@ -43,12 +32,12 @@ def torch_probabilities(model: torch.nn.Module, paths, transform, batch_size: in
     """`probabilities` of `model` on image files, decoded and transformed by a loader."""
     model.eval()
     loader = make_loader(paths, np.zeros((len(paths), 1), np.float32), transform, batch_size, workers)
-    return probabilities(model, (images for images, _ in _batches(loader, progress)), device, precision)
+    return probabilities(model, (images for images, _ in counted(loader, progress)), device, precision)
 
 
 def onnx_probabilities(session, paths, transform, batch_size: int, workers: int,
                        progress: str | None = None) -> np.ndarray:
     name = session.get_inputs()[0].name
     loader = make_loader(paths, np.zeros((len(paths), 1), np.float32), transform, batch_size, workers)
-    logits = [session.run(None, {name: images.numpy()})[0] for images, _ in _batches(loader, progress)]
+    logits = [session.run(None, {name: images.numpy()})[0] for images, _ in counted(loader, progress)]
     return 1 / (1 + np.exp(-np.concatenate(logits)))

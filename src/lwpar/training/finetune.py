@@ -32,16 +32,18 @@ def finetune(model: torch.nn.Module, data: Prepared, input_size, recipe: dict, t
     model.to(run.device)
     reconstructed = reconstruct(model) if reconstruct else None
 
-    def score(m):
-        return validate(m, val_paths, val_labels, input_size, run)
+    def score(m, when):
+        return validate(m, val_paths, val_labels, input_size, run, progress=f"scoring val {when}")
 
-    before = score(model) if recipe["score_before_recalibration"] or not recipe["recalibrate_bn"] else None
+    before = (score(model, "before fine-tuning") if recipe["score_before_recalibration"] or not recipe["recalibrate_bn"]
+              else None)
     if recipe["recalibrate_bn"]:
         train_paths, train_labels = data.split("train")
         loader = make_loader(train_paths, train_labels, build_transform(input_size, False), cfg["batch_size"],
                              run.workers, shuffle=True, seed=run.seed)
-        recalibrate_batchnorm(model, loader, run.device, max_batches=RECALIBRATION_BATCHES, precision=run.precision)
-    recalibrated = score(model) if recipe["recalibrate_bn"] else None
+        recalibrate_batchnorm(model, loader, run.device, max_batches=RECALIBRATION_BATCHES, precision=run.precision,
+                              progress="BatchNorm re-estimation")
+    recalibrated = score(model, "after BatchNorm re-estimation") if recipe["recalibrate_bn"] else None
     started = time.time()
     history, best_epoch = [], 0
     if recipe["epochs"] > 0:
