@@ -35,7 +35,10 @@ def test_the_prune_stage_times_its_latency_budget_on_the_target(tmp_path):
     assert main(args) == 0
     summary = json.loads((tmp_path / "prune.json").read_text())
     trials = summary["trials"]
-    assert len(trials) > len(SPEEDUP_GRID) and all(t["model_ms"] > 0 and t["pruned_ms"] > 0 for t in trials)
+    # whether a check follows the grid depends on this machine's timings (tests/unit/test_prune.py checks
+    # the search with a deterministic timer); every grid ratio is timed either way
+    assert set(SPEEDUP_GRID) <= {t["ratio"] for t in trials}
+    assert all(t["model_ms"] > 0 and t["pruned_ms"] > 0 for t in trials)
     chosen = next(t for t in trials if t["ratio"] == summary["channel_ratio"])
     assert (summary["plan_model_ms"], summary["plan_predicted_ms"]) == (chosen["model_ms"], chosen["pruned_ms"])
     assert summary["speedup_planned"] == pytest.approx(chosen["model_ms"] / chosen["pruned_ms"])

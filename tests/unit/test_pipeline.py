@@ -162,3 +162,22 @@ def test_unreachable_budget_and_nothing_to_factorize_fail_at_planning(monkeypatc
     depthwise["variants"]["lwalm"]["decompose"]["kinds"] = ["kxk"]  # Lite0's k x k convs are depthwise
     with pytest.raises(LwparError, match=r"^variant lwalm: nothing to factorize in alm_effl0 "):
         check_plannable(depthwise)
+
+
+def test_the_calibrate_job_is_keyed_by_the_layers_its_variants_select_not_by_their_names():
+    """Listing fewer variants that select the same layers leaves the calibrate job's command and params
+    as they were (its statistics are not measured again); a variant selecting other layers changes them."""
+    fit = load_params(ROOT / "workflow/params/fit_sweep.yaml")
+    calibrate = pipeline.stages(fit)["calibrate"]
+    w = {"dataset": "peta", "model": fit["experiment"]["models"][0], "start": "baseline"}
+
+    def job(params):
+        return calibrate.command("p.yaml", params, w), calibrate.param_keys(params, w)
+
+    fewer = copy.deepcopy(fit)
+    fewer["experiment"]["variants"] = [v for v in fit["experiment"]["variants"] if v != "svd_cov_bn"]
+    assert job(fewer) == job(fit)
+    assert not [k for k in job(fit)[1] if k.startswith("variants")]
+    heads = copy.deepcopy(fit)
+    heads["variants"]["svd_cov_bn"]["decompose"]["include_heads"] = True
+    assert job(heads)[0] != job(fit)[0] and "kxk+pointwise+heads" in job(heads)[0]

@@ -64,3 +64,20 @@ def test_labels_group_one_methods_budgets():
     assert recipes.method_label(params, "c") == "prune structured l2 (latency)"
     assert recipes.method_label(params, "ctl") == "control" and recipes.method_label(params, "baseline") == "baseline"
     assert recipes.mac_planned_label(params, "c") == "prune structured l2"
+
+
+@pytest.mark.parametrize("first", [False, True])
+@pytest.mark.parametrize("heads", [False, True, "only"])
+def test_a_calibration_selection_word_reads_back_as_the_layers_it_names(first, heads):
+    decompose = {"kinds": ["kxk", "linear"], "include_first": first, "include_heads": heads}
+    word = recipes.calibration_selection({"decompose": decompose})
+    assert recipes.parse_calibration_selection(word) == decompose
+    assert recipes.calibration_selection({"prune": {"reconstruct": True}}) == "prune"
+    assert recipes.parse_calibration_selection("prune") is None
+    assert list(recipes.LAYER_KINDS) == _schema_node("decompose", "kinds")["items"]["enum"]
+
+
+@pytest.mark.parametrize("word", ["kxk+hedas", "first", ""])
+def test_a_malformed_calibration_selection_names_what_it_does_not_know(word):
+    with pytest.raises(ValueError, match="unknown hedas" if "hedas" in word else "no layer kind"):
+        recipes.parse_calibration_selection(word)

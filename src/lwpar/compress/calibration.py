@@ -140,20 +140,24 @@ class Statistics:
         return self.layer(name)["heldout_second_moment"].double().numpy()
 
 
-def layers_to_calibrate(model: nn.Module, recipes: list[dict], earlier: list[dict]) -> list[str]:
-    """Every layer that one of the decompositions `recipes` (starting from `model`) may factorize, and
-    for a pruning that reconstructs, every dense layer outside the attribute heads whose inputs it may
-    remove (every one but the first convolution)."""
+def layers_to_calibrate(model: nn.Module, selections: list[str], earlier: list[dict]) -> list[str]:
+    """Every layer one of the `selections` (`recipes.calibration_selection` words) may factorize or
+    refit in `model`: a decomposition's kinds, first convolution and heads as the word says, and for
+    `prune` every dense layer outside the attribute heads whose inputs a pruning may remove (every one
+    but the first convolution)."""
     from lwpar.compress.decompose.factorize import factorized_layers, select_layers
+    from lwpar.compress.recipes import parse_calibration_selection
 
     names = set()
-    for recipe in recipes:
-        if "prune" in recipe:
+    for word in selections:
+        try:
+            selection = parse_calibration_selection(word)
+        except ValueError as error:
+            raise LwparError(f"--select {error}") from None
+        if selection is None:
             names.update(select_layers(model, ["kxk", "pointwise", "linear"], min_channels=1))
-            continue
-        d = recipe["decompose"]
-        names.update(select_layers(model, d["kinds"], d["include_first"], d["include_heads"],
-                                   factorized=factorized_layers(earlier)))
+        else:
+            names.update(select_layers(model, **selection, factorized=factorized_layers(earlier)))
     order = [name for name, _ in model.named_modules()]
     return sorted(names, key=order.index)
 

@@ -111,6 +111,42 @@ def is_calibrated(recipe: dict) -> bool:
     return recipe.get("decompose", {}).get("fit") in CALIBRATED_FITS or bool(recipe.get("prune", {}).get("reconstruct"))
 
 
+# Layer kinds a decomposition selects (the schema's `decompose.kinds` enum is checked against these).
+LAYER_KINDS = ("kxk", "pointwise", "linear")
+# How a calibration selection word names the optional layer groups: `include_first`, `include_heads`.
+SELECTION_EXTRAS = {"first": ("include_first", True), "heads": ("include_heads", True),
+                    "heads-only": ("include_heads", "only")}
+
+
+def calibration_selection(recipe: dict) -> str:
+    """The layers a calibrated recipe needs statistics of, as one word: `prune` (a reconstructing
+    pruning: every dense layer outside the heads but the first convolution), or the decomposed kinds
+    joined by `+`, then `first`, `heads` or `heads-only` when included. The calibrate job is keyed by
+    these words, not by variant names, so variants selecting the same layers share its statistics and
+    editing the experiment's variant list does not measure them again."""
+    if "prune" in recipe:
+        return "prune"
+    d = recipe["decompose"]
+    heads = {True: ["heads"], "only": ["heads-only"]}.get(d["include_heads"], [])
+    return "+".join([*d["kinds"], *(["first"] if d["include_first"] else []), *heads])
+
+
+def parse_calibration_selection(word: str) -> dict | None:
+    """A selection word back as `{kinds, include_first, include_heads}`; None for `prune`; ValueError
+    naming the part it does not know."""
+    if word == "prune":
+        return None
+    parts = word.split("+")
+    unknown = [p for p in parts if p and p not in LAYER_KINDS and p not in SELECTION_EXTRAS]
+    kinds = [p for p in parts if p in LAYER_KINDS]
+    if unknown or not kinds:
+        raise ValueError(f"{word!r}: {'unknown ' + ', '.join(unknown) if unknown else 'no layer kind'} (kinds: "
+                         f"{', '.join(LAYER_KINDS)}; then {', '.join(SELECTION_EXTRAS)}; or prune)")
+    selection = {"kinds": kinds, "include_first": False, "include_heads": False}
+    selection.update(SELECTION_EXTRAS[p] for p in parts if p in SELECTION_EXTRAS)
+    return selection
+
+
 def runs_images(recipe: dict) -> bool:
     """A decomposition that runs the calibration images itself (the sequential fit)."""
     return recipe.get("decompose", {}).get("fit") in RUNS_IMAGES_FITS

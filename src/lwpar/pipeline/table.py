@@ -6,7 +6,8 @@ description (`lwpar.stages`)."""
 
 from __future__ import annotations
 
-from lwpar.compress.recipes import is_calibrated, reconstructs_blocks, runs_images, timing_step
+from lwpar.compress.recipes import (calibration_selection, is_calibrated, reconstructs_blocks, runs_images,
+                                    timing_step)
 from lwpar.pipeline.experiment import calibrated_variants, profiled_names, sensitivity_source, variant_pattern
 from lwpar.pipeline.layout import (REFERENCE, finetune_start, prepared, profile_file, run_folder, source_model,
                                    start_model)
@@ -42,13 +43,10 @@ def _calibration_input(params: dict, w: dict) -> dict[str, str]:
     return {"calibration": f"{run_folder(params, w, recipe['base'] or 'baseline')}/calibration.pt"}
 
 
-def _calibrate_keys(params: dict, w: dict) -> list[str]:
-    """What a start model's statistics depend on: the calibration set, and which layers its variants select."""
-    keys = ["seed", "calibration"]
-    for v in calibrated_variants(params).get(w["start"], []):
-        keys += ([f"variants.{v}.prune.{k}" for k in ("kind", "reconstruct")] if "prune" in params["variants"][v] else
-                 [f"variants.{v}.decompose.{k}" for k in ("kinds", "fit", "include_first", "include_heads")])
-    return keys
+def _calibration_selections(params: dict, w: dict) -> list[str]:
+    """The distinct layer selections of the variants starting from this model: what their statistics
+    measure (words of `recipes.calibration_selection`)."""
+    return sorted({calibration_selection(params["variants"][v]) for v in calibrated_variants(params).get(w["start"], [])})
 
 
 def _profile_inputs(params: dict, w: dict) -> dict[str, str]:
@@ -97,8 +95,9 @@ def stages(params: dict) -> dict[str, Stage]:
             name="calibrate", wildcards=("dataset", "model", "start"),
             outputs={"statistics": f"{run}/{{start}}/calibration.pt"},
             inputs=lambda p, w: {"model": f"{run_folder(p, w, w['start'])}/model.pt", "data": prepared(p, w["dataset"])},
-            param_keys=_calibrate_keys,
-            options=lambda p, w: {"variants": calibrated_variants(p).get(w["start"])},
+            param_keys=lambda p, w: ["seed", "calibration.images", "calibration.heldout_images",
+                                     "calibration.batch_size"],
+            options=lambda p, w: {"select": _calibration_selections(p, w)},
             cluster_threads=4, mem_mb=8000, runtime_min=60,
             constraints=lambda p: {"start": variant_pattern(p, "calibrate")},
         ),
