@@ -218,6 +218,8 @@ def test_each_stage_did_its_work(chain):
         assert parity["max_abs_diff"] <= parity["bound"], name
     ops = {n.op_type for n in onnx.load(_outputs(chain, "quantize", name="svd_r50")["onnx"]).graph.node}
     assert "QuantizeLinear" in ops
+    errors = pd.read_csv(_outputs(chain, "quantize", name="svd_r50")["errors"])
+    assert (errors["kind"] == "activation").sum() > 10 and errors["accumulated_sqnr_db"].notna().any()
     scored = ["baseline", *VARIANTS, "svd_r50+int8"]
     for name in scored:
         assert 0 < _json(_outputs(chain, "evaluate", name=name)["metrics"])["mA"] <= 1, name

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import pandas as pd
 from onnx import numpy_helper
 import pytest
 import torch
@@ -300,3 +301,41 @@ def test_paired_speed_up_cancels_the_machine_drift_that_the_ratio_of_medians_kee
     assert paired["speedup_paired"] == pytest.approx(2.0)
     assert paired["speedup_q1"] == pytest.approx(2.0) and paired["speedup_q3"] == pytest.approx(2.0)
     assert np.median(base) / np.median(variant) != pytest.approx(2.0)
+
+
+def _cancelling_chain_onnx(path):
+    """conv -> relu -> a 1 x 1 factor chain whose two terms are 1e3 times its output and cancel, -> relu:
+    the INT8 error is born at the chain's last factor."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 2, 1, bias=False),
+                          nn.Conv2d(2, 4, 1), nn.ReLU()).eval()
+    with torch.no_grad():
+        model[2].weight.copy_(torch.tensor([[1.0, 0.5, -0.3, 0.2], [1.0, 0.5, -0.3, 0.2001]]).view(2, 4, 1, 1) * 1e3)
+        model[3].weight.copy_(torch.tensor([[1.0, -1.0]] * 4).view(4, 2, 1, 1))
+    torch.onnx.export(model, (torch.randn(1, 3, 16, 8),), str(path), input_names=["images"], dynamo=False,
+                      dynamic_axes={"images": {0: "batch"}})
+    return path
+
+
+def test_the_int8_error_table_finds_where_error_is_born(tmp_path):
+    from lwpar.config import load_params
+    from lwpar.deploy.quantize import quantize_model
+    from conftest import ROOT
+
+    source = _cancelling_chain_onnx(tmp_path / "chain.onnx")
+    cfg = {**load_params(ROOT / "params.yaml")["quantize"], "mode": "static"}
+    batches = _random_batches(2, (4, 3, 16, 8))
+    line = quantize_model(source, tmp_path / "int8.onnx", cfg, iter(batches), tmp_path / "node_error.csv", batches[:1])
+    table = pd.read_csv(tmp_path / "node_error.csv")
+    activations = table[table["kind"] == "activation"]
+    assert len(activations) >= 3 and (table["kind"] == "weight").sum() >= 3
+    assert activations["accumulated_sqnr_db"].notna().all()
+    born = activations.loc[activations["drop_db"].idxmax()]
+    assert born["op"] in ("Conv", "Relu") and born["order"] == activations["order"].max()  # the last factor's output
+    assert born["drop_db"] > 20 and "largest drops" in line
+    dynamic = quantize_model(source, tmp_path / "dynamic.onnx", {**cfg, "mode": "dynamic"}, None,
+                             tmp_path / "none.csv", batches)
+    assert pd.read_csv(tmp_path / "none.csv").empty and dynamic == "no tensor error measured"

@@ -106,7 +106,11 @@ def float_islands(model, op_types: list[str]) -> list[str]:
     return excluded
 
 
-def quantize_model(source: Path, target: Path, cfg: dict, batches=None) -> None:
+def quantize_model(source: Path, target: Path, cfg: dict, batches=None, errors_out: Path | None = None,
+                   error_batches=()) -> str:
+    """Quantize `source` to `target`; with `errors_out`, the INT8 model's tensors compared with the FP32
+    model's on `error_batches` (`quant_error`; static mode only, else the table lists nothing).
+    Returns the error summary line."""
     import onnx.defs
 
     unknown = [op for op in cfg["op_types"] or [] if not onnx.defs.has(op)]
@@ -122,7 +126,7 @@ def quantize_model(source: Path, target: Path, cfg: dict, batches=None) -> None:
             quantize_dynamic(str(prepared), str(out), per_channel=cfg["per_channel"], weight_type=QuantType.QInt8,
                              reduce_range=cfg["reduce_range"], op_types_to_quantize=cfg["op_types"])
             _carry_metadata(source, out, cfg)
-            return
+            return _write_errors(errors_out, None)
         import onnx
 
         graph = onnx.load(str(prepared))
@@ -141,6 +145,26 @@ def quantize_model(source: Path, target: Path, cfg: dict, batches=None) -> None:
         finally:
             reader.progress.close(final_line=False)
         _carry_metadata(source, out, cfg)
+        if errors_out is None:
+            return ""
+        from lwpar.deploy.quant_error import node_errors
+
+        error_batches = list(error_batches)
+        return _write_errors(errors_out, node_errors(prepared, out, error_batches, input_name) if error_batches else None)
+
+
+def _write_errors(path: Path | None, table) -> str:
+    """The error table (`quant_error`), or its header alone when nothing was measured."""
+    import pandas as pd
+
+    from lwpar.deploy.quant_error import COLUMNS, summary
+
+    if path is None:
+        return ""
+    table = pd.DataFrame(columns=COLUMNS) if table is None else table
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, index=False)
+    return summary(table)
 
 
 def _carry_metadata(source: Path, target: Path, cfg: dict) -> None:

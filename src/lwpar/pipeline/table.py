@@ -177,7 +177,7 @@ def stages(params: dict) -> dict[str, Stage]:
         ),
         Stage(
             name="quantize", wildcards=("dataset", "model", "name"),
-            outputs={"onnx": f"{run}/{{name}}+int8/model.onnx"},
+            outputs={"onnx": f"{run}/{{name}}+int8/model.onnx", "errors": f"{run}/{{name}}+int8/node_error.csv"},
             inputs=lambda p, w: {"onnx": f"{run_folder(p, w, w['name'])}/model.onnx", "data": prepared(p, w["dataset"])},
             param_keys=lambda p, w: ["seed", "quantize"],
             cluster_threads=2, mem_mb=4000, runtime_min=30,
