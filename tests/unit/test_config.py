@@ -249,7 +249,7 @@ def test_every_schema_key_has_a_description():
     from lwpar.config.reference import schema_keys
 
     keys = schema_keys()
-    assert len(keys) == 141  # every key of the configuration, named entries (`*`) counted once
+    assert len(keys) == 144  # every key of the configuration, named entries (`*`) counted once
     assert [path for path, node in keys if not node.get("description")] == []
 
 
@@ -333,6 +333,21 @@ def test_an_overlay_merges_mappings_key_by_key_and_replaces_lists(tmp_path):
 ])
 def test_a_key_that_does_not_apply_where_it_is_set_is_refused(tmp_path, variant, error):
     overlay = _write(tmp_path / "overlay.yaml", f"extends: {ROOT / 'params.yaml'}\nvariants:\n  v: {variant}\n")
+    with pytest.raises(ParamsError) as info:
+        load_params(overlay)
+    assert str(info.value) == error
+
+
+@pytest.mark.fault
+@pytest.mark.parametrize("quantize,error", [
+    ("{keep_float: {worst: 4}, error_images: 0}",
+     "overlay.yaml: quantize.keep_float.worst: needs quantize.error_images >= 1: the nodes kept in FP32 are where the "
+     "measured error is worst"),
+    ("{keep_float: {worst: 4}, mode: dynamic}",
+     "overlay.yaml: quantize.keep_float.worst: applies only to static INT8 (quantize.mode: static)"),
+])
+def test_keep_float_without_a_measured_error_is_refused(tmp_path, quantize, error):
+    overlay = _write(tmp_path / "overlay.yaml", f"extends: {ROOT / 'params.yaml'}\nquantize: {quantize}\n")
     with pytest.raises(ParamsError) as info:
         load_params(overlay)
     assert str(info.value) == error

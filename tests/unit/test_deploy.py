@@ -339,3 +339,29 @@ def test_the_int8_error_table_finds_where_error_is_born(tmp_path):
     dynamic = quantize_model(source, tmp_path / "dynamic.onnx", {**cfg, "mode": "dynamic"}, None,
                              tmp_path / "none.csv", batches)
     assert pd.read_csv(tmp_path / "none.csv").empty and dynamic == "no tensor error measured"
+
+
+def test_keep_float_keeps_the_nodes_where_error_is_born_and_lowers_it(tmp_path):
+    from lwpar.config import load_params
+    from lwpar.deploy.artifact import onnx_session
+    from lwpar.deploy.quantize import quantize_model
+    from conftest import ROOT
+
+    source = _cancelling_chain_onnx(tmp_path / "chain.onnx")
+    cfg = {**load_params(ROOT / "params.yaml")["quantize"], "mode": "static"}
+    batches = _random_batches(2, (4, 3, 16, 8))
+    x = batches[0]
+    reference = onnx_session(source).run(None, {"images": x})[0]
+
+    def error(path):
+        return np.linalg.norm(onnx_session(path).run(None, {"images": x})[0] - reference) / np.linalg.norm(reference)
+
+    quantize_model(source, tmp_path / "full.onnx", cfg, iter(batches), None, batches[:1])
+    line = quantize_model(source, tmp_path / "mixed.onnx", {**cfg, "keep_float": {"worst": 1, "min_drop_db": None}},
+                          iter(batches), tmp_path / "mixed.csv", batches[:1])
+    kept = line.rsplit("kept in FP32: ", 1)[1].split(", ")
+    assert {"/2/Conv", "/3/Conv"} <= set(kept) and "/0/Conv" not in kept  # the factor chain, not what feeds it
+    assert error(tmp_path / "mixed.onnx") < error(tmp_path / "full.onnx") / 3
+    with pytest.raises(LwparError, match="keep_float would keep all 3 quantizable compute nodes in FP32"):
+        quantize_model(source, tmp_path / "none.onnx", {**cfg, "keep_float": {"worst": 10, "min_drop_db": -1e9}},
+                       iter(batches), None, batches[:1])

@@ -246,6 +246,14 @@ def _inapplicable(given: dict, params: dict):
                            else f"not read by budget {resolved['prune']['budget']!r} (only by {_listed(budgets)})")
 
 
+    keep = params["quantize"]["keep_float"]
+    if keep["worst"] and params["quantize"]["mode"] == "dynamic":
+        yield "quantize.keep_float.worst", "applies only to static INT8 (quantize.mode: static)"
+    elif keep["worst"] and not params["quantize"]["error_images"]:
+        yield ("quantize.keep_float.worst", "needs quantize.error_images >= 1: the nodes kept in FP32 are where the "
+                                            "measured error is worst")
+
+
 def _most_specific(error):
     # For oneOf/anyOf the context holds the branch errors; the deepest explains best.
     while error.context:

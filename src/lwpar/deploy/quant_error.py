@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+LINEAR_OPS = {"Conv", "MatMul", "Gemm"}
 COLUMNS = ["order", "kind", "tensor", "op", "own_sqnr_db", "accumulated_sqnr_db", "drop_db"]
 
 
@@ -65,6 +66,38 @@ def node_errors(fp32: Path, int8: Path, batches, input_name: str) -> pd.DataFram
     table = pd.DataFrame(rows, columns=COLUMNS).sort_values("order", kind="stable")
     table["order"] = range(len(table))
     return table
+
+
+def worst_tensors(table: pd.DataFrame, count: int, min_drop_db: float | None) -> list[str]:
+    """The `count` activations with the largest drops (only drops of at least `min_drop_db` when given)."""
+    worst = table[table["kind"] == "activation"].dropna(subset=["drop_db"]).sort_values("drop_db", ascending=False)
+    if min_drop_db is not None:
+        worst = worst[worst["drop_db"] >= min_drop_db]
+    return list(worst["tensor"].head(count))
+
+
+def nodes_behind(graph, listed: set[str], tensor: str) -> list[str]:
+    """The names of the nodes where `tensor`'s error is born: its producer and, back through tensors
+    the error table does not list (a Conv fused with its ReLU saves only the ReLU's output) and through
+    tensors between two linear nodes (a factor chain's intermediates: rounding them is what cancelling
+    terms amplify, while the chain's input error passes through its moderate product), the nodes that
+    feed it."""
+    producer = {out: node for node in graph.node for out in node.output}
+    names: list[str] = []
+
+    def collect(name: str, consumer) -> None:
+        node = producer.get(name)
+        if node is None or node.name in names:
+            return
+        inside_chain = consumer is not None and {node.op_type, consumer.op_type} <= LINEAR_OPS
+        if name in listed and consumer is not None and not inside_chain:
+            return
+        names.append(node.name)
+        for upstream in node.input:
+            collect(upstream, node)
+
+    collect(tensor, None)
+    return names
 
 
 def summary(table: pd.DataFrame, worst: int = 3) -> str:

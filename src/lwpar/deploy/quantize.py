@@ -37,6 +37,7 @@ class ImageCalibration:
 
 
 CALIBRATION_BATCH = 16  # images per calibration batch
+KEEP_FLOAT_ROUNDS = 4  # keep_float: rounds of keeping the worst tensors' nodes, quantizing and measuring again
 
 
 def calibration_batches(paths, transform, count: int, seed: int, batch_size: int = CALIBRATION_BATCH):
@@ -109,14 +110,15 @@ def float_islands(model, op_types: list[str]) -> list[str]:
 def quantize_model(source: Path, target: Path, cfg: dict, batches=None, errors_out: Path | None = None,
                    error_batches=()) -> str:
     """Quantize `source` to `target`; with `errors_out`, the INT8 model's tensors compared with the FP32
-    model's on `error_batches` (`quant_error`; static mode only, else the table lists nothing).
-    Returns the error summary line."""
+    model's on `error_batches` (`quant_error`; static mode only, else the table lists nothing). With
+    `keep_float`, the nodes where that comparison finds the most error born stay FP32 and the model is
+    quantized again. Returns the error summary line."""
     import onnx.defs
 
     unknown = [op for op in cfg["op_types"] or [] if not onnx.defs.has(op)]
     if unknown:  # ONNX Runtime would silently quantize nothing of that name
         raise LwparError(f"quantize.op_types: {', '.join(unknown)} is not an ONNX operator (e.g. Conv, MatMul, Add)")
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     with tempfile.TemporaryDirectory() as tmp, atomic_path(target) as out:
@@ -129,28 +131,63 @@ def quantize_model(source: Path, target: Path, cfg: dict, batches=None, errors_o
             return _write_errors(errors_out, None)
         import onnx
 
+        from lwpar.deploy.quant_error import node_errors, nodes_behind, worst_tensors
+
         graph = onnx.load(str(prepared))
         if pools_as_depthwise_convs(graph):
             onnx.save(graph, str(prepared))
         input_name = graph.graph.input[0].name
         excluded = float_islands(graph, cfg["op_types"]) if cfg["op_types"] else []
-        reader = ImageCalibration(input_name, batches, -(-cfg["calibration_images"] // CALIBRATION_BATCH))
-        try:
-            quantize_static(str(prepared), str(out), reader, quant_format=QuantFormat.QDQ,
-                            op_types_to_quantize=cfg["op_types"], nodes_to_exclude=excluded,
-                            per_channel=cfg["per_channel"], reduce_range=cfg["reduce_range"], weight_type=QuantType.QInt8,
-                            activation_type=getattr(QuantType, ACTIVATIONS[cfg["activations"]]),
-                            calibrate_method=getattr(CalibrationMethod, METHODS[cfg["calibration"]]),
-                            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
-        finally:
-            reader.progress.close(final_line=False)
-        _carry_metadata(source, out, cfg)
-        if errors_out is None:
-            return ""
-        from lwpar.deploy.quant_error import node_errors
-
+        keep = cfg["keep_float"]
+        batches = list(batches) if keep["worst"] else batches  # calibrated again for each round
         error_batches = list(error_batches)
-        return _write_errors(errors_out, node_errors(prepared, out, error_batches, input_name) if error_batches else None)
+        if keep["worst"] and not error_batches:
+            raise LwparError("quantize.keep_float needs quantize.error_images >= 1: the nodes kept in FP32 are where "
+                             "the measured error is worst")
+        _quantize_static(prepared, out, cfg, batches, excluded, input_name)
+        table = None
+        if error_batches and (errors_out is not None or keep["worst"]):
+            table = node_errors(prepared, out, error_batches, input_name)
+        kept, chosen = [], []
+        while table is not None and len(chosen) < keep["worst"]:
+            # a tensor's drop is measured from already damaged inputs, so an error born downstream of a
+            # worse one shows only once that one is fixed: a few rounds of keep, quantize, measure
+            step = min(-(-keep["worst"] // KEEP_FLOAT_ROUNDS), keep["worst"] - len(chosen))
+            picks = worst_tensors(table[~table["tensor"].isin(chosen)], step, keep["min_drop_db"])
+            if not picks:
+                break
+            listed = set(table["tensor"])
+            for tensor in picks:
+                kept += [n for n in nodes_behind(graph.graph, listed, tensor) if n not in kept]
+            chosen += picks
+            _check_something_quantized(graph.graph, cfg["op_types"], excluded + kept)
+            _quantize_static(prepared, out, cfg, batches, excluded + kept, input_name)
+            table = node_errors(prepared, out, error_batches, input_name)
+        _carry_metadata(source, out, cfg, kept)
+        line = _write_errors(errors_out, table)
+        return f"{line}; kept in FP32: {', '.join(kept)}" if kept else line
+
+
+def _quantize_static(prepared: Path, out: Path, cfg: dict, batches, excluded: list[str], input_name: str) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    reader = ImageCalibration(input_name, batches, -(-cfg["calibration_images"] // CALIBRATION_BATCH))
+    try:
+        quantize_static(str(prepared), str(out), reader, quant_format=QuantFormat.QDQ,
+                        op_types_to_quantize=cfg["op_types"], nodes_to_exclude=excluded,
+                        per_channel=cfg["per_channel"], reduce_range=cfg["reduce_range"], weight_type=QuantType.QInt8,
+                        activation_type=getattr(QuantType, ACTIVATIONS[cfg["activations"]]),
+                        calibrate_method=getattr(CalibrationMethod, METHODS[cfg["calibration"]]),
+                        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+    finally:
+        reader.progress.close(final_line=False)
+
+
+def _check_something_quantized(graph, op_types: list[str] | None, excluded: list[str]) -> None:
+    compute = [n.name for n in graph.node if n.op_type in COMPUTE_OPS and (not op_types or n.op_type in op_types)]
+    if compute and not set(compute) - set(excluded):
+        raise LwparError(f"quantize.keep_float would keep all {len(compute)} quantizable compute nodes in FP32: "
+                         f"nothing left to quantize (lower keep_float.worst or raise keep_float.min_drop_db)")
 
 
 def _write_errors(path: Path | None, table) -> str:
@@ -167,11 +204,12 @@ def _write_errors(path: Path | None, table) -> str:
     return summary(table)
 
 
-def _carry_metadata(source: Path, target: Path, cfg: dict) -> None:
+def _carry_metadata(source: Path, target: Path, cfg: dict, kept_float: list[str] = ()) -> None:
     """An lwpar artifact's INT8 form says what it is too (ONNX Runtime's quantizer drops metadata)."""
     from lwpar.deploy.artifact import KEY, copy_metadata
 
     import onnx
 
     if any(p.key == KEY for p in onnx.load(str(source), load_external_data=False).metadata_props):
-        copy_metadata(source, target, precision="int8", quantization={k: cfg[k] for k in ("mode", "calibration")})
+        copy_metadata(source, target, precision="int8",
+                      quantization={**{k: cfg[k] for k in ("mode", "calibration")}, "kept_float": list(kept_float)})
