@@ -151,3 +151,18 @@ def test_a_model_compression_left_unchanged_has_no_block_to_reconstruct():
     images = _correlated_images(8, 6).float()
     assert reconstruct_blocks(student, teacher, images, images, {"steps": 5, "batch_size": 4, "lr": 1e-2}, CPU, 0) == \
         {"blocks": [], "seconds": 0.0}
+
+
+def test_a_block_whose_output_channels_were_pruned_is_skipped_with_its_reason():
+    teacher = _toy_network()
+    student = copy.deepcopy(teacher)
+    with torch.no_grad():  # the first block keeps 12 of its 16 output channels, the next conv their inputs
+        student[0][0] = nn.Conv2d(6, 12, 3, padding=1, bias=False)
+        student[0][1] = nn.BatchNorm2d(12).eval()
+        student[1][0] = nn.Conv2d(12, 16, 3, padding=1, bias=False)
+    images, heldout = _correlated_images(40, 6).float().split([32, 8])
+    record = reconstruct_blocks(student, teacher, images, heldout, {"steps": 20, "batch_size": 8, "lr": 1e-2}, CPU, 0)
+    first, second = record["blocks"]
+    assert first["block"] == "0" and not first["kept"] and "[12, 8, 8], the uncompressed block's [16, 8, 8]" in first["skipped"]
+    assert second["block"] == "1" and "skipped" not in second
+    assert second["heldout_error_after"] < second["heldout_error_before"]

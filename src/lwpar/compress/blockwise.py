@@ -7,7 +7,9 @@ block on cached inputs, not the whole model.
 
 Only the changed layers' parameters move (the factors of a decomposed layer, the kept channels of a
 pruned one); BatchNorm runs on its stored statistics and is re-estimated afterwards by the fine-tuning
-schedule as usual. A block whose held-out error rose is put back as it was.
+schedule as usual. A block whose held-out error rose is put back as it was; a block whose output
+shape compression changed (a pruning that removed its output channels) has no target and is skipped,
+with the reason in its record.
 """
 
 from __future__ import annotations
@@ -72,10 +74,16 @@ def _reconstruct(student, teacher, block, layers, images, heldout, cfg, device, 
     started = time.time()
     inputs, targets = (_captured(m, block, images, where, capture_batch, device)
                        for m, where in ((student, "input"), (teacher, "output")))
+    module = student.get_submodule(block)
+    with torch.no_grad():
+        shape = tuple(module(inputs[:1].to(device)).shape[1:])
+    if shape != tuple(targets.shape[1:]):  # e.g. a pruning that removed the block's output channels
+        return {"block": block, "layers": len(layers), "kept": False,
+                "skipped": f"its output is {list(shape)}, the uncompressed block's {list(targets.shape[1:])}: "
+                           f"no target to train it towards", "seconds": round(time.time() - started, 2)}
     held_inputs, held_targets = (_captured(m, block, heldout, where, capture_batch, device)
                                  for m, where in ((student, "input"), (teacher, "output")))
     captured = time.time() - started
-    module = student.get_submodule(block)
     trained = [p for name in layers for p in student.get_submodule(name).parameters()]
     requires = {p: p.requires_grad for p in module.parameters()}
     before = {"fit": _relative_error(module, inputs, targets, capture_batch, device),

@@ -74,11 +74,12 @@ def run(args, params) -> None:
     write_csv(args.out / "history.csv", pd.DataFrame(history))
     write_json(args.out / "finetune.json", {"variant": args.variant, **scores})
     if "blockwise" in scores:
-        blocks = scores["blockwise"]["blocks"]
+        blocks = [b for b in scores["blockwise"]["blocks"] if "skipped" not in b]
+        skipped = len(scores["blockwise"]["blocks"]) - len(blocks)
         print(f"{args.variant}: {len(blocks)} blocks reconstructed in {scores['blockwise']['seconds']:.0f} s; held-out "
               f"relative error {sum(b['heldout_error_before'] for b in blocks) / max(len(blocks), 1):.4f} -> "
               f"{sum(b['heldout_error_after'] if b['kept'] else b['heldout_error_before'] for b in blocks) / max(len(blocks), 1):.4f} "
-              f"(mean over blocks)")
+              f"(mean over blocks)" + (f"; {skipped} skipped (output shape changed)" if skipped else ""))
     before, recalibrated, after = scores["val_before"], scores["val_after_bn_recalibration"], scores["val_after"]
     print(f"{args.variant}: val mA"
           + (f" {before['mA']:.4f} before fine-tuning," if before else "")
