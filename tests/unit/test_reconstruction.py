@@ -12,11 +12,12 @@ import torch
 from torch import nn
 
 from lwpar.compress.blockwise import reconstruct_blocks
-from lwpar.compress.calibration import second_moments
+from lwpar.compress.calibration import second_moments, unfolded
 from lwpar.compress.decompose.factorize import apply_plan
 from lwpar.compress.decompose.metric import InputMetric
 from lwpar.compress.sequential import SequentialFit, corrected_target
-from lwpar.compress.walk import block_of, changed_modules, execution_order, run_to
+from lwpar.compress.walk import BlockWalk, block_of, changed_modules, execution_order, feeders, run_to
+from lwpar.core.errors import LwparError
 from lwpar.models import build_model
 
 CPU = torch.device("cpu")
@@ -166,3 +167,84 @@ def test_a_block_whose_output_channels_were_pruned_is_skipped_with_its_reason():
     assert first["block"] == "0" and not first["kept"] and "[12, 8, 8], the uncompressed block's [16, 8, 8]" in first["skipped"]
     assert second["block"] == "1" and "skipped" not in second
     assert second["heldout_error_after"] < second["heldout_error_before"]
+
+
+class _Branching(nn.Module):
+    """A stem, a stage of two blocks, a side branch reading the first block's output and a head reading
+    the second's; with `in_place`, the first block's output is changed in place before the side reads it."""
+
+    def __init__(self, in_place: bool = False):
+        super().__init__()
+        torch.manual_seed(0)
+        self.in_place = in_place
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.stage = nn.Sequential(*(nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU()) for _ in range(2)))
+        self.side, self.head = nn.Conv2d(8, 4, 1), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        first = self.stage[0](self.stem(x))
+        second = self.stage[1](first)
+        if self.in_place:
+            first.add_(1)
+        return self.head(second) + self.side(first)
+
+
+BRANCH_BLOCKS = ["stage.0", "stage.1", "head", "side"]  # in execution order
+
+
+def test_a_block_fed_by_an_earlier_block_is_found_unless_its_input_changed_on_the_way():
+    images = torch.randn(2, 3, 8, 8)
+    assert feeders(_Branching().eval(), BRANCH_BLOCKS, images) == \
+        {"stage.0": None, "stage.1": "stage.0", "side": "stage.0", "head": "stage.1"}
+    assert feeders(_Branching(in_place=True).eval(), BRANCH_BLOCKS, images)["side"] is None
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+def test_the_block_walk_gives_each_block_the_inputs_a_full_forward_pass_gives_it(in_place):
+    teacher = _Branching(in_place).eval()
+    student = copy.deepcopy(teacher)
+    images, heldout = torch.randn(10, 3, 8, 8), torch.randn(3, 3, 8, 8)
+    stem_calls = []
+    for model in (teacher, student):
+        model.stem.register_forward_hook(lambda m, args, output: stem_calls.append(len(args[0])))
+    walk = BlockWalk(teacher, student, list(reversed(BRANCH_BLOCKS)), {"fit": images, "heldout": heldout}, 4, CPU)
+    assert walk.order == BRANCH_BLOCKS
+    walked = 0  # images the stem ran on inside the walk's own calls
+
+    def walking(call, *args):
+        nonlocal walked
+        before = len(stem_calls)
+        value = call(*args)
+        walked += sum(stem_calls[before:])
+        return value
+
+    for block in walk.order:
+        inputs = walking(walk.enter, block)
+        for who, model in (("teacher", teacher), ("student", student)):
+            for part, batch in (("fit", images), ("heldout", heldout)):
+                torch.testing.assert_close(inputs[who, part], run_to(model, block, batch), rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(walking(walk.output, "teacher", "fit"), run_to(teacher, block, images, "output"))
+        with torch.no_grad():  # the student's block changes before the walk leaves it
+            student.get_submodule(block).apply(lambda m: m.weight.mul_(0.5) if isinstance(m, nn.Conv2d) else None)
+        walking(walk.leave)
+    # per model and image set, the stem ran once to reach the first block and, with the in-place change, once
+    # more to reach the side branch; every other block's inputs came from the block feeding it
+    assert walked == 2 * (len(images) + len(heldout)) * (2 if in_place else 1)
+    with pytest.raises(LwparError, match="twice"):
+        walk.enter("side")
+
+
+def test_the_sequential_fit_reads_the_same_moments_as_full_forward_passes_on_an_alm():
+    teacher = build_model("alm", "resnet18", 3).eval()
+    student = copy.deepcopy(teacher)
+    with torch.no_grad():  # the student's first residual block as an earlier compression left it
+        student.main_branch.layer1[0].conv1.weight.mul_(0.7)
+    images = torch.randn(6, 3, 64, 32)
+    names = ["latlayer_4d", "main_branch.layer2.0.conv2", "main_branch.layer1.1.conv1", "main_branch.layer2.0.downsample.0"]
+    fit = SequentialFit(teacher, images, 4, CPU, RIDGE)
+    for name in fit.order(names):
+        own, cross, rows = fit.moments(student, name)
+        layer = teacher.get_submodule(name)
+        ours, theirs = (unfolded(layer, run_to(m, name, images)).double() for m in (student, teacher))
+        np.testing.assert_allclose(own, (ours.T @ ours / rows).numpy(), rtol=1e-4, atol=1e-8)
+        np.testing.assert_allclose(cross, (ours.T @ theirs / rows).numpy(), rtol=1e-4, atol=1e-8)

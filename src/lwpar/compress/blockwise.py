@@ -3,7 +3,8 @@ model that holds a layer compression changed (`walk.block_of`: a ResNet bottlene
 lateral convolution) is trained for a bounded number of steps to reproduce the uncompressed block's
 output (feature-map MSE, relative to the output's energy), in execution order, each from the inputs
 the blocks before it now give it (FSKD, CVPR 2020; BRECQ's block granularity). Each step runs one
-block on cached inputs, not the whole model.
+block on cached inputs, not the whole model, and the inputs come from the block before it run alone
+where it feeds this one (`walk.BlockWalk`).
 
 Only the changed layers' parameters move (the factors of a decomposed layer, the kept channels of a
 pruned one); BatchNorm runs on its stored statistics and is re-estimated afterwards by the fine-tuning
@@ -21,16 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lwpar.compress.walk import block_of, changed_modules, execution_order, run_to
+from lwpar.compress.walk import BlockWalk, block_of, changed_modules
 from lwpar.core.progress import Progress
-
-
-def _captured(model: nn.Module, block: str, images: torch.Tensor, where: str, batch_size: int,
-              device: torch.device) -> torch.Tensor:
-    """Module `block`'s input or output for every image (kept on the CPU)."""
-    parts = [run_to(model, block, images[i:i + batch_size].to(device), where).cpu()
-             for i in range(0, len(images), batch_size)]
-    return torch.cat(parts)
 
 
 @torch.no_grad()
@@ -58,22 +51,23 @@ def reconstruct_blocks(student: nn.Module, teacher: nn.Module, images: torch.Ten
     blocks = list(dict.fromkeys(block_of(teacher, name) for name in changed))
     if not blocks:
         return {"blocks": [], "seconds": 0.0}
-    order = execution_order(teacher, blocks, images[:1].to(device))
+    walk = BlockWalk(teacher, student, blocks, {"fit": images, "heldout": heldout}, capture_batch, device)
     generator = torch.Generator().manual_seed(seed)
     rows = []
-    with Progress(len(order) * cfg["steps"], "block reconstruction", unit="step", items="images") as progress:
-        for block in order:
+    with Progress(len(walk.order) * cfg["steps"], "block reconstruction", unit="step", items="images") as progress:
+        for block in walk.order:
             layers = [n for n in changed if n == block or n.startswith(f"{block}.")]
-            rows.append(_reconstruct(student, teacher, block, layers, images, heldout, cfg, device, generator,
-                                     capture_batch, progress))
+            started_block = time.time()
+            rows.append(_reconstruct(student, walk, block, layers, cfg, device, generator, capture_batch, progress))
+            walk.leave()  # the student's block output, for the blocks it feeds
+            rows[-1]["seconds"] = round(time.time() - started_block, 2)
     return {"blocks": rows, "seconds": round(time.time() - started, 1)}
 
 
-def _reconstruct(student, teacher, block, layers, images, heldout, cfg, device, generator, capture_batch,
-                 progress) -> dict:
+def _reconstruct(student, walk: BlockWalk, block, layers, cfg, device, generator, capture_batch, progress) -> dict:
     started = time.time()
-    inputs, targets = (_captured(m, block, images, where, capture_batch, device)
-                       for m, where in ((student, "input"), (teacher, "output")))
+    walk.enter(block)
+    inputs, targets = walk.inputs["student", "fit"], walk.output("teacher", "fit")
     module = student.get_submodule(block)
     with torch.no_grad():
         shape = tuple(module(inputs[:1].to(device)).shape[1:])
@@ -81,8 +75,7 @@ def _reconstruct(student, teacher, block, layers, images, heldout, cfg, device, 
         return {"block": block, "layers": len(layers), "kept": False,
                 "skipped": f"its output is {list(shape)}, the uncompressed block's {list(targets.shape[1:])}: "
                            f"no target to train it towards", "seconds": round(time.time() - started, 2)}
-    held_inputs, held_targets = (_captured(m, block, heldout, where, capture_batch, device)
-                                 for m, where in ((student, "input"), (teacher, "output")))
+    held_inputs, held_targets = walk.inputs["student", "heldout"], walk.output("teacher", "heldout")
     captured = time.time() - started
     trained = [p for name in layers for p in student.get_submodule(name).parameters()]
     requires = {p: p.requires_grad for p in module.parameters()}

@@ -9,6 +9,10 @@ W). Its unconstrained solution is W* = W (C^T + lambda I)(S^ + lambda I)^(-1), w
 and C = X^^T X / n, and the error splits into ||X^ (W* - W')^T||^2 plus a constant: the constrained
 (low-rank) fit is the covariance fit of W* in the metric of S^. When the inputs are unchanged
 (X^ = X), W* = W and this is the covariance fit.
+
+The layers' inputs come block by block (`walk.BlockWalk`): each block's inputs once per model, then
+each of its layers' inputs by running that block alone, so the walk costs a few forward passes in all
+instead of one partial pass per layer and model.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from torch import nn
 
 from lwpar.compress.calibration import unfolded
 from lwpar.compress.decompose.metric import InputMetric
-from lwpar.compress.walk import execution_order, run_to
+from lwpar.compress.walk import BlockWalk, block_of, execution_order, run_to
 from lwpar.core.errors import LwparError
 
 
@@ -31,22 +35,41 @@ class SequentialFit:
     def __init__(self, teacher: nn.Module, images: torch.Tensor, batch_size: int, device: torch.device, ridge: float):
         self.teacher = teacher.eval().to(device)
         self.images, self.batch_size, self.device, self.ridge = images, batch_size, device, ridge
+        self.walk: BlockWalk | None = None
+        self._blocks: list[str] = []
 
     def order(self, names: list[str]) -> list[str]:
-        return execution_order(self.teacher, names, self.images[:1].to(self.device))
+        """`names` (the layers to fit) in execution order, which visits the blocks one after another."""
+        order = execution_order(self.teacher, names, self.images[:1].to(self.device))
+        self._blocks = list(dict.fromkeys(block_of(self.teacher, name) for name in order))
+        return order
+
+    def _walk_to(self, student: nn.Module, name: str) -> str:
+        """Enter the block of layer `name` (leaving the one before it); its name relative to the block."""
+        block = block_of(self.teacher, name)
+        if self.walk is None or self.walk.models["student"] is not student:
+            self.walk = BlockWalk(self.teacher, student.eval().to(self.device), self._blocks or [block], {"fit": self.images},
+                                  self.batch_size, self.device)
+        if self.walk.current != block:
+            if self.walk.current is not None:
+                self.walk.leave()
+            self.walk.enter(block)
+        return name[len(block) + 1:] if name != block else ""
 
     @torch.no_grad()
     def moments(self, student: nn.Module, name: str) -> tuple[np.ndarray, np.ndarray, int]:
         """(S^, C, rows): the second moment of the student's unfolded inputs of layer `name` and their
         cross moment with the teacher's, over the fitting images."""
         layer = self.teacher.get_submodule(name)
-        student.eval().to(self.device)
+        inner = self._walk_to(student, name)
+        blocks = {who: self.walk.module(who) for who in ("teacher", "student")}
         own = cross = None
         rows = 0
         for start in range(0, len(self.images), self.batch_size):
-            images = self.images[start:start + self.batch_size].to(self.device)
-            theirs = unfolded(layer, run_to(self.teacher, name, images)).double()
-            ours = unfolded(layer, run_to(student, name, images)).double()
+            entering = {who: self.walk.inputs[who, "fit"][start:start + self.batch_size].to(self.device)
+                        for who in blocks}
+            theirs, ours = (unfolded(layer, run_to(blocks[who], inner, entering[who]) if inner else entering[who]).double()
+                            for who in ("teacher", "student"))
             own = ours.T @ ours if own is None else own + ours.T @ ours
             cross = ours.T @ theirs if cross is None else cross + ours.T @ theirs
             rows += ours.shape[0]
