@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pandas as pd
 import pytest
@@ -240,6 +241,8 @@ def test_each_stage_did_its_work(chain):
     assert set(table.target) == {"local_cpu"}  # the leftovers of an earlier configuration stay out
     assert "old_variant" not in pd.read_csv(_outputs(chain, "report")["compression"]).variant.tolist()
     assert table[table.variant != "baseline_reference"].mA_tuned.between(0, 1).all()
+    int8 = pd.read_csv(_outputs(chain, "report")["int8_errors"])
+    assert int8.variant.tolist() == ["svd_r50+int8"] and np.isfinite(int8.output_sqnr_db).all() and int8.largest_drops[0]
 
 
 def test_every_model_file_records_its_lineage_and_no_two_jobs_write_the_same_bytes(chain):

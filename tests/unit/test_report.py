@@ -12,7 +12,7 @@ import pytest
 from lwpar.compress.recipes import method_label
 from lwpar.report.inputs import Inputs
 from lwpar.report.markdown import markdown
-from lwpar.report.tables import COLUMNS, collect, compression, decomposition_layers, decomposition_summary
+from lwpar.report.tables import COLUMNS, collect, compression, decomposition_layers, decomposition_summary, int8_errors
 
 ARTIFACTS = ("baseline", "cp_r50", "prune_r50")
 
@@ -249,3 +249,35 @@ def test_files_an_earlier_configuration_left_never_reach_a_table(results, tmp_pa
     assert set(tables["compression.csv"].variant) == {"cp_r50", "prune_r50"}
     assert set(tables["decomposition_layers.csv"].variant) == {"cp_r50"}
     assert "old_" not in (out / "comparison.md").read_text()
+
+
+def test_the_int8_error_summary_names_where_each_int8_model_departs_from_its_fp32_source(results):
+    run = results / "peta" / "alm"
+    _write(run / "cp_r50+int8/eval/metrics.json", {"mA": 0.52, "accuracy": 0.4, "precision": 0.5, "recall": 0.6, "f1": 0.5})
+    pd.DataFrame([  # as deploy.quant_error writes it: activations in graph order, then weights
+        {"order": 0, "kind": "activation", "tensor": "images", "op": "", "own_sqnr_db": 40.0,
+         "accumulated_sqnr_db": 40.0, "drop_db": np.nan},
+        {"order": 1, "kind": "activation", "tensor": "/main_branch/layer1/layer1.0/conv2/conv2.2/Conv_output_0",
+         "op": "Conv", "own_sqnr_db": 30.0, "accumulated_sqnr_db": 3.0, "drop_db": 25.0},
+        {"order": 2, "kind": "activation", "tensor": "/main_branch/layer1/layer1.0/relu/Relu_output_0", "op": "Relu",
+         "own_sqnr_db": 35.0, "accumulated_sqnr_db": 2.5, "drop_db": 0.5},
+        {"order": 3, "kind": "activation", "tensor": "/latlayer_3b/latlayer_3b.1/Conv_output_0", "op": "Conv",
+         "own_sqnr_db": 33.0, "accumulated_sqnr_db": -4.0, "drop_db": 6.5},
+        {"order": 4, "kind": "weight", "tensor": "w1", "op": "", "own_sqnr_db": 31.0, "accumulated_sqnr_db": np.nan,
+         "drop_db": np.nan},
+        {"order": 5, "kind": "weight", "tensor": "w2", "op": "", "own_sqnr_db": 45.0, "accumulated_sqnr_db": np.nan,
+         "drop_db": np.nan},
+    ]).to_csv(run / "cp_r50+int8/node_error.csv", index=False)
+    inputs = declared(results)
+    inputs.metrics[("peta", "alm", "cp_r50+int8")] = run / "cp_r50+int8/eval/metrics.json"
+    inputs.int8_errors = {("peta", "alm", "cp_r50+int8"): run / "cp_r50+int8/node_error.csv"}
+    table = int8_errors(inputs)
+    row = table.iloc[0]
+    assert (row.variant, row.output_sqnr_db, row.tensors_dropping, row.tensors, row.min_weight_sqnr_db) == \
+        ("cp_r50+int8", -4.0, 2, 4, 31.0)
+    assert row.largest_drops == ("main_branch.layer1.0.conv2.2 (Conv) 25.0 dB; latlayer_3b.1 (Conv) 6.5 dB; "
+                                 "main_branch.layer1.0.relu (Relu) 0.5 dB")
+    assert row.delta_fp32_mA == pytest.approx(0.52 - 0.66)
+    table_, _ = collect(inputs)
+    text = markdown(table_, "stamp", int8=table)
+    assert "## INT8 error" in text and "| -14.00 | -4.0 | 2 of 4 | 31.0 | main_branch.layer1.0.conv2.2 (Conv)" in text

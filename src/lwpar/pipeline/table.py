@@ -215,7 +215,7 @@ def stages(params: dict) -> dict[str, Stage]:
             name="report", wildcards=(),
             outputs={"csv": f"{results}/comparison.csv", "markdown": f"{results}/comparison.md",
                      "attributes": f"{results}/per_attribute_delta.csv", "compression": f"{results}/compression.csv",
-                     "layers": f"{results}/decomposition_layers.csv",
+                     "layers": f"{results}/decomposition_layers.csv", "int8_errors": f"{results}/int8_error.csv",
                      "latency_png": f"{results}/plots/mA_vs_latency.png",
                      "latency_svg": f"{results}/plots/mA_vs_latency.svg",
                      "macs_png": f"{results}/plots/mA_vs_macs.png", "macs_svg": f"{results}/plots/mA_vs_macs.svg",
@@ -235,13 +235,13 @@ def _report_inputs(params: dict) -> dict[str, str]:
     from lwpar.pipeline.jobs import grid
 
     reads = {"evaluate": ("metrics", "per_attribute"), "profile": ("profile",), "decompose": ("table",),
-             "prune": ("summary",), "finetune": ("summary",)}
+             "prune": ("summary",), "finetune": ("summary",), "quantize": ("errors",)}
     kinds = {("evaluate", "metrics"): "metrics", ("evaluate", "per_attribute"): "per_attribute",
              ("profile", "profile"): "profiles", ("decompose", "table"): "layers", ("prune", "summary"): "prune",
-             ("finetune", "summary"): "finetune"}
+             ("finetune", "summary"): "finetune", ("quantize", "errors"): "int8_errors"}
     inputs = {}
     for stage, w in grid(params, upto="profile"):
         for key in reads.get(stage.name, ()):
-            last = w.get("name") or w.get("variant") or w.get("target")
+            last = (f"{w['name']}+int8" if stage.name == "quantize" else w.get("name")) or w.get("variant") or w.get("target")
             inputs[f"{kinds[stage.name, key]}:{w['dataset']}/{w['model']}/{last}"] = stage.job_outputs(w)[key]
     return inputs

@@ -1,5 +1,5 @@
 """The report, written: comparison.csv and .md, per_attribute_delta.csv, compression.csv,
-decomposition_layers.csv and the plots, from the inputs it is given."""
+decomposition_layers.csv, int8_error.csv and the plots, from the inputs it is given."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from lwpar.report.markdown import markdown
 from lwpar.report.plans import latency_plans, profile_machines, pruning_plans
 from lwpar.report.plots import plots
 from lwpar.report.tables import (breaking_points, collect, compression, decomposition_layers, decomposition_summary,
-                                 latency_split, reliability)
+                                 int8_errors, latency_split, reliability)
 
 
 def write_report(inputs: Inputs, params: dict, out_dir: Path, stamp: str) -> int:
@@ -25,9 +25,12 @@ def write_report(inputs: Inputs, params: dict, out_dir: Path, stamp: str) -> int
     write_csv(out_dir / "comparison.csv", table)
     write_csv(out_dir / "compression.csv", compressed)
     write_csv(out_dir / "decomposition_layers.csv", layers)
+    int8 = int8_errors(inputs, params)
+    write_csv(out_dir / "int8_error.csv", int8)
     plans = latency_plans(table, layers, params, profile_machines(inputs), pruning_plans(inputs))
     write_text(out_dir / "comparison.md", markdown(table, stamp, latency_split(inputs), compressed,
-                                                   decomposition_summary(layers), breaking_points(table, params), plans))
+                                                   decomposition_summary(layers), breaking_points(table, params), plans,
+                                                   int8))
     write_csv(out_dir / "per_attribute_delta.csv", attributes)
     with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
         for path in plots(table, Path(tmp), reliability(inputs)):

@@ -25,6 +25,7 @@ class Inputs:
     layers: dict[Key, Path] = field(default_factory=dict)          # (dataset, model, variant): layers.csv
     finetune: dict[Key, Path] = field(default_factory=dict)        # (dataset, model, variant): finetune.json
     prune: dict[Key, Path] = field(default_factory=dict)           # (dataset, model, variant): prune.json
+    int8_errors: dict[Key, Path] = field(default_factory=dict)     # (dataset, model, <name>+int8): node_error.csv
 
     @classmethod
     def from_pairs(cls, **pairs: dict[str, Path]) -> Inputs:

@@ -1,5 +1,5 @@
 """comparison.md: the comparison table with its legend, then one section each on where each method
-breaks, latency plans, where the time goes, compression and fine-tuning, and decomposition; every
+breaks, latency plans, where the time goes, compression and fine-tuning, decomposition and INT8 error; every
 table written by one function (`_table`)."""
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ def _section(title: str, intro: str, body: str) -> str:
 
 def markdown(table: pd.DataFrame, stamp: str, split: pd.DataFrame | None = None,
              compressed: pd.DataFrame | None = None, decomposed: pd.DataFrame | None = None,
-             breaks: list[str] | None = None, plans: pd.DataFrame | None = None) -> str:
+             breaks: list[str] | None = None, plans: pd.DataFrame | None = None,
+             int8: pd.DataFrame | None = None) -> str:
     shown = comparison_cells(table)
     text = f"# Comparison\n\n{stamp}\n\n{LEGEND}\n\n" + _table(shown.columns, shown.itertuples(index=False))
     if breaks:
@@ -57,6 +58,8 @@ def markdown(table: pd.DataFrame, stamp: str, split: pd.DataFrame | None = None,
         text += compression_section(compressed)
     if decomposed is not None and len(decomposed):
         text += decomposition_section(decomposed)
+    if int8 is not None and len(int8):
+        text += int8_section(int8)
     return text
 
 
@@ -142,3 +145,17 @@ def decomposition_section(decomposed: pd.DataFrame) -> str:
              _number(r.lambda_sq_before, ".4g"), _number(r.lambda_sq_after, ".4g"), _number(r.sensitivity_before, ".4g"),
              _number(r.sensitivity_after, ".4g"), f"{r.seconds:.1f}"] for r in decomposed.itertuples()]
     return _section("Decomposition", intro, _table(columns, rows))
+
+
+def int8_section(int8: pd.DataFrame) -> str:
+    intro = ("Where each INT8 artifact departs from its FP32 source (`node_error.csv` beside it: every quantized tensor "
+             "compared with the FP32 model's on the quantize stage's error images): the SQNR of its last quantized tensor "
+             "against FP32 (dB; higher is closer, about 6 dB per bit), how many tensors lose at least 6 dB against the "
+             "worst of their inputs (where error is born rather than carried), its weakest weight, the three largest "
+             "such drops by module, and the test mA against the FP32 source's.")
+    columns = ["dataset", "model", "variant", "method", "test mA", "vs FP32", "output SQNR (dB)", "tensors losing >= 6 dB",
+               "weakest weight (dB)", "largest drops"]
+    rows = [[r.dataset, r.model, r.variant, r.method, _percent(r.mA), _percent(r.delta_fp32_mA),
+             _number(r.output_sqnr_db, ".1f"), f"{r.tensors_dropping} of {r.tensors}", _number(r.min_weight_sqnr_db, ".1f"),
+             r.largest_drops] for r in int8.itertuples()]
+    return _section("INT8 error", intro, _table(columns, rows))

@@ -135,6 +135,46 @@ def decomposition_summary(layers: pd.DataFrame) -> pd.DataFrame:
     return summary.reset_index()
 
 
+def int8_errors(inputs: Inputs, params: dict | None = None, worst: int = 3, large_drop_db: float = 6.0) -> pd.DataFrame:
+    """Per INT8 artifact, from its node_error.csv (`deploy.quant_error`): how far its output is from its
+    FP32 source's (the accumulated SQNR of its last quantized tensor), the `worst` layers where that
+    error is born (largest drops, named by the module that computes them), how many tensors drop by at
+    least `large_drop_db`, its weakest weight, and the test mA it loses against the FP32 source."""
+    rows = []
+    for dataset, model, _ in inputs.runs():
+        for artifact, path in inputs.of_run("int8_errors", dataset, model):
+            table = pd.read_csv(path)
+            activations = table[table["kind"] == "activation"].dropna(subset=["accumulated_sqnr_db"])
+            born = activations.dropna(subset=["drop_db"]).nlargest(worst, "drop_db")
+            weights = table.loc[table["kind"] == "weight", "own_sqnr_db"]
+            source = artifact.removesuffix("+int8")
+            last = activations.loc[activations["order"].idxmax()] if len(activations) else None
+            rows.append({"dataset": dataset, "model": model, "variant": artifact,
+                         "method": method_label(params, artifact) if params else "",
+                         "output_sqnr_db": last["accumulated_sqnr_db"] if last is not None else np.nan,
+                         "largest_drops": "; ".join(f"{module_of(r.tensor)} ({r.op}) {r.drop_db:.1f} dB"
+                                                    for r in born.itertuples()),
+                         "tensors_dropping": int((activations["drop_db"] >= large_drop_db).sum()),
+                         "tensors": len(activations),
+                         "min_weight_sqnr_db": weights.min() if len(weights) else np.nan,
+                         "mA": inputs.scores(dataset, model, artifact)["mA"],
+                         "delta_fp32_mA": inputs.scores(dataset, model, artifact)["mA"]
+                         - inputs.scores(dataset, model, source)["mA"]})
+    return pd.DataFrame(rows)
+
+
+def module_of(tensor: str) -> str:
+    """The module that computes an exported tensor, from its name (`/main_branch/layer1/layer1.0/conv2/conv2.1/
+    Conv_output_0` -> `main_branch.layer1.0.conv2.1`; a name without a module path is returned as it is)."""
+    scopes = [p for p in tensor.split("/") if p][:-1]
+    if not scopes:
+        return tensor
+    path = [scopes[0]]
+    for outer, scope in zip(scopes, scopes[1:]):  # a container's child scope repeats its name: layer1 / layer1.0
+        path.append(scope.removeprefix(f"{outer}."))
+    return ".".join(path)
+
+
 def reliability(inputs: Inputs) -> pd.DataFrame:
     """Every scored artifact's reliability bins (the evaluate stage's calibration), in one table."""
     rows = []

@@ -3,7 +3,8 @@
 comparison.csv and comparison.md (one row per dataset, model, artifact, target, batch and threads),
 per-attribute mA deltas against the baseline, plots (mA against measured latency with the Pareto
 front, and mA against MACs) as PNG and SVG, each compressed variant's validation mA before and after
-fine-tuning (compression.csv) and every decomposed layer's row (decomposition_layers.csv). Every file
+fine-tuning (compression.csv), every decomposed layer's row (decomposition_layers.csv) and where each
+INT8 artifact departs from its FP32 source (int8_error.csv, from its node_error.csv). Every file
 it reads is an argument, named <dataset>/<model>/<artifact, variant or target>.
 """
 
@@ -21,6 +22,7 @@ FLAGS = [
     flag("--layers", "each decomposition variant's layers.csv", "pairs:layers", **_PAIRS),
     flag("--prune", "each pruning variant's prune.json", "pairs:prune", **_PAIRS),
     flag("--finetune", "each variant's finetune.json", "pairs:finetune", **_PAIRS),
+    flag("--int8-errors", "each INT8 artifact's node_error.csv", "pairs:int8_errors", **_PAIRS),
     flag("--out-dir", "where comparison.* and plots/ go", "folder:csv", type=Path, required=True),
 ]
 
@@ -34,7 +36,8 @@ def run(args, params) -> None:
     from lwpar.stages import named_paths
 
     inputs = Inputs.from_pairs(**{kind: named_paths(getattr(args, kind), kind.replace("_", "-"))
-                                  for kind in ("profiles", "metrics", "per_attribute", "layers", "prune", "finetune")})
+                                  for kind in ("profiles", "metrics", "per_attribute", "layers", "prune", "finetune",
+                                                                        "int8_errors")})
     stamp = (f"Produced by `lwpar report` on {platform.node() or 'unknown host'} ({platform.machine()}), "
              f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.")
     rows = write_report(inputs, params, args.out_dir, stamp)
