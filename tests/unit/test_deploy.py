@@ -243,26 +243,39 @@ def _saturating_conv(tmp_path):
     return path, x.numpy(), conv(x).detach().numpy()
 
 
-@pytest.mark.parametrize("reduce_range", [True, False])
+@pytest.mark.parametrize("reduce_range", [True, False, "auto"])
 def test_reduce_range_avoids_int16_saturation(tmp_path, reduce_range):
     """7-bit weights keep a pair of u8 x s8 products inside int16 (255 * 63 * 2 < 32767), so ONNX
-    Runtime's kernels for x86 CPUs without VNNI do not saturate; with 8-bit weights they do there."""
+    Runtime's kernels for x86 CPUs without VNNI do not saturate; with 8-bit weights they do there.
+    `auto` takes 8 bits only where that is safe, on whatever CPU runs the test."""
     import onnxruntime as ort
 
     from lwpar.core.machine import machine_info
+    from lwpar.deploy.quantize import weight_range
 
     source, x, expected = _saturating_conv(tmp_path)
     out = _quantize(source, tmp_path / "int8.onnx", [x], reduce_range=reduce_range, op_types=["Conv"])
     weights = [numpy_helper.to_array(i) for i in onnx.load(out).graph.initializer if i.data_type == onnx.TensorProto.INT8]
-    assert max(int(np.abs(w.astype(int)).max()) for w in weights) == (64 if reduce_range else 127)
+    reduced = weight_range(reduce_range)[0]
+    assert max(int(np.abs(w.astype(int)).max()) for w in weights) == (64 if reduced else 127)
     got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     error = float(np.abs(got - expected).max() / np.abs(expected).max())
     info = machine_info()
     saturates = info.get("avx2") and not (info.get("avx512_vnni") or info.get("avx_vnni"))
-    if reduce_range or not saturates:
+    if reduced or not saturates or reduce_range == "auto":
         assert error < 0.01, error
     else:
         assert error > 0.1, f"no saturation measured on a CPU without VNNI ({error:.4f}): is reduce_range still needed?"
+
+
+def test_auto_weight_range_takes_8_bits_only_where_products_accumulate_in_int32():
+    from lwpar.deploy.quantize import weight_range
+
+    assert weight_range("auto", {"avx2", "avx512f", "avx512_vnni"}, "x86_64") == (False, "auto: this CPU has avx512_vnni")
+    assert weight_range("auto", {"avx2", "avx_vnni"}, "x86_64")[0] is False
+    assert weight_range("auto", {"avx2", "fma"}, "x86_64")[0] is True
+    assert weight_range("auto", set(), "aarch64")[0] is False
+    assert weight_range(True, {"avx512_vnni"}, "x86_64") == (True, "set in quantize.reduce_range")
 
 
 @pytest.mark.parametrize("count_include_pad", [True, False])

@@ -121,6 +121,9 @@ def quantize_model(source: Path, target: Path, cfg: dict, batches=None, errors_o
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    reduced, why = weight_range(cfg["reduce_range"])
+    cfg = {**cfg, "reduce_range": reduced, "weight_bits": f"{7 if reduced else 8} ({why})"}
+
     with tempfile.TemporaryDirectory() as tmp, atomic_path(target) as out:
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
@@ -204,6 +207,29 @@ def _write_errors(path: Path | None, table) -> str:
     return summary(table)
 
 
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def weight_range(setting, flags: set[str] | None = None, machine: str | None = None) -> tuple[bool, str]:
+    """`quantize.reduce_range` resolved: (7-bit weights?, why). `auto` follows this CPU: x86 kernels without
+    VNNI add u8 x s8 products pairwise in int16 (vpmaddubsw), which 8-bit weights can saturate; VNNI
+    accumulates in int32, and ARM's dot products too."""
+    import platform
+
+    from lwpar.core.machine import cpu_flags
+
+    if setting != "auto":
+        return bool(setting), "set in quantize.reduce_range"
+    machine = (machine or platform.machine()).lower()
+    if machine.startswith(("arm", "aarch64")):
+        return False, f"auto: {machine} accumulates 8-bit products in int32"
+    flags = cpu_flags() if flags is None else flags
+    found = [f for f in VNNI_FLAGS if f in flags]
+    if found:
+        return False, f"auto: this CPU has {found[0]}"
+    return True, "auto: this CPU has no VNNI (8-bit weights could saturate its int16 sums)"
+
+
 def _carry_metadata(source: Path, target: Path, cfg: dict, kept_float: list[str] = ()) -> None:
     """An lwpar artifact's INT8 form says what it is too (ONNX Runtime's quantizer drops metadata)."""
     from lwpar.deploy.artifact import KEY, copy_metadata
@@ -212,4 +238,5 @@ def _carry_metadata(source: Path, target: Path, cfg: dict, kept_float: list[str]
 
     if any(p.key == KEY for p in onnx.load(str(source), load_external_data=False).metadata_props):
         copy_metadata(source, target, precision="int8",
-                      quantization={**{k: cfg[k] for k in ("mode", "calibration")}, "kept_float": list(kept_float)})
+                      quantization={**{k: cfg[k] for k in ("mode", "calibration", "weight_bits")},
+                                    "kept_float": list(kept_float)})

@@ -26,9 +26,10 @@ FLAGS = [
 def run(args, params) -> None:
     from lwpar.data.loader import Prepared, build_transform
     from lwpar.deploy.artifact import onnx_session
-    from lwpar.deploy.quantize import calibration_batches, quantize_model
+    from lwpar.deploy.quantize import calibration_batches, quantize_model, weight_range
 
     cfg = params["quantize"]
+    reduced, why = weight_range(cfg["reduce_range"])
     size = onnx_session(args.model).get_inputs()[0].shape[2:]
     paths, _ = Prepared(args.dataset_dir).split("train")
     transform = build_transform(size, False)
@@ -37,7 +38,7 @@ def run(args, params) -> None:
                             args.errors_out,
                             calibration_batches(paths, transform, cfg["error_images"], params["seed"] + 1))
     print(f"{args.out}: INT8 ({cfg['mode']}, {cfg['calibration']} calibration on {cfg['calibration_images']} "
-          f"training images, per-channel {cfg['per_channel']}, {'7' if cfg['reduce_range'] else '8'}-bit weights, "
+          f"training images, per-channel {cfg['per_channel']}, {'7' if reduced else '8'}-bit weights ({why}), "
           f"{cfg['activations']} activations, ops {', '.join(cfg['op_types']) if cfg['op_types'] else 'all'}), "
           f"{args.out.stat().st_size / 1e6:.2f} MB from {args.model.stat().st_size / 1e6:.2f} MB")
     print(f"{args.errors_out}: {errors}")
