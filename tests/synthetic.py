@@ -152,3 +152,24 @@ def make_artifact(tmp: Path, attributes: list[str], size) -> tuple[Path, Path]:
         pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
         Image.fromarray(pixels).save(images / ("nested" if i == 4 else "") / f"p{i}.{'png' if i % 2 else 'jpg'}")
     return folder, images
+
+
+def write_labels_csv_release(images_dir: Path, labels_csv: Path, members: dict[str, bytes],
+                             attributes: list[str] | None = None) -> int:
+    """A release re-expressed as the `csv` dataset kind: its files under `images_dir` and a labels CSV
+    (image path relative to `images_dir`, person, one 0/1 column per attribute, PETA's 35 evaluated
+    ones by default) in the order the PETA parser reads them. Returns the number of rows."""
+    import pandas as pd
+
+    for name, data in members.items():
+        (images_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        (images_dir / name).write_bytes(data)
+    record = peta.parse(images_dir)
+    attributes = attributes or peta.EVALUATED
+    columns = [peta.ATTRIBUTES.index(a) for a in attributes]
+    table = pd.DataFrame(record["labels"][:, columns], columns=attributes)
+    table.insert(0, "person", record["persons"])
+    table.insert(0, "image", record["images"])
+    labels_csv.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(labels_csv, index=False)
+    return len(table)

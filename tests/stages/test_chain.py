@@ -1,6 +1,8 @@
 """Every stage's CLI, in the order and with the command lines the pipeline gives both engines, on a
 synthetic release and a tiny ALM (in process: `lwpar.cli.main`, no engine). Each job must write every
-output it declares, with content that an idle stage could not have produced."""
+output it declares, with content that an idle stage could not have produced. The release is a user's
+own data (dataset kind `csv`, as workflow/params/own_data.yaml declares it): PETA's other kinds are
+tested by the data stage's tests and the end-to-end runs."""
 
 from __future__ import annotations
 
@@ -79,7 +81,7 @@ LEFTOVERS = ("old_variant", "old_target")  # what an earlier configuration left 
 
 def _plant_leftovers(params: dict) -> None:
     """An earlier configuration's variant folder and target profile, beside this run's."""
-    run = Path(params["paths"]["results"]) / "peta" / "tiny"
+    run = Path(params["paths"]["results"]) / params["experiment"]["datasets"][0] / "tiny"
     profile = json.loads((run / "profile-local_cpu.json").read_text())
     (run / "profile-old_target.json").write_text(json.dumps({**profile, "target": "old_target"}))
     old = run / "old_variant"
@@ -96,9 +98,15 @@ def chain(tmp_path_factory):
     import lwpar.config
 
     tmp = tmp_path_factory.mktemp("stages")
-    members, truth = synthetic.make_release(persons_per_subset=12, images_per_person=3)
-    synthetic.write_zip(tmp / "mirror" / "PETA.zip", members)
+    from conftest import ROOT
+
+    members, _ = synthetic.make_release(persons_per_subset=12, images_per_person=3)
+    own = lwpar.config.load_params(ROOT / "workflow/params/own_data.yaml")["datasets"]["own"]
+    rows = synthetic.write_labels_csv_release(tmp / "mirror" / own["archive"], tmp / "mirror" / own["annotation"],
+                                              members)
     params = synthetic.tiny_training_params(tmp, tmp / "mirror", epochs=1)
+    params["datasets"] = {"own": own}
+    params["experiment"]["datasets"] = ["own"]
     params["train"]["max_steps_per_epoch"] = 4
     # SVD of the 3 x 3 convs: the fastest factorization to probe (the chain times ONNX, not tensorly)
     search = {"metric": "mA", "val_images": 8, "calibration_batches": 0, "fractions": [0.1, 0.3], "sensitivity_from": None}
@@ -150,7 +158,7 @@ def chain(tmp_path_factory):
         seconds[stage.job_name(wildcards)] = round(time.perf_counter() - started, 1)
         assert code == 0, command
     print("job seconds:", sorted(seconds.items(), key=lambda item: -item[1]))
-    return len(truth), jobs
+    return rows, jobs
 
 
 def _outputs(chain, stage, **wildcards):
@@ -261,6 +269,9 @@ def test_every_model_file_records_its_lineage_and_no_two_jobs_write_the_same_byt
         assert [step["stage"] for step in model["lineage"]] == expected, variant
         assert model["lineage"][-1]["variant"] == variant
         assert read_metadata(_outputs(chain, "export", name=variant)["onnx"])["lineage"] == model["lineage"]
+    # the attribute names come from the labels CSV's header, through to the artifacts
+    header = list(pd.read_csv(Path(_outputs(chain, "data")["prepared"]) / "samples.csv", nrows=0).columns[3:])
+    assert trained_attributes(chain) == header == read_metadata(_outputs(chain, "quantize", name="svd_r50")["onnx"])["attributes"]
     digests = {}
     for _, _, _, _, outputs, *_ in chain[1]:
         for path in outputs.values():

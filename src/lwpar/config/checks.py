@@ -17,6 +17,16 @@ def problems(params: dict):
             yield f"datasets.{name}.fractions", f"must sum to 1, got {sum(ds['fractions']):g}"
         if ds["kind"] == "pa100k" and ds["split"] != "standard":
             yield f"datasets.{name}.split", "PA-100K has no person ids: only 'standard' is possible"
+        if ds["kind"] == "csv":
+            if not ds["annotation"]:
+                yield f"datasets.{name}.annotation", "kind 'csv' reads its labels from this CSV file: name it"
+            if (ds["split"] == "standard") != bool(ds["csv"]["split_column"]):
+                yield (f"datasets.{name}.split", "kind 'csv': 'standard' reads csv.split_column, so it needs one, and a "
+                       "split column needs split 'standard'")
+            if ds["split"] == "standard" and ds["partition"]:
+                yield f"datasets.{name}.partition", "kind 'csv' has one partition, its split column: 0"
+        elif ds["csv"] != {"image_column": "image", "person_column": None, "split_column": None, "attributes": None}:
+            yield f"datasets.{name}.csv", f"read by kind 'csv' only, this dataset is {ds['kind']!r}"
     for name, model in params["models"].items():
         if model["backbone"] == "bn_inception" and any(v % 32 for v in model["input_size"]):
             # Its stride-2 blocks concatenate a padded conv with a ceil-mode pool: sizes agree only then.

@@ -13,11 +13,17 @@ import numpy as np
 
 from lwpar.core.errors import LwparError
 from lwpar.data import peta
+from lwpar.data.labels_csv import parse_labels_csv
 
 
 def parse(kind: str, images_root: Path, annotation: Path | None, shown: str | None = None,
-          listing: list[str] | None = None) -> dict:
-    """`listing`: the image paths relative to `images_root`, when the images are not extracted yet."""
+          listing: list[str] | None = None, options: dict | None = None) -> dict:
+    """`listing`: the image paths relative to `images_root`, when the images are not extracted yet;
+    `options`: the dataset's `csv` block (kind `csv`)."""
+    if kind == "csv":
+        if annotation is None:
+            raise LwparError("dataset kind 'csv' needs its labels CSV (params annotation)")
+        return parse_labels_csv(annotation, images_root, options, listing)
     if kind == "peta":
         record = peta.parse(images_root, shown, listing)
         record["partitions"] = None

@@ -27,6 +27,7 @@ from lwpar.core.errors import LwparError
 from lwpar.core.progress import Progress
 from lwpar.config import mirror_dir
 from lwpar.data import archive, download, parsers, peta
+from lwpar.data.labels_csv import check_attributes_trainable
 from lwpar.core.io import atomic_dir, sha256_file, write_csv, write_json
 
 SPLITS = ("train", "val", "test")
@@ -58,12 +59,16 @@ def prepare(params: dict, name: str, out_dir: Path, download_dir: Path, manifest
             archive.extract_zip(source, images_root, set(members) - set(listing))
         else:
             archive.extract_zip(source, images_root)
-        record = parsers.parse(cfg["kind"], images_root, annotation, shown=source.name, listing=listing)
+        record = parsers.parse(cfg["kind"], images_root, annotation, shown=source.name, listing=listing,
+                               options=cfg["csv"])
         split, keep = _select(record, cfg, params["seed"])
         if listing is not None:
             archive.extract_zip(source, images_root, set(np.asarray(record["images"], dtype=object)[keep]))
         table, meta = _canonical(record, split, keep, cfg, images_root, source.name)
-        meta.update(dataset=name, kind=cfg["kind"], sources=sources,
+        if cfg["kind"] == "csv":
+            check_attributes_trainable(table, record["evaluated"], f"{cfg['annotation']} (datasets.{name})")
+        # the seed of every seeded choice: the identity-disjoint split, a carved validation part, a subset
+        meta.update(dataset=name, kind=cfg["kind"], sources=sources, seed=params["seed"],
                     seconds=round(time.time() - started, 1))
         write_csv(tmp / "samples.csv", table)
         write_json(tmp / "dataset.json", meta)
@@ -129,7 +134,7 @@ def _canonical(record: dict, split: np.ndarray, keep: np.ndarray, cfg: dict, ima
         "all_label_columns": record["attributes"],
         "num_images": int(len(table)),
         "num_persons": int(table.person.nunique()),
-        "split_method": cfg["split"] if cfg["split"] == "identity_disjoint" else f"standard partition {cfg['partition']}",
+        "split_method": _split_method(cfg),
         "split_sizes": {s: int((split == s).sum()) for s in SPLITS},
         "split_persons": {s: int(table.person[table.split == s].nunique()) for s in SPLITS},
         "identity_overlap": _overlap(table),
@@ -138,6 +143,14 @@ def _canonical(record: dict, split: np.ndarray, keep: np.ndarray, cfg: dict, ima
         "label_entries_without_images": list(record.get("orphans", [])),
     }
     return table, meta
+
+
+def _split_method(cfg: dict) -> str:
+    if cfg["kind"] == "csv":
+        if cfg["split"] == "standard":
+            return f"the labels' column {cfg['csv']['split_column']!r}"
+        return f"identity_disjoint by {repr(cfg['csv']['person_column']) + ' (persons)' if cfg['csv']['person_column'] else 'image (no person column)'}"
+    return cfg["split"] if cfg["split"] == "identity_disjoint" else f"standard partition {cfg['partition']}"
 
 
 def identity_disjoint_split(persons: np.ndarray, fractions, seed: int) -> np.ndarray:
