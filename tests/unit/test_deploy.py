@@ -328,6 +328,7 @@ def _cancelling_chain_onnx(path):
     with torch.no_grad():
         model[2].weight.copy_(torch.tensor([[1.0, 0.5, -0.3, 0.2], [1.0, 0.5, -0.3, 0.2001]]).view(2, 4, 1, 1) * 1e3)
         model[3].weight.copy_(torch.tensor([[1.0, -1.0]] * 4).view(4, 2, 1, 1))
+        model[0].bias.zero_()  # an all-zero tensor: exact in INT8
     torch.onnx.export(model, (torch.randn(1, 3, 16, 8),), str(path), input_names=["images"], dynamo=False,
                       dynamic_axes={"images": {0: "batch"}})
     return path
@@ -349,6 +350,8 @@ def test_the_int8_error_table_finds_where_error_is_born(tmp_path):
     born = activations.loc[activations["drop_db"].idxmax()]
     assert born["op"] in ("Conv", "Relu") and born["order"] == activations["order"].max()  # the last factor's output
     assert born["drop_db"] > 20 and "largest drops" in line
+    weights = table[table["kind"] == "weight"].set_index("tensor")["own_sqnr_db"]
+    assert weights["0.bias"] == np.inf and np.isfinite(weights.drop("0.bias")).all()
     dynamic = quantize_model(source, tmp_path / "dynamic.onnx", {**cfg, "mode": "dynamic"}, None,
                              tmp_path / "none.csv", batches)
     assert pd.read_csv(tmp_path / "none.csv").empty and dynamic == "no tensor error measured"

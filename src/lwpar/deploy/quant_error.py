@@ -61,6 +61,11 @@ def node_errors(fp32: Path, int8: Path, batches, input_name: str) -> pd.DataFram
                      "own_sqnr_db": e.get("qdq_err"), "accumulated_sqnr_db": own_acc,
                      "drop_db": source - own_acc if own_acc is not None and np.isfinite(source) else np.nan})
     weights = compute_weight_error(create_weight_matching(str(fp32), str(int8)))
+    from onnx import numpy_helper
+
+    for initializer in graph.initializer:  # an all-zero tensor (a zero bias) is exact, not 0 dB as the helper says
+        if initializer.name in weights and not numpy_helper.to_array(initializer).any():
+            weights[initializer.name] = float("inf")
     rows += [{"order": len(order) + i, "kind": "weight", "tensor": name, "op": "", "own_sqnr_db": value,
               "accumulated_sqnr_db": np.nan, "drop_db": np.nan} for i, (name, value) in enumerate(sorted(weights.items()))]
     table = pd.DataFrame(rows, columns=COLUMNS).sort_values("order", kind="stable")
