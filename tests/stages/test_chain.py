@@ -107,6 +107,9 @@ def chain(tmp_path_factory):
     params = synthetic.tiny_training_params(tmp, tmp / "mirror", epochs=1)
     params["datasets"] = {"own": own}
     params["experiment"]["datasets"] = ["own"]
+    # svd_r50 and prune_l2_r50 as the kernel fit and plain pruning; svd_cov and prune_rec below fit outputs
+    params["variants"]["svd_r50"]["decompose"]["fit"] = "weights"
+    params["variants"]["prune_l2_r50"]["prune"]["reconstruct"] = False
     params["train"]["max_steps_per_epoch"] = 4
     # SVD of the 3 x 3 convs: the fastest factorization to probe (the chain times ONNX, not tensorly)
     search = {"metric": "mA", "val_images": 8, "calibration_batches": 0, "fractions": [0.1, 0.3], "sensitivity_from": None}

@@ -28,7 +28,7 @@ def test_interrupted_sensitivity_stage_resumes_from_its_partial_file(tmp_path, m
                       "calibration_batches": 1}
     params["variants"] = {"probe": {"base": None, "finetune": params["variants"]["lwalm"]["finetune"], "decompose": {
         **{k: v for k, v in params["variants"]["lwalm"]["decompose"].items() if k != "epc"}, "kinds": ["pointwise"],
-        "rank": rank}},
+        "rank": rank, "fit": "weights"}},  # probes that fit outputs: tests/stages/test_chain.py
         "control": {"base": None, "finetune": params["variants"]["lwalm"]["finetune"]}}
     params["experiment"].update(variants=["probe", "control"], int8=[])
     path = synthetic.write_params(tmp_path / "params.yaml", params)
