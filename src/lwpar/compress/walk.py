@@ -48,14 +48,8 @@ def execution_order(model: nn.Module, names: list[str], images: torch.Tensor) ->
     """`names` in the order their modules first run on `images` (a module that never runs is refused)."""
     modules = dict(model.named_modules())
     seen: list[str] = []
-    handles = [modules[n].register_forward_pre_hook(lambda m, args, n=n: seen.append(n) if n not in seen else None)
-               for n in names]
-    try:
-        with published_heads(model):
-            model(images)
-    finally:
-        for handle in handles:
-            handle.remove()
+    _run_hooked(model, images, [modules[n].register_forward_pre_hook(
+        lambda m, args, n=n: seen.append(n) if n not in seen else None) for n in names])
     missing = [n for n in names if n not in seen]
     if missing:
         raise LwparError(f"module {missing[0]} never ran in the model's forward pass")
@@ -116,13 +110,19 @@ def feeders(model: nn.Module, blocks: list[str], images: torch.Tensor) -> dict[s
     for name in blocks:
         handles += [modules[name].register_forward_pre_hook(lambda m, args, n=name: entering(n, args)),
                     modules[name].register_forward_hook(lambda m, args, output, n=name: leaving(n, output))]
+    _run_hooked(model, images, handles)
+    return {name: fed.get(name) for name in blocks}
+
+
+def _run_hooked(model: nn.Module, images: torch.Tensor, handles: list) -> None:
+    """One forward pass of `model` (ALM heads as published, so their modules are called) with the hooks
+    `handles` installed, removed afterwards whatever happens."""
     try:
         with published_heads(model):
             model(images)
     finally:
         for handle in handles:
             handle.remove()
-    return {name: fed.get(name) for name in blocks}
 
 
 class BlockWalk:
