@@ -10,6 +10,13 @@ from lwpar.compress.recipes import (CURVE_POLICIES, MEASURED_POLICIES, RANK_POLI
                                    schedule, timing_step)
 
 
+def _schema_default(definition: str, key: str):
+    """The schema's default of `key` in `$defs.<definition>` (a block: every key's default)."""
+    from lwpar.config.load import fill_defaults, schema
+
+    return fill_defaults({}, schema()["$defs"][definition]["properties"][key])
+
+
 def problems(params: dict):
     """Every (dotted key, problem) of a complete, schema-valid configuration, in a fixed order."""
     for name, ds in params["datasets"].items():
@@ -25,7 +32,7 @@ def problems(params: dict):
                        "split column needs split 'standard'")
             if ds["split"] == "standard" and ds["partition"]:
                 yield f"datasets.{name}.partition", "kind 'csv' has one partition, its split column: 0"
-        elif ds["csv"] != {"image_column": "image", "person_column": None, "split_column": None, "attributes": None}:
+        elif ds["csv"] != _schema_default("dataset", "csv"):
             yield f"datasets.{name}.csv", f"read by kind 'csv' only, this dataset is {ds['kind']!r}"
     for name, model in params["models"].items():
         if model["backbone"] == "bn_inception" and any(v % 32 for v in model["input_size"]):

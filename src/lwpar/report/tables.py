@@ -149,6 +149,7 @@ def int8_errors(inputs: Inputs, params: dict | None = None, worst: int = 3, larg
             weights = table.loc[table["kind"] == "weight", "own_sqnr_db"]
             source = artifact.removesuffix("+int8")
             last = activations.loc[activations["order"].idxmax()] if len(activations) else None
+            mA = inputs.scores(dataset, model, artifact)["mA"]
             rows.append({"dataset": dataset, "model": model, "variant": artifact,
                          "method": method_label(params, artifact) if params else "",
                          "output_sqnr_db": last["accumulated_sqnr_db"] if last is not None else np.nan,
@@ -157,9 +158,7 @@ def int8_errors(inputs: Inputs, params: dict | None = None, worst: int = 3, larg
                          "tensors_dropping": int((activations["drop_db"] >= large_drop_db).sum()),
                          "tensors": len(activations),
                          "min_weight_sqnr_db": weights.min() if len(weights) else np.nan,
-                         "mA": inputs.scores(dataset, model, artifact)["mA"],
-                         "delta_fp32_mA": inputs.scores(dataset, model, artifact)["mA"]
-                         - inputs.scores(dataset, model, source)["mA"]})
+                         "mA": mA, "delta_fp32_mA": mA - inputs.scores(dataset, model, source)["mA"]})
     return pd.DataFrame(rows)
 
 
