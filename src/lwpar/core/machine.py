@@ -32,6 +32,25 @@ def cpu_model() -> str | None:
         return None
 
 
+# Inference runtimes an artifact runs on, and the precisions OpenVINO's CPU plugin can run FP32 layers in
+RUNTIMES = ("onnxruntime", "openvino")
+INFERENCE_PRECISIONS = ("f32", "bf16", "f16")
+
+
+def runtime_version(runtime: str) -> str | None:
+    """The installed version of an inference runtime (`onnxruntime`, `openvino`), None when it is absent."""
+    import importlib
+    import importlib.util
+
+    if importlib.util.find_spec(runtime) is None:
+        return None
+    if runtime == "openvino":
+        import openvino
+
+        return openvino.get_version().split("-")[0]
+    return importlib.import_module(runtime).__version__
+
+
 def machine_info() -> dict:
     """The machine, its CPU (model, instruction sets that decide kernel speed) and library versions."""
     info = {"machine": platform.machine(), "system": platform.system(), "python": platform.python_version(),
@@ -45,6 +64,8 @@ def machine_info() -> dict:
     import torch
 
     info["versions"] = {"onnxruntime": onnxruntime.__version__, "torch": torch.__version__, "numpy": np.__version__}
+    if runtime_version("openvino"):
+        info["versions"]["openvino"] = runtime_version("openvino")
     return info
 
 

@@ -1,5 +1,10 @@
 """A benchmark worker: one fresh process per ONNX artifact, driven over stdin/stdout (JSON lines),
-so that the parent can interleave variants round by round and read each one's peak memory.
+so that the parent can interleave variants round by round and read each one's peak memory. It needs
+numpy and the runtime only (it is copied to remote targets): ONNX Runtime with the given providers,
+or OpenVINO's CPU plugin (latency hint, the given threads and inference precision, each batch size
+compiled with a static shape, as a deployment fixes it).
+
+    python bench_worker.py MODEL PROVIDERS [RUNTIME [PRECISION]]
 
 Commands: {"batch": B, "threads": T, "iters": N} -> {"seconds": [...]};  {"quit": true}.
 Given a folder instead of a file, the worker holds every `*.onnx` in it (the per-layer latency
@@ -28,14 +33,49 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def main() -> int:
+def onnxruntime_session(path, threads: int, providers: list[str]):
     import onnxruntime as ort
 
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # Idle workers must not spin: the variants' workers take turns on the same cores.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), options, providers=providers)
+
+
+def onnxruntime_runner(session, batch: int):
+    name = session.get_inputs()[0].name
+    shape = [batch, *session.get_inputs()[0].shape[1:]]
+    images = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+    return lambda: session.run(None, {name: images})
+
+
+def openvino_runner(path, threads: int, batch: int, precision: str):
+    import openvino as ov
+
+    core = ov.Core()
+    model = core.read_model(str(path))
+    port = model.inputs[0]
+    shape = [batch, *(d.get_length() for d in list(port.get_partial_shape())[1:])]
+    model.reshape({port.get_any_name(): shape})
+    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": precision}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+    request = core.compile_model(model, "CPU", config).create_infer_request()
+    images = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+    return lambda: request.infer({0: images})
+
+
+def main() -> int:
     from pathlib import Path
 
     path, providers = Path(sys.argv[1]), sys.argv[2].split(",")
+    runtime = sys.argv[3] if len(sys.argv) > 3 else "onnxruntime"
+    precision = sys.argv[4] if len(sys.argv) > 4 else "f32"
     models = {p.name: p for p in sorted(path.glob("*.onnx"))} if path.is_dir() else {path.name: path}
-    sessions = {}
+    runners, sessions = {}, {}  # an ONNX Runtime session serves every batch size
     print(json.dumps({"ready": True, "rss_mb": peak_rss_mb()}), flush=True)
     for line in sys.stdin:
         command = json.loads(line)
@@ -45,22 +85,24 @@ def main() -> int:
         if model not in models:
             print(json.dumps({"error": f"the benchmark worker has no model {model!r}"}), flush=True)
             continue
-        if (model, threads) not in sessions:
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-            options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-            # Idle workers must not spin: the variants' workers take turns on the same cores.
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            sessions[model, threads] = ort.InferenceSession(str(models[model]), options, providers=providers)
-        session = sessions[model, threads]
-        name = session.get_inputs()[0].name
-        shape = [command["batch"], *session.get_inputs()[0].shape[1:]]
-        images = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+        key = (model, threads, command["batch"])
+        if key not in runners:
+            try:
+                if runtime == "openvino":
+                    runners[key] = openvino_runner(models[model], threads, command["batch"], precision)
+                else:
+                    if (model, threads) not in sessions:
+                        sessions[model, threads] = onnxruntime_session(models[model], threads, providers)
+                    runners[key] = onnxruntime_runner(sessions[model, threads], command["batch"])
+            except Exception as exc:  # the parent reports it as one line naming the artifact
+                print(json.dumps({"error": f"{runtime} cannot run it: {str(exc).strip().splitlines()[-1][:200]}"}),
+                      flush=True)
+                continue
+        call = runners[key]
         seconds = []
         for _ in range(command["iters"]):
             started = time.perf_counter()
-            session.run(None, {name: images})
+            call()
             seconds.append(time.perf_counter() - started)
         print(json.dumps({"seconds": seconds, "rss_mb": peak_rss_mb()}), flush=True)
     return 0

@@ -36,7 +36,7 @@ def _copy(src: Path, dst: str, target: dict) -> None:
 
 def stage_on_target(artifacts: dict[str, Path], target: dict) -> dict[str, str]:
     """Where each artifact is on the target. With `copy_command`, the artifacts and the standalone
-    benchmark worker (it needs only numpy and onnxruntime there) are copied to `remote_dir` first."""
+    benchmark worker (it needs only numpy and the target's runtime there) are copied to `remote_dir` first."""
     if not target["copy_command"]:
         return {name: str(path) for name, path in artifacts.items()}
     remote = target["remote_dir"].rstrip("/")
@@ -66,7 +66,8 @@ class Worker:
             program = ["python3", f"{target['remote_dir'].rstrip('/')}/lwpar_bench_worker.py"]
         else:
             program = [sys.executable if not prefix else "python3", "-m", "lwpar.deploy.bench_worker"]
-        command = [*prefix, *program, placed or str(path), ",".join(target["providers"])]
+        command = [*prefix, *program, placed or str(path), ",".join(target["providers"]), target["runtime"],
+                   target["inference_precision"]]
         self.path = path
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.peak_rss_mb = self._read()["rss_mb"]

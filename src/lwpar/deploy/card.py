@@ -26,9 +26,10 @@ def build(name: str, onnx: Path, metadata: dict, metrics: dict, thresholds: dict
         if result is None:
             continue
         machine = profile.get("machine", {})
+        runtime = profile.get("target_config", {}).get("runtime", "onnxruntime")  # older profiles: ONNX Runtime
         for row in result["latency"]:
             latency.append({"target": profile["target"], "cpu": machine.get("cpu_model"),
-                            "runtime": f"onnxruntime {machine.get('versions', {}).get('onnxruntime', '?')}",
+                            "runtime": f"{runtime} {machine.get('versions', {}).get(runtime, '?')}",
                             **{k: row.get(k) for k in ("batch", "threads", "median_ms", "p90_ms", "speedup")},
                             "peak_rss_mb": result.get("peak_rss_mb")})
     counted = next((p["variants"][name] for p in profiles if name in p["variants"]), {})

@@ -1,5 +1,5 @@
-"""Attribute probabilities and decisions from an exported lwpar artifact, with ONNX Runtime alone
-(no torch): the preprocessing and the attribute names come from the artifact's metadata.
+"""Attribute probabilities and decisions from an exported lwpar artifact, with ONNX Runtime or OpenVINO
+alone (no torch): the preprocessing and the attribute names come from the artifact's metadata.
 
     from lwpar import Predictor
     predictor = Predictor("results/peta/alm_r50h/lwalm+int8")
@@ -17,7 +17,8 @@ import numpy as np
 
 from lwpar.core.errors import LwparError
 from lwpar.data import preprocess
-from lwpar.deploy.artifact import THRESHOLDS_FILE, onnx_session, read_metadata, read_thresholds
+from lwpar.deploy.artifact import THRESHOLDS_FILE, read_metadata, read_thresholds
+from lwpar.deploy.runtimes import open_session
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".gif", ".tif", ".tiff", ".webp"}
 
@@ -43,12 +44,15 @@ def artifact_file(path: str | Path) -> Path:
 class Predictor:
     """Runs one artifact. `threshold`: one decision threshold for every attribute (0.5 as the PAR
     literature scores); None takes the per-attribute thresholds tuned on validation from the
-    artifact's thresholds.json (beside its model.onnx) when it has one, else 0.5. `threads`: ONNX
-    Runtime intra-op threads (0: all cores)."""
+    artifact's thresholds.json (beside its model.onnx) when it has one, else 0.5. `threads`: the
+    runtime's threads (0: all cores); `runtime`: `onnxruntime` or `openvino` (`precision`: what its CPU
+    plugin runs FP32 layers in)."""
 
-    def __init__(self, model: str | Path, threads: int = 0, threshold: float | None = None, batch_size: int = 32):
+    def __init__(self, model: str | Path, threads: int = 0, threshold: float | None = None, batch_size: int = 32,
+                 runtime: str = "onnxruntime", precision: str = "f32"):
         self.path = artifact_file(model)
-        self.session = onnx_session(self.path, threads)
+        self.runtime = runtime
+        self.session = open_session(self.path, threads, runtime, precision)
         self.metadata = read_metadata(self.path, self.session)
         self.attributes: list[str] = list(self.metadata["attributes"])
         self.spec: dict = self.metadata["preprocessing"]

@@ -140,6 +140,8 @@ def quantize_model(source: Path, target: Path, cfg: dict, batches=None, errors_o
         if pools_as_depthwise_convs(graph):
             onnx.save(graph, str(prepared))
         input_name = graph.graph.input[0].name
+        if cfg["engine"] == "nncf":
+            return _quantize_nncf(source, prepared, out, cfg, batches, input_name, errors_out, error_batches)
         excluded = float_islands(graph, cfg["op_types"]) if cfg["op_types"] else []
         keep = cfg["keep_float"]
         batches = list(batches) if keep["worst"] else batches  # calibrated again for each round
@@ -184,6 +186,38 @@ def _quantize_static(prepared: Path, out: Path, cfg: dict, batches, excluded: li
                         extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
     finally:
         reader.progress.close(final_line=False)
+
+
+def _quantize_nncf(source: Path, prepared: Path, out: Path, cfg: dict, batches, input_name: str,
+                   errors_out: Path | None, error_batches) -> str:
+    """NNCF's post-training quantization of the ONNX model, as NNCF users run it (its default preset:
+    symmetric INT8 weights per channel and activations, its fast bias correction), calibrated on the
+    same images as ONNX Runtime's and on the same compute ops; the result is a QDQ ONNX model both
+    runtimes read."""
+    import logging
+
+    import onnx
+
+    try:
+        import nncf
+    except ImportError:
+        raise LwparError("quantize.engine nncf: NNCF is not installed (pip install nncf)") from None
+    logging.getLogger("nncf").setLevel(logging.WARNING)  # its per-step info lines would bury the log's progress
+    reader = ImageCalibration(input_name, batches, -(-cfg["calibration_images"] // CALIBRATION_BATCH))
+    feeds = list(iter(reader.get_next, None))  # decoded first (counted in the log), then NNCF's passes
+    # the compute ops `op_types` leaves out stay float, as with ONNX Runtime's quantizer (the fused head's
+    # MatMuls: ONNX Runtime cannot run NNCF's per-channel MatMul as MatMulIntegerToFloat)
+    ignored = [op for op in sorted(COMPUTE_OPS) if cfg["op_types"] and op not in cfg["op_types"]]
+    quantized = nncf.quantize(onnx.load(str(prepared)), nncf.Dataset(feeds), subset_size=len(feeds),
+                              ignored_scope=nncf.IgnoredScope(types=ignored, validate=False) if ignored else None)
+    onnx.save(quantized, str(out))
+    table = None
+    if errors_out is not None and list(error_batches):
+        from lwpar.deploy.quant_error import node_errors
+
+        table = node_errors(prepared, out, error_batches, input_name)
+    _carry_metadata(source, out, {**cfg, "weight_bits": f"8 (nncf {nncf.__version__})"})
+    return _write_errors(errors_out, table)
 
 
 def _check_something_quantized(graph, op_types: list[str] | None, excluded: list[str]) -> None:
@@ -238,5 +272,5 @@ def _carry_metadata(source: Path, target: Path, cfg: dict, kept_float: list[str]
 
     if any(p.key == KEY for p in onnx.load(str(source), load_external_data=False).metadata_props):
         copy_metadata(source, target, precision="int8",
-                      quantization={**{k: cfg[k] for k in ("mode", "calibration", "weight_bits")},
+                      quantization={**{k: cfg[k] for k in ("engine", "mode", "calibration", "weight_bits")},
                                     "kept_float": list(kept_float)})

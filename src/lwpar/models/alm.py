@@ -228,7 +228,9 @@ class LocalizationLevel(nn.Module):
         wf = torch.cat([_collapse(f)[0] for f in self.fc_list])                         # M x C
         bf = torch.cat([_collapse(f)[1] for f in self.fc_list])                         # M
         contracted = torch.matmul(kernel, x.flatten(2).transpose(1, 2))                 # B x M x C
-        return (scale.transpose(0, 1) * contracted * wf).sum(-1) + bf
+        # keepdim + flatten: OpenVINO 2026.4's CPU plugin fuses a ReduceSum directly followed by the bias
+        # Add into one kernel that is wrong for batches above 1 (tests/unit/test_runtimes.py)
+        return (scale.transpose(0, 1) * contracted * wf).sum(-1, keepdim=True).flatten(1) + bf
 
 
 @functools.lru_cache(maxsize=32)

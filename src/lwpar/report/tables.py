@@ -14,7 +14,7 @@ import pandas as pd
 from lwpar.compress.recipes import matched_control, method_label
 from lwpar.report.inputs import Inputs
 
-COLUMNS = ["dataset", "model", "variant", "method", "target", "batch", "threads", "mA", "mA_tuned", "accuracy", "precision", "recall",
+COLUMNS = ["dataset", "model", "variant", "method", "target", "runtime", "batch", "threads", "mA", "mA_tuned", "accuracy", "precision", "recall",
            "f1", "ece", "mce", "params", "macs", "size_mb", "latency_ms_median", "latency_ms_p90", "speedup", "speedup_q1", "speedup_q3", "mac_reduction",
            "speedup_per_mac_reduction", "delta_mA", "control", "delta_control_mA"]
 
@@ -29,6 +29,8 @@ def collect(inputs: Inputs, params: dict | None = None) -> tuple[pd.DataFrame, p
             metrics = inputs.scores(dataset, model, variant)
             for row in result["latency"]:
                 rows.append({"dataset": dataset, "model": model, "variant": variant, "target": profile["target"],
+                             # profiles made before the second runtime were all ONNX Runtime's
+                             "runtime": profile.get("target_config", {}).get("runtime", "onnxruntime"),
                              "batch": row["batch"], "threads": row["threads"], **metrics,
                              "params": result.get("params"), "macs": result.get("macs"),
                              "size_mb": result["size_mb"], "latency_ms_median": row["median_ms"],

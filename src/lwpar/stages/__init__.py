@@ -80,6 +80,15 @@ def start_model() -> Flag:
     return flag("--model", "the variant's start model.pt", "input:model", type=Path, required=True)
 
 
+def runtime_flags() -> list[Flag]:
+    """--runtime and --inference-precision: what runs an ONNX model, and the precision OpenVINO runs it in."""
+    from lwpar.core.machine import INFERENCE_PRECISIONS as PRECISIONS, RUNTIMES  # light: imports no runtime
+
+    return [flag("--runtime", "runtime that runs the ONNX model", default=RUNTIMES[0], choices=list(RUNTIMES)),
+            flag("--inference-precision", "OpenVINO: the precision its CPU plugin runs FP32 layers in",
+                 default=PRECISIONS[0], choices=list(PRECISIONS))]
+
+
 def summary(module) -> str:
     """A subcommand's one-line description: the first line of its module docstring."""
     return (module.__doc__ or "").strip().splitlines()[0].rstrip(".")

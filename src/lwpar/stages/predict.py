@@ -1,4 +1,4 @@
-"""Attribute probabilities for images from an exported artifact (ONNX Runtime only).
+"""Attribute probabilities for images from an exported artifact (ONNX Runtime or OpenVINO, no torch).
 
 Images, folders of images and videos in (a video's frames, or the person crops a CSV of boxes
 gives: columns frame, x, y, w, h and an optional id), one row per image and attribute out (CSV:
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lwpar.stages import flag
+from lwpar.stages import flag, runtime_flags
 
 NEEDS_PARAMS = False
 FLAGS = [
@@ -26,8 +26,9 @@ FLAGS = [
     flag("--format", "output format (default: from --out's suffix, else csv)", choices=["csv", "jsonl"], default=None),
     flag("--threshold", "one decision threshold for every attribute (default: the artifact's thresholds tuned on "
          "validation, thresholds.json, else 0.5)", type=float, default=None),
-    flag("--threads", "ONNX Runtime threads (0: all cores)", type=int, default=0),
-    flag("--batch", "images per ONNX Runtime call", type=int, default=32),
+    flag("--threads", "runtime threads (0: all cores)", type=int, default=0),
+    flag("--batch", "images per runtime call", type=int, default=32),
+    *runtime_flags(),
 ]
 
 
@@ -40,7 +41,8 @@ def run(args, params) -> None:
 
     if args.batch < 1 or args.every < 1:
         raise LwparError(f"--batch {args.batch}, --every {args.every}: must be at least 1")
-    predictor = Predictor(args.model, threads=args.threads, threshold=args.threshold, batch_size=args.batch)
+    predictor = Predictor(args.model, threads=args.threads, threshold=args.threshold, batch_size=args.batch,
+                          runtime=args.runtime, precision=args.inference_precision)
     rows, skipped = predict_inputs(predictor, args.inputs, args.every, args.boxes, args.batch)
     fmt = args.format or ("jsonl" if args.out and args.out.suffix in (".jsonl", ".json") else "csv")
     text = format_predictions(rows, predictor.attributes, fmt)
@@ -48,5 +50,5 @@ def run(args, params) -> None:
         sys.stdout.write(text)
     else:
         write_text(args.out, text)
-    print(f"lwpar predict: {len(rows)} images, {len(skipped)} skipped (unreadable); thresholds: "
+    print(f"lwpar predict ({args.runtime}): {len(rows)} images, {len(skipped)} skipped (unreadable); thresholds: "
           f"{predictor.threshold_source}" + (f", written to {args.out}" if args.out else ""), file=sys.stderr)
