@@ -1,6 +1,6 @@
 """OpenVINO's CPU plugin (2026.4.1) computes ReduceSum directly followed by a bias Add wrongly for
 batches above 1; a Reshape or Flatten between them gives the right answer. This is the pattern ALM's
-fused head exported as before commit <this one>: (B, M, C) -> ReduceSum(-1) -> + bias (M).
+fused head exported as before commit 197ccca: (B, M, C) -> ReduceSum(-1) -> + bias (M).
 
     python reduce_bias_bug.py     # prints the largest error of each form at batch 8 and at batch 1
 """
