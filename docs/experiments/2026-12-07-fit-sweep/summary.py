@@ -57,18 +57,24 @@ def main(workspace: Path, params_file: str = "workflow/params/fit_sweep.yaml") -
                 row["capture_s"] = table["capture_seconds"].sum()
         rows.append(row)
     frame = pd.DataFrame(rows).set_index("variant")
-    for schedule in ("bn", "kd"):
+    for schedule in ("bn", "kd", "kd400"):
+        if f"control_{schedule}" not in frame.index:
+            continue
         control = frame.loc[f"control_{schedule}", "test_mA"]
         part = frame[frame.index.str.endswith(f"_{schedule}")]
         frame.loc[part.index, "vs_control"] = part["test_mA"] - control
     print(frame.round(4).to_markdown())
     print()
     print(f"calibrate: {seconds(bench, 'calibrate', 'peta/alm_r50h/baseline') or seconds(bench, 'calibrate', 'baseline')} s")
-    print("\nTarget 1, BatchNorm re-estimation only: covariance loss / weights loss (at most 0.5 asked)")
-    for method in ("svd", "tucker2", "cp_als", "cpd_epc"):
-        weights, covariance = (frame["vs_control"].get(f"{method}{fit}_bn") for fit in ("", "_cov"))
-        if weights is not None and covariance is not None and pd.notna(weights) and pd.notna(covariance):
-            print(f"  {method}: weights {weights:+.2f}, covariance {covariance:+.2f}, ratio {covariance / weights:.2f}")
+    print("\nBatchNorm re-estimation only: covariance loss / weights loss (target 1, at 50 %: at most 0.5)")
+    for budget in ("", "_70", "_30"):
+        for method in ("svd", "tucker2", "cp_als", "cpd_epc"):
+            weights = frame["vs_control"].get(f"{method}{budget}_bn")
+            for fit in ("_cov", "_cov_bw"):
+                covariance = frame["vs_control"].get(f"{method}{fit}{budget}_bn")
+                if weights is not None and covariance is not None and pd.notna(weights) and pd.notna(covariance):
+                    print(f"  {budget.strip('_') or '50'} % {method}{fit}: weights {weights:+.2f}, "
+                          f"{fit.strip('_')} {covariance:+.2f}, ratio {covariance / weights:.2f}")
 
 
 if __name__ == "__main__":
