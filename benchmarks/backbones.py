@@ -25,7 +25,8 @@ from lwpar.models import build_model
 from lwpar.core.machine import machine_info
 from lwpar.deploy.benchmark import benchmark
 
-LOCAL = {"copy_command": None, "command_prefix": None, "remote_dir": None, "providers": ["CPUExecutionProvider"]}
+LOCAL = {"copy_command": None, "command_prefix": None, "remote_dir": None, "providers": ["CPUExecutionProvider"],
+         "runtime": "onnxruntime", "inference_precision": "f32"}
 
 
 def model_size(text: str) -> tuple[str, list[int]]:
