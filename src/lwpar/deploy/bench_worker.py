@@ -52,6 +52,14 @@ def onnxruntime_runner(session, batch: int):
     return lambda: session.run(None, {name: images})
 
 
+def openvino_config(threads: int, precision: str) -> dict:
+    """OpenVINO CPU plugin settings: latency hint (one stream), `threads` (0: all cores), inference precision."""
+    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": precision}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+    return config
+
+
 def openvino_runner(path, threads: int, batch: int, precision: str):
     import openvino as ov
 
@@ -60,10 +68,7 @@ def openvino_runner(path, threads: int, batch: int, precision: str):
     port = model.inputs[0]
     shape = [batch, *(d.get_length() for d in list(port.get_partial_shape())[1:])]
     model.reshape({port.get_any_name(): shape})
-    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": precision}
-    if threads:
-        config["INFERENCE_NUM_THREADS"] = threads
-    request = core.compile_model(model, "CPU", config).create_infer_request()
+    request = core.compile_model(model, "CPU", openvino_config(threads, precision)).create_infer_request()
     images = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
     return lambda: request.infer({0: images})
 

@@ -32,10 +32,9 @@ def openvino_config(threads: int, precision: str = "f32") -> dict:
     cores) and the inference precision."""
     if precision not in PRECISIONS:
         raise LwparError(f"inference precision {precision!r}: unknown (known: {', '.join(PRECISIONS)})")
-    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": precision}
-    if threads:
-        config["INFERENCE_NUM_THREADS"] = threads
-    return config
+    from lwpar.deploy import bench_worker  # the worker is standalone on targets: its settings are the one copy
+
+    return bench_worker.openvino_config(threads, precision)
 
 
 @dataclass
