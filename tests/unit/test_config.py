@@ -249,7 +249,7 @@ def test_every_schema_key_has_a_description():
     from lwpar.config.reference import schema_keys
 
     keys = schema_keys()
-    assert len(keys) == 152  # every key of the configuration, named entries (`*`) counted once
+    assert len(keys) == 153  # every key of the configuration, named entries (`*`) counted once
     assert [path for path, node in keys if not node.get("description")] == []
 
 
@@ -480,3 +480,27 @@ def _mutated(mutate):
     params = copy.deepcopy(DEFAULT)
     mutate(params)
     return params
+
+
+QAT_VARIANTS = ("variants:\n  svd_qat: {decompose: {methods: {kxk: spatial_svd}, rank: {policy: budget, macs_fraction: 0.5}},"
+                " finetune: {qat: true}}\n  control_qat: {finetune: {qat: true}}\n")
+
+
+@pytest.mark.fault
+@pytest.mark.parametrize("rest,error", [
+    ("experiment: {variants: [svd_qat, control_qat], int8: []}",
+     "variants.svd_qat.finetune.qat: trains 'svd_qat' for INT8, but experiment.int8 does not quantize it (add 'svd_qat')"),
+    ("experiment: {variants: [svd_qat, control_qat], int8: [svd_qat]}",
+     "variants.svd_qat.finetune.qat: 'svd_qat' in INT8 is read against its control 'control_qat' in INT8: add "
+     "'control_qat' to experiment.int8"),
+    ("experiment: {variants: [svd_qat, control_qat], int8: [svd_qat, control_qat]}\nquantize: {mode: dynamic}",
+     "variants.svd_qat.finetune.qat: trains for ONNX Runtime's static INT8 model, but quantize makes a dynamic one "
+     "with engine onnxruntime (set quantize.engine: onnxruntime, mode: static)"),
+])
+def test_quantization_aware_finetuning_for_an_int8_model_that_is_not_made_is_refused(tmp_path, rest, error):
+    overlay = _write(tmp_path / "overlay.yaml", f"extends: {ROOT / 'params.yaml'}\n{QAT_VARIANTS}{rest}\n")
+    with pytest.raises(ParamsError) as info:
+        load_params(overlay)
+    assert str(info.value) == f"overlay.yaml: {error}"
+    load_params(_write(tmp_path / "sound.yaml", f"extends: {ROOT / 'params.yaml'}\n{QAT_VARIANTS}"
+                       "experiment: {variants: [svd_qat, control_qat], int8: [svd_qat, control_qat]}\n"))

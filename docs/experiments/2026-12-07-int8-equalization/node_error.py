@@ -20,7 +20,7 @@ from onnxruntime.quantization.qdq_loss_debug import (collect_activations, comput
                                                      modify_model_output_intermediate_tensors)
 
 from lwpar.data.loader import Prepared, build_transform
-from lwpar.deploy.quantize import calibration_batches
+from lwpar.data.loader import calibration_batches
 
 fp32, qdq, manifest, out = sys.argv[1:5]
 graph = onnx.load(fp32).graph

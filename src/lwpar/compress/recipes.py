@@ -173,6 +173,8 @@ def is_control(recipe: dict) -> bool:
     return "decompose" not in recipe and "prune" not in recipe
 
 
+# the `quantize` keys that quantization-aware fine-tuning trains for
+QAT_KEYS = ("per_channel", "reduce_range", "activations", "calibration_images")
 # finetune keys that change what is scored, not how the model is trained
 SCORING_ONLY = {"score_before_recalibration"}
 
@@ -196,6 +198,20 @@ def matched_control(params: dict, variant: str) -> str | None:
     wanted = schedule(params, name)
     return next((c for c in params["experiment"]["variants"]
                  if is_control(params["variants"][c]) and schedule(params, c) == wanted), None)
+
+
+def trains_for_int8(params: dict, variant: str) -> bool:
+    """Whether any fine-tuning stage of the variant was quantization-aware (`finetune.qat`)."""
+    return any(stage.get("qat") for stage in schedule(params, variant.removesuffix("+int8")))
+
+
+def control_reference(params: dict, variant: str) -> str | None:
+    """What a variant's mA is read against: its matched control; for the INT8 form of a
+    quantization-aware variant, the control's INT8 form (both trained for it)."""
+    control = matched_control(params, variant)
+    if control is not None and variant.endswith("+int8") and trains_for_int8(params, variant):
+        return f"{control}+int8"
+    return control
 
 
 # Labels

@@ -86,6 +86,7 @@ def problems(params: dict):
                    f"{name!r} has no matched control: the experiment needs a variant without compression whose "
                    f"fine-tuning schedule is the same ({stages} stage{'s' if stages > 1 else ''}: the `finetune` keys "
                    f"of the variant and of each base)")
+    yield from _qat_problems(params)
     for name in params["experiment"]["variants"]:
         variant = params["variants"].get(name, {})
         if variant.get("blockwise", {}).get("steps") and is_control(variant):
@@ -119,3 +120,26 @@ def problems(params: dict):
                    f"{source!r} factorizes other layers or by other methods: its measurements do not apply")
 
 
+
+
+def _qat_problems(params: dict):
+    """Quantization-aware fine-tuning trains for the INT8 model that ONNX Runtime's static quantizer
+    makes: the variant, and the control it is read against, must be quantized that way."""
+    experiment, quantize = params["experiment"], params["quantize"]
+    for name in experiment["variants"]:
+        recipe = params["variants"].get(name, {}).get("finetune", {})
+        if not recipe.get("qat"):
+            continue
+        key = f"variants.{name}.finetune.qat"
+        if quantize["engine"] != "onnxruntime" or quantize["mode"] != "static":
+            yield key, (f"trains for ONNX Runtime's static INT8 model, but quantize makes a {quantize['mode']} one "
+                        f"with engine {quantize['engine']} (set quantize.engine: onnxruntime, mode: static)")
+        elif name not in experiment["int8"]:
+            yield key, f"trains {name!r} for INT8, but experiment.int8 does not quantize it (add {name!r})"
+        elif not recipe.get("epochs"):
+            yield key, "needs fine-tuning epochs (epochs: 0 trains nothing on the INT8 grids)"
+        else:
+            control = matched_control(params, name) if not is_control(params["variants"][name]) else None
+            if control is not None and control not in experiment["int8"]:
+                yield key, (f"{name!r} in INT8 is read against its control {control!r} in INT8: add {control!r} "
+                            f"to experiment.int8")

@@ -118,3 +118,15 @@ def make_loader(paths, labels, transform, batch_size: int, workers: int, shuffle
     return DataLoader(ImageTable(paths, labels, transform), batch_size=batch_size, shuffle=shuffle,
                       num_workers=workers, generator=generator, drop_last=drop_last,
                       persistent_workers=False, pin_memory=torch.cuda.is_available())
+
+
+CALIBRATION_BATCH = 16  # images per calibration batch
+
+
+def calibration_batches(paths, transform, count: int, seed: int, batch_size: int = CALIBRATION_BATCH):
+    """`count` images of `paths` drawn by `seed`, in file order, as numpy batches: the images INT8
+    calibration sees, in `lwpar quantize` and in quantization-aware fine-tuning alike."""
+    order = np.random.default_rng(seed).permutation(len(paths))[:count]
+    table = ImageTable([paths[i] for i in sorted(order)], np.zeros((len(order), 1), np.float32), transform)
+    for start in range(0, len(table), batch_size):
+        yield np.stack([table[i][0].numpy() for i in range(start, min(start + batch_size, len(table)))])

@@ -13,6 +13,7 @@ import numpy as np
 from lwpar.core.errors import LwparError
 from lwpar.core.io import atomic_path
 from lwpar.core.progress import Progress
+from lwpar.data.loader import CALIBRATION_BATCH
 
 METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 # uint8 activations with int8 weights (U8S8) is the form ONNX Runtime's x86 kernels fuse into
@@ -36,17 +37,7 @@ class ImageCalibration:
         return {self.input_name: batch}
 
 
-CALIBRATION_BATCH = 16  # images per calibration batch
 KEEP_FLOAT_ROUNDS = 4  # keep_float: rounds of keeping the worst tensors' nodes, quantizing and measuring again
-
-
-def calibration_batches(paths, transform, count: int, seed: int, batch_size: int = CALIBRATION_BATCH):
-    order = np.random.default_rng(seed).permutation(len(paths))[:count]
-    from lwpar.data.loader import ImageTable
-
-    table = ImageTable([paths[i] for i in sorted(order)], np.zeros((len(order), 1), np.float32), transform)
-    for start in range(0, len(table), batch_size):
-        yield np.stack([table[i][0].numpy() for i in range(start, min(start + batch_size, len(table)))])
 
 
 def pools_as_depthwise_convs(model) -> int:

@@ -6,7 +6,7 @@ description (`lwpar.stages`)."""
 
 from __future__ import annotations
 
-from lwpar.compress.recipes import (calibration_selection, is_calibrated, reconstructs_blocks, runs_images,
+from lwpar.compress.recipes import (QAT_KEYS, calibration_selection, is_calibrated, reconstructs_blocks, runs_images,
                                     timing_step)
 from lwpar.pipeline.experiment import calibrated_variants, profiled_names, sensitivity_source, variant_pattern
 from lwpar.pipeline.layout import (REFERENCE, finetune_start, prepared, profile_file, run_folder, source_model,
@@ -158,7 +158,10 @@ def stages(params: dict) -> dict[str, Stage]:
                                      # whether it is on, or the whole block when it is
                                      *([f"variants.{w['variant']}.blockwise", "calibration.batch_size"]
                                        if reconstructs_blocks(p["variants"][w["variant"]])
-                                       else [f"variants.{w['variant']}.blockwise.steps"])],
+                                       else [f"variants.{w['variant']}.blockwise.steps"]),
+                                     # quantization-aware fine-tuning trains on quantize's grids
+                                     *([f"quantize.{k}" for k in QAT_KEYS] if p["variants"][w["variant"]]["finetune"]["qat"]
+                                       else [])],
             metrics=("summary",),
             cluster_threads=8, mem_mb=8000, runtime_min=120, gpu=True,
             # the experiment's variants only: its output pattern would also match baseline/model.pt

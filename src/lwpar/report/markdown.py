@@ -16,7 +16,8 @@ LEGEND = (
     "moves it; mac_reduction: the baseline's MACs over the variant's (INT8 variants count their source's); "
     "speedup_per_mac_reduction: the measured speed-up over it (1.00 = as fast as the MACs promise); control: the "
     "variant's matched control, the uncompressed model given the same fine-tuning schedule, and delta_control_mA "
-    "the mA against it (for INT8, against the FP32 control): the cost of the compression with the extra training "
+    "the mA against it (for INT8, against the FP32 control; after quantization-aware fine-tuning, against the "
+    "control's INT8 form): the cost of the compression with the extra training "
     "paid for; ece and mce: expected and maximum calibration error of the attribute probabilities (percent, 15 "
     "bins; reliability diagram in `plots/reliability.svg`).")
 

@@ -11,7 +11,7 @@ import json
 import numpy as np
 import pandas as pd
 
-from lwpar.compress.recipes import matched_control, method_label
+from lwpar.compress.recipes import control_reference, matched_control, method_label
 from lwpar.report.inputs import Inputs
 
 COLUMNS = ["dataset", "model", "variant", "method", "target", "runtime", "batch", "threads", "mA", "mA_tuned", "accuracy", "precision", "recall",
@@ -66,9 +66,10 @@ def against_baseline(table: pd.DataFrame) -> pd.DataFrame:
 def against_control(table: pd.DataFrame, params: dict | None) -> pd.DataFrame:
     """Adds each compressed variant's matched control (the uncompressed model given the same
     fine-tuning schedule, `recipes.matched_control`) and its mA delta against it: what the compression
-    costs once the extra training is paid for. An INT8 variant is read against the FP32 control."""
+    costs once the extra training is paid for. An INT8 variant is read against the FP32 control, or
+    after quantization-aware fine-tuning against the control's INT8 form."""
     table = table.copy()
-    controls = [matched_control(params, v) if params and (v.removesuffix("+int8") in params["variants"]) else None
+    controls = [control_reference(params, v) if params and (v.removesuffix("+int8") in params["variants"]) else None
                 for v in table.variant]
     table["control"] = controls
     table["method"] = [method_label(params, v) for v in table.variant]

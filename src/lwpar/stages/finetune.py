@@ -3,7 +3,8 @@
 With `blockwise.steps`, first trains the compressed model's changed blocks towards the baseline's
 (`--teacher`) on cached training images. Then runs the training loop of `train` (same resume and
 determinism guarantees) after re-estimating BatchNorm statistics, optionally distilled from the
-uncompressed baseline; the epoch is selected on validation. Writes <out>/model.pt, history.csv and
+uncompressed baseline; the epoch is selected on validation. With `finetune.qat`, trains on the INT8
+grids of `quantize` (calibrated on its images). Writes <out>/model.pt, history.csv and
 finetune.json (validation metrics before and after, the block-wise record and its seconds).
 """
 
@@ -28,12 +29,13 @@ def run(args, params) -> None:
 
     from lwpar.compress.blockwise import reconstruct_blocks
     from lwpar.compress.calibration import fitting_images
+    from lwpar.compress.recipes import QAT_KEYS
     from lwpar.compress.structure import load_model
     from lwpar.core.errors import LwparError
     from lwpar.core.io import write_csv, write_json
     from lwpar.core.modelfile import lineage, save_model
     from lwpar.core.runtime import configure, run_precision, seed_everything
-    from lwpar.data.loader import Prepared
+    from lwpar.data.loader import Prepared, build_transform, calibration_batches
     from lwpar.training.checkpoint import fingerprint
     from lwpar.training.finetune import finetune
     from lwpar.training.loop import Run
@@ -63,11 +65,19 @@ def run(args, params) -> None:
     structure = [{k: v for k, v in step.items() if k != "tp_state"} for step in blob.get("structure", [])]
     stamp = fingerprint(recipe, params["train"], params["seed"], structure, data.meta.get("sources"),
                         *([str(precision)] if precision != torch.float32 else []),
-                        *([blockwise] if blockwise["steps"] else []))
+                        *([blockwise] if blockwise["steps"] else []),
+                        *([{k: params["quantize"][k] for k in QAT_KEYS}] if recipe["qat"] else []))
     run_on = Run(device, precision, params["runtime"]["workers"], params["seed"], params["evaluate"]["batch_size"],
                  params["evaluate"]["threshold"])
+    qat = None
+    if recipe["qat"]:
+        quantize = params["quantize"]
+        qat = {"per_channel": quantize["per_channel"], "seven_bit": quantize["reduce_range"] is True,
+               "activations": quantize["activations"],
+               "batches": calibration_batches(data.split("train")[0], build_transform(size, False),
+                                              quantize["calibration_images"], params["seed"])}
     history, scores = finetune(model, data, size, recipe, params["train"], args.out, run_on, teacher, stamp,
-                               reconstruct)
+                               reconstruct, qat)
     extra = {k: blob[k] for k in ("structure", "macs", "params") if k in blob}
     save_model(args.out / "model.pt", model, blob["model_cfg"], blob["attributes"], **extra,
                lineage=lineage(blob, stage="finetune", variant=args.variant, recipe=recipe, best_epoch=scores["best_epoch"]))

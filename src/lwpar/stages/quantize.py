@@ -24,9 +24,9 @@ FLAGS = [
 
 
 def run(args, params) -> None:
-    from lwpar.data.loader import Prepared, build_transform
+    from lwpar.data.loader import Prepared, build_transform, calibration_batches
     from lwpar.deploy.artifact import onnx_session
-    from lwpar.deploy.quantize import calibration_batches, quantize_model, weight_range
+    from lwpar.deploy.quantize import quantize_model, weight_range
 
     cfg = params["quantize"]
     reduced, why = weight_range(cfg["reduce_range"])
