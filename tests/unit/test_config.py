@@ -465,7 +465,7 @@ def test_a_latency_plan_needs_a_measured_target_and_the_ranks_it_times():
     for make, key in ((plan_on, "decompose.rank"), (prune_on, "prune")):
         validate_params(_mutated(make("local_cpu")))
         assert problem(make("phone")) == (f"params.yaml: variants.fast.{key}.target: 'phone' is not one of "
-                                          "experiment.targets (local_cpu): the profile would not measure what the plan "
+                                          "experiment.targets (local_cpu, local_openvino): the profile would not measure what the plan "
                                           "predicts")
 
     def other_fractions(p):

@@ -281,3 +281,39 @@ def test_the_int8_error_summary_names_where_each_int8_model_departs_from_its_fp3
     table_, _ = collect(inputs)
     text = markdown(table_, "stamp", int8=table)
     assert "## INT8 error" in text and "| -14.00 | -4.0 | 2 of 4 | 31.0 | main_branch.layer1.0.conv2.2 (Conv)" in text
+
+
+def test_a_second_runtime_gets_its_own_scores_speed_ups_and_a_verdict_per_method(results, tmp_path):
+    """A target on another runtime: its rows carry the scores that runtime gave (not ONNX Runtime's),
+    and each method's speed-up there is read against the first target's."""
+    from lwpar.report.plots import plots
+    from lwpar.report.tables import across_targets, runtime_verdicts
+
+    run = results / "peta" / "alm"
+    latency = lambda ms, speedup: [{"batch": 1, "threads": 1, "median_ms": ms, "p90_ms": ms,  # noqa: E731
+                                    "speedup": speedup}]
+    _write(run / "profile-local_openvino.json", {"target": "local_openvino", "target_config": {"runtime": "openvino"},
+                                                 "variants": {
+        "baseline": {"latency": latency(3.0, 1.0), "size_mb": 30.0, "params": 8e6, "macs": 100e6},
+        "cp_r50": {"latency": latency(2.0, 1.5), "size_mb": 15.0, "params": 4e6, "macs": 50e6},
+        "prune_r50": {"latency": latency(1.8, 1.65), "size_mb": 14.0, "params": 3e6, "macs": 49e6}}})
+    inputs = declared(results)
+    inputs.profiles[("peta", "alm", "local_openvino")] = run / "profile-local_openvino.json"
+    for name, mA in (("baseline", 0.7001), ("cp_r50", 0.6598)):  # prune_r50 was not scored there
+        _write(run / name / "eval-local_openvino/metrics.json", {"mA": mA, "accuracy": 0.5, "precision": 0.6,
+                                                                 "recall": 0.7, "f1": 0.65,
+                                                                 "runtime": {"name": "openvino"}})
+        inputs.target_metrics[("peta", "alm", f"{name}@local_openvino")] = run / name / "eval-local_openvino/metrics.json"
+    table, _ = collect(inputs)
+    ov = table[table.target == "local_openvino"].set_index("variant")
+    assert ov.loc["cp_r50", "mA"] == pytest.approx(0.6598) and ov.loc["cp_r50", "scored_on"] == "openvino"
+    assert ov.loc["prune_r50", "scored_on"] == "onnxruntime"  # no score of its own there: said so
+    across = across_targets(table).set_index("variant")
+    assert across.loc["cp_r50", "speedup_ratio"] == pytest.approx(0.75)
+    assert across.loc["cp_r50", "delta_mA"] == pytest.approx(0.6598 - 0.66)
+    verdicts = runtime_verdicts(across.reset_index().assign(method=["none", "cp", "prune"]))
+    assert any(v.startswith("peta / alm, cp: ") and "does not hold for 1 of 1" in v for v in verdicts)
+    assert any(v.startswith("peta / alm, prune: ") and "holds (within 10%)" in v for v in verdicts)
+    assert "## Across runtimes" in markdown(table, "stamp", across=across_targets(table), verdicts=verdicts)
+    written = plots(table.assign(method=table.variant), tmp_path / "plots")
+    assert (tmp_path / "plots" / "mA_vs_latency.png").stat().st_size > 0 and len(written) == 6

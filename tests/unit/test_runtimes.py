@@ -49,7 +49,7 @@ def test_openvino_runs_fp32_layers_in_f32_unless_asked(tiny_onnx):
 def test_a_runtime_that_is_not_installed_is_one_line_naming_pip(monkeypatch, tiny_onnx):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "openvino" else real(name, *a))
-    with pytest.raises(LwparError, match=r"^runtime openvino: not installed \(pip install openvino\)$"):
+    with pytest.raises(LwparError, match=r"^runtime openvino: openvino is not installed \(pip install openvino\)$"):
         open_session(tiny_onnx[1], runtime="openvino")
     with pytest.raises(LwparError, match="unknown"):
         require("tensorrt")

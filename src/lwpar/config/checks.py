@@ -4,11 +4,11 @@ needs. Each problem is (dotted key, what is wrong)."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
 
 from lwpar.compress.recipes import (CURVE_POLICIES, MEASURED_POLICIES, RANK_POLICIES, is_control, matched_control,
                                    schedule, timing_step)
+from lwpar.core.machine import not_installed
 
 
 def _schema_default(definition: str, key: str):
@@ -56,8 +56,8 @@ def problems(params: dict):
             yield f"experiment.models[{i}]", f"unknown model {name!r} (defined: {', '.join(params['models'])})"
     quantize = params["quantize"]
     if quantize["engine"] == "nncf" and params["experiment"]["int8"]:
-        if importlib.util.find_spec("nncf") is None:
-            yield "quantize.engine", "nncf is not installed (pip install nncf)"
+        if not_installed("nncf"):
+            yield "quantize.engine", not_installed("nncf")
         if quantize["mode"] != "static":
             yield "quantize.mode", "engine nncf quantizes statically only (set mode: static)"
         if quantize["keep_float"]["worst"]:
@@ -66,9 +66,8 @@ def problems(params: dict):
         if bool(target["copy_command"]) != bool(target["remote_dir"]):
             yield f"profile.targets.{name}.remote_dir", "copy_command and remote_dir go together (both set or both null)"
         # a remote target's runtime is installed there, not here
-        if name in params["experiment"]["targets"] and not target["command_prefix"] \
-                and importlib.util.find_spec(target["runtime"]) is None:
-            yield f"profile.targets.{name}.runtime", f"{target['runtime']} is not installed (pip install {target['runtime']})"
+        if name in params["experiment"]["targets"] and not target["command_prefix"] and not_installed(target["runtime"]):
+            yield f"profile.targets.{name}.runtime", not_installed(target["runtime"])
     for name in params["experiment"]["variants"]:
         chain, step = [name], params["variants"].get(name, {}).get("base")
         while step is not None and step not in chain:

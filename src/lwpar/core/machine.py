@@ -37,6 +37,14 @@ RUNTIMES = ("onnxruntime", "openvino")
 INFERENCE_PRECISIONS = ("f32", "bf16", "f16")
 
 
+def not_installed(package: str) -> str | None:
+    """The one-line reason a package is missing ("<package> is not installed (pip install <package>)"),
+    or None when it can be imported: what planning and the stages say alike."""
+    import importlib.util
+
+    return None if importlib.util.find_spec(package) else f"{package} is not installed (pip install {package})"
+
+
 def runtime_version(runtime: str) -> str | None:
     """The installed version of an inference runtime (`onnxruntime`, `openvino`), None when it is absent."""
     import importlib

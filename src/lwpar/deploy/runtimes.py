@@ -10,12 +10,11 @@ that both runtimes score the same model.
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
 from lwpar.core.errors import LwparError
-from lwpar.core.machine import INFERENCE_PRECISIONS as PRECISIONS, RUNTIMES
+from lwpar.core.machine import INFERENCE_PRECISIONS as PRECISIONS, RUNTIMES, not_installed
 
 
 
@@ -23,8 +22,8 @@ def require(runtime: str) -> None:
     """A one-line LwparError when `runtime` is unknown or not installed (naming the pip command)."""
     if runtime not in RUNTIMES:
         raise LwparError(f"runtime {runtime!r}: unknown (known: {', '.join(RUNTIMES)})")
-    if importlib.util.find_spec(runtime) is None:
-        raise LwparError(f"runtime {runtime}: not installed (pip install {runtime})")
+    if not_installed(runtime):
+        raise LwparError(f"runtime {runtime}: {not_installed(runtime)}")
 
 
 def openvino_config(threads: int, precision: str = "f32") -> dict:

@@ -70,6 +70,15 @@ def artifact_names(params: dict) -> list[str]:
     return ["baseline", *experiment["variants"], *(f"{n}+int8" for n in experiment["int8"])]
 
 
+def scoring_targets(params: dict) -> list[str]:
+    """The experiment's targets whose runtime scores every artifact too: each local one that runs
+    another runtime than ONNX Runtime (whose scores every artifact has), so that each figure of such a
+    target is its runtime's own. A remote target's runtime is not here to score with."""
+    targets = params["profile"]["targets"]
+    return [t for t in params["experiment"]["targets"]
+            if targets[t]["runtime"] != "onnxruntime" and not targets[t]["command_prefix"]]
+
+
 def profiled_names(params: dict, model: str) -> list[str]:
     """Every profiled artifact: the scored ones, and for ALM the baseline through the published head."""
     names = artifact_names(params)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from lwpar.pipeline.experiment import (artifact_names, calibrated_variants, latency_tables, measured_variants,
-                                      profiled_names, variants_of)
+                                      profiled_names, scoring_targets, variants_of)
 from lwpar.pipeline.stage import Stage
 from lwpar.pipeline.table import stages
 
@@ -25,6 +25,8 @@ def grid(params: dict, upto: str | None = None) -> list[tuple[Stage, dict]]:
              if not n.endswith("+int8")]
     jobs += [(table["quantize"], {**w, "name": n}) for w in pairs for n in experiment["int8"]]
     jobs += [(table["evaluate"], {**w, "name": n}) for w in pairs for n in artifact_names(params)]
+    jobs += [(table["evaluate_on"], {**w, "name": n, "target": t}) for w in pairs for n in artifact_names(params)
+             for t in scoring_targets(params)]
     jobs += [(table["profile"], {**w, "target": t}) for w in pairs for t in experiment["targets"]]
     if upto == "profile":
         return jobs

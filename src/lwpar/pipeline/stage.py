@@ -21,7 +21,8 @@ Wildcards = dict[str, str]
 
 @dataclass
 class Stage:
-    name: str                                                 # the `lwpar` subcommand (lwpar.stages.<name>)
+    name: str                                                 # the rule; also the `lwpar` subcommand unless
+    #                                                           `subcommand` names another (lwpar.stages.<name>)
     wildcards: tuple[str, ...]
     outputs: dict[str, str]                                   # key -> path pattern
     inputs: Callable[[dict, Wildcards], dict[str, str]]       # (params, wildcards) -> key -> path
@@ -43,10 +44,15 @@ class Stage:
     gpu: bool = False                                         # asks a cluster for one GPU
     constraints: Callable[[dict], dict[str, str]] = field(default=lambda p: {})  # wildcard patterns (params ->)
     report_category: str | None = None                        # outputs shown in `snakemake --report`
+    subcommand: str | None = None                             # a second rule of one subcommand (other outputs)
+
+    @property
+    def command_name(self) -> str:
+        return self.subcommand or self.name
 
     @cached_property
     def module(self):
-        return importlib.import_module(f"lwpar.stages.{self.name}")
+        return importlib.import_module(f"lwpar.stages.{self.command_name}")
 
     @property
     def flags(self) -> list[Flag]:
@@ -60,7 +66,7 @@ class Stage:
     @cached_property
     def modules(self) -> list[str]:
         """The package files a job of this stage runs, besides the ones every command runs."""
-        files = {*package_imports(f"stages/{self.name}.py")}
+        files = {*package_imports(f"stages/{self.command_name}.py")}
         for script in self.scripts:
             files.update(package_imports(script))
         return sorted(files - set(common_modules()))
@@ -90,15 +96,15 @@ class Stage:
         return words
 
     def command(self, params_file: str, params: dict, wildcards: Wildcards) -> str:
-        return shlex.join(["lwpar", self.name, "--params", params_file, *self.arguments(params, wildcards)])
+        return shlex.join(["lwpar", self.command_name, "--params", params_file, *self.arguments(params, wildcards)])
 
 
 def _values(flag: Flag, inputs: dict, outputs: dict, wildcards: Wildcards, options: dict) -> list[str]:
     how, key = flag.how, flag.key
     if how == "input":
         return [inputs[key]] if key in inputs else []
-    if how == "output":
-        return [outputs[key]]
+    if how == "output":  # an optional output that this rule does not declare is not asked for
+        return [outputs[key]] if key in outputs or flag.settings.get("required") else []
     if how == "folder":
         return [str(Path(outputs[key]).parent)]
     if how == "wildcard":

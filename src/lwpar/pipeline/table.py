@@ -198,6 +198,19 @@ def stages(params: dict) -> dict[str, Stage]:
             cluster_threads=4, mem_mb=4000, runtime_min=30,
             constraints=lambda p: {"name": "[A-Za-z0-9_+]+"},
         ),
+        Stage(  # the same artifacts scored by another runtime, as a target runs them
+            name="evaluate_on", subcommand="evaluate", wildcards=("dataset", "model", "name", "target"),
+            outputs={"metrics": f"{run}/{{name}}/eval-{{target}}/metrics.json",
+                     "per_attribute": f"{run}/{{name}}/eval-{{target}}/per_attribute.csv"},
+            inputs=lambda p, w: {"data": prepared(p, w["dataset"]), "onnx": f"{run_folder(p, w, w['name'])}/model.onnx"},
+            param_keys=lambda p, w: ["evaluate", *(f"profile.targets.{w['target']}.{k}"
+                                                   for k in ("runtime", "inference_precision"))],
+            options=lambda p, w: {"split": "test", "runtime": p["profile"]["targets"][w["target"]]["runtime"],
+                                  "inference_precision": p["profile"]["targets"][w["target"]]["inference_precision"]},
+            metrics=("metrics",),
+            cluster_threads=4, mem_mb=4000, runtime_min=30,
+            constraints=lambda p: {"name": "[A-Za-z0-9_+]+", "target": "[A-Za-z0-9_]+"},
+        ),
         Stage(
             name="profile", wildcards=("dataset", "model", "target"),
             outputs={"profile": f"{run}/profile-{{target}}.json"},
@@ -237,14 +250,16 @@ def _report_inputs(params: dict) -> dict[str, str]:
     """The files the report reads, each named `<kind>:<dataset>/<model>/<artifact, variant or target>`."""
     from lwpar.pipeline.jobs import grid
 
-    reads = {"evaluate": ("metrics", "per_attribute"), "profile": ("profile",), "decompose": ("table",),
-             "prune": ("summary",), "finetune": ("summary",), "quantize": ("errors",)}
+    reads = {"evaluate": ("metrics", "per_attribute"), "evaluate_on": ("metrics",), "profile": ("profile",),
+             "decompose": ("table",), "prune": ("summary",), "finetune": ("summary",), "quantize": ("errors",)}
     kinds = {("evaluate", "metrics"): "metrics", ("evaluate", "per_attribute"): "per_attribute",
+             ("evaluate_on", "metrics"): "target_metrics",
              ("profile", "profile"): "profiles", ("decompose", "table"): "layers", ("prune", "summary"): "prune",
              ("finetune", "summary"): "finetune", ("quantize", "errors"): "int8_errors"}
     inputs = {}
     for stage, w in grid(params, upto="profile"):
         for key in reads.get(stage.name, ()):
-            last = (f"{w['name']}+int8" if stage.name == "quantize" else w.get("name")) or w.get("variant") or w.get("target")
+            last = (f"{w['name']}+int8" if stage.name == "quantize" else f"{w['name']}@{w['target']}"
+                    if stage.name == "evaluate_on" else w.get("name")) or w.get("variant") or w.get("target")
             inputs[f"{kinds[stage.name, key]}:{w['dataset']}/{w['model']}/{last}"] = stage.job_outputs(w)[key]
     return inputs

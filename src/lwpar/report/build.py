@@ -12,8 +12,8 @@ from lwpar.report.inputs import Inputs
 from lwpar.report.markdown import markdown
 from lwpar.report.plans import latency_plans, profile_machines, pruning_plans
 from lwpar.report.plots import plots
-from lwpar.report.tables import (breaking_points, collect, compression, decomposition_layers, decomposition_summary,
-                                 int8_errors, latency_split, reliability)
+from lwpar.report.tables import (across_targets, breaking_points, collect, compression, decomposition_layers,
+                                 decomposition_summary, int8_errors, latency_split, reliability, runtime_verdicts)
 
 
 def write_report(inputs: Inputs, params: dict, out_dir: Path, stamp: str) -> int:
@@ -28,9 +28,11 @@ def write_report(inputs: Inputs, params: dict, out_dir: Path, stamp: str) -> int
     int8 = int8_errors(inputs, params)
     write_csv(out_dir / "int8_error.csv", int8)
     plans = latency_plans(table, layers, params, profile_machines(inputs), pruning_plans(inputs))
+    across = across_targets(table)
+    write_csv(out_dir / "across_runtimes.csv", across)
     write_text(out_dir / "comparison.md", markdown(table, stamp, latency_split(inputs), compressed,
                                                    decomposition_summary(layers), breaking_points(table, params), plans,
-                                                   int8))
+                                                   int8, across, runtime_verdicts(across)))
     write_csv(out_dir / "per_attribute_delta.csv", attributes)
     with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
         for path in plots(table, Path(tmp), reliability(inputs)):

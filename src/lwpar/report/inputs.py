@@ -26,6 +26,7 @@ class Inputs:
     finetune: dict[Key, Path] = field(default_factory=dict)        # (dataset, model, variant): finetune.json
     prune: dict[Key, Path] = field(default_factory=dict)           # (dataset, model, variant): prune.json
     int8_errors: dict[Key, Path] = field(default_factory=dict)     # (dataset, model, <name>+int8): node_error.csv
+    target_metrics: dict[Key, Path] = field(default_factory=dict)  # (dataset, model, <artifact>@<target>): scored there
 
     @classmethod
     def from_pairs(cls, **pairs: dict[str, Path]) -> Inputs:
@@ -57,16 +58,20 @@ class Inputs:
         """(name, path) of one run's inputs of a kind, by name."""
         return sorted((key[2], path) for key, path in getattr(self, kind).items() if key[:2] == (dataset, model))
 
-    def scores(self, dataset: str, model: str, name: str) -> dict:
-        """An artifact's test scores (NaN where it was not scored: baseline_reference is the baseline's weights)."""
-        path = self.metrics.get((dataset, model, name))
+    def scores(self, dataset: str, model: str, name: str, target: str | None = None) -> dict:
+        """An artifact's test scores (NaN where it was not scored: baseline_reference is the baseline's
+        weights); with `target`, as that target's runtime scored it where it did. `scored_on` names the
+        runtime."""
+        path = self.target_metrics.get((dataset, model, f"{name}@{target}")) or self.metrics.get((dataset, model, name))
         if path is None:
-            return {k: np.nan for k in SCORES}
+            return {k: np.nan for k in SCORES} | {"scored_on": ""}
         data = _json(path)
         calibrated = data.get("calibration", {})  # absent from evaluations made before it
         return {**{k: data[k] for k in ("mA", "accuracy", "precision", "recall", "f1")},
                 "mA_tuned": data.get("tuned_thresholds", {}).get("mA", np.nan),
-                "ece": calibrated.get("ece", np.nan), "mce": calibrated.get("mce", np.nan)}
+                "ece": calibrated.get("ece", np.nan), "mce": calibrated.get("mce", np.nan),
+                # evaluations made before the second runtime were all ONNX Runtime's
+                "scored_on": data.get("runtime", {}).get("name", "onnxruntime")}
 
     def attribute_scores(self, dataset: str, model: str, name: str) -> pd.DataFrame | None:
         path = self.per_attribute.get((dataset, model, name))

@@ -46,11 +46,14 @@ def _section(title: str, intro: str, body: str) -> str:
 def markdown(table: pd.DataFrame, stamp: str, split: pd.DataFrame | None = None,
              compressed: pd.DataFrame | None = None, decomposed: pd.DataFrame | None = None,
              breaks: list[str] | None = None, plans: pd.DataFrame | None = None,
-             int8: pd.DataFrame | None = None) -> str:
+             int8: pd.DataFrame | None = None, across: pd.DataFrame | None = None,
+             verdicts: list[str] | None = None) -> str:
     shown = comparison_cells(table)
     text = f"# Comparison\n\n{stamp}\n\n{LEGEND}\n\n" + _table(shown.columns, shown.itertuples(index=False))
     if breaks:
         text += breaks_section(breaks)
+    if across is not None and len(across):
+        text += runtimes_section(across, verdicts or [])
     if plans is not None and len(plans):
         text += plans_section(plans)
     if split is not None and len(split):
@@ -87,6 +90,21 @@ def breaks_section(breaks: list[str]) -> str:
     return _section("Where each method breaks", "At batch 1 on the fewest threads: for each method, the MAC budgets at "
                     "which it stays within 1 point of mA of its matched control, and where it falls further.",
                     "".join(f"- {sentence}\n" for sentence in breaks))
+
+
+def runtimes_section(across: pd.DataFrame, verdicts: list[str]) -> str:
+    columns = ["dataset", "model", "variant", "threads", "reference", "target", "speed-up there", "speed-up here",
+               "ratio", "MAC reduction", "mA there", "mA here", "delta mA"]
+    rows = [[r.dataset, r.model, r.variant, r.threads, f"{r.reference} ({r.reference_runtime})",
+             f"{r.target} ({r.runtime})", f"{r.speedup_reference:.2f}x", f"{r.speedup_target:.2f}x",
+             f"{r.speedup_ratio:.2f}", _times(r.mac_reduction), _percent(r.mA_reference), _percent(r.mA_target),
+             _number(r.delta_mA * 100, "+.3f")] for r in across.itertuples()]
+    return _section("Across runtimes",
+                    "Each artifact on every target against the first target, at batch 1: its speed-up over the "
+                    "baseline on each (each measured against the baseline on the same target) and its test mA as "
+                    "each target's runtime scored it. Per method, at the fewest threads, whether its speed-ups hold "
+                    "(ratio within 10 %):",
+                    "".join(f"- {sentence}\n" for sentence in verdicts) + "\n" + _table(columns, rows))
 
 
 def plans_section(plans: pd.DataFrame) -> str:

@@ -32,7 +32,9 @@ def label_offsets(x: np.ndarray, y: np.ndarray, names: list[str], width_pt: floa
 def plots(table: pd.DataFrame, out_dir: Path, bins: pd.DataFrame | None = None) -> list[Path]:
     """mA against measured latency (with the Pareto front over every model) and against MACs, at batch 1
     on the fewest threads; one colour per method, its budgets joined. When INT8 models are present,
-    FP32 and INT8 models get a panel each (same axes, same colours), so that neither hides the other."""
+    FP32 and INT8 models get a panel each (same axes, same colours), so that neither hides the other.
+    Latency: one row of panels per target (its runtime's latencies and scores, its own front); MACs:
+    the first target's scores."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -41,43 +43,31 @@ def plots(table: pd.DataFrame, out_dir: Path, bins: pd.DataFrame | None = None) 
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     scored = table.dropna(subset=["mA"])
-    one = scored[(scored.batch == scored.batch.min()) & (scored.threads == scored.threads.min())]
-    one = one.assign(method=one.method.fillna(one.variant).astype(str))
-    int8 = one.variant.str.endswith("+int8")
-    panels = [("FP32", ~int8), ("INT8", int8)] if int8.any() and (~int8).any() else [("", int8 | ~int8)]
-    prefix_models = one[["dataset", "model"]].drop_duplicates().shape[0] > 1
-    families = sorted({m.removesuffix("+int8") for m in one.method})
+    every = scored[(scored.batch == scored.batch.min()) & (scored.threads == scored.threads.min())]
+    every = every.assign(method=every.method.fillna(every.variant).astype(str))
+    targets = list(dict.fromkeys(every.target))
+    prefix_models = every[["dataset", "model"]].drop_duplicates().shape[0] > 1
+    families = sorted({m.removesuffix("+int8") for m in every.method})
     colors = dict(zip(families, [plt.get_cmap("tab20").colors[i % 20] for i in range(len(families))]))
-    for kind, column, label in (("latency", "latency_ms_median", "median latency (ms), batch 1, 1 thread"),
-                                ("macs", "macs", "MACs per image")):
-        fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels) + 2, 5), sharex=True, sharey=True,
+    int8_any = every.variant.str.endswith("+int8")
+    kinds = ["FP32", "INT8"] if int8_any.any() and (~int8_any).any() else [""]
+    for kind, column, label, shown in (("latency", "latency_ms_median", "median latency (ms), batch 1, 1 thread",
+                                        targets), ("macs", "macs", "MACs per image", targets[:1])):
+        fig, axes = plt.subplots(len(shown), len(kinds), figsize=(6 * len(kinds) + 2, 5 * len(shown)), sharey=True,
                                  squeeze=False)
-        for ax, (title, rows) in zip(axes[0], panels):
-            for (dataset, model), everything in one.groupby(["dataset", "model"]):
-                everything = everything.dropna(subset=[column])
-                group = everything[rows.loc[everything.index]]
-                prefix = f"{dataset} / {model}: " if prefix_models else ""
-                for method, budgets in group.groupby("method", sort=True):  # one method's budgets, joined
-                    budgets = budgets.sort_values(column)
-                    family = method.removesuffix("+int8")
-                    ax.plot(budgets[column], budgets["mA"] * 100, "o-" if len(budgets) > 1 else "o", lw=0.8, ms=5,
-                            color=colors[family], label=prefix + family)
-                x, y = group[column].to_numpy(float), group["mA"].to_numpy(float) * 100
-                for name, xi, yi, offset in zip(group.variant, x, y, label_offsets(x, y, list(group.variant))):
-                    ax.annotate(name.removesuffix("+int8"), (xi, yi), fontsize=6, xytext=offset,
-                                textcoords="offset points")
-                if kind == "latency" and len(everything):  # the front over every model, FP32 and INT8
-                    ex, ey = everything[column].to_numpy(float), everything["mA"].to_numpy(float) * 100
-                    front = pareto_front(ex, ey)
-                    order = np.argsort(ex[front])
-                    ax.plot(ex[front][order], ey[front][order], "--", lw=1, color="black", alpha=0.6,
-                            label=f"{prefix}Pareto front (all models)")
-            ax.set_title(title, fontsize=9)
-            ax.set_xlabel(label)
-            ax.grid(alpha=0.3)
-        axes[0][0].set_ylabel("test mA (%)")
+        for axes_row, target in zip(axes, shown):
+            one = every[every.target == target]
+            runtime = one.runtime.iloc[0] if "runtime" in one and len(one) else ""
+            int8 = one.variant.str.endswith("+int8")
+            for ax, title in zip(axes_row, kinds):
+                rows = int8 if title == "INT8" else ~int8 if title == "FP32" else int8 | ~int8
+                _panel(ax, one, rows, column, kind, prefix_models, colors,
+                       f"{title} on {target} ({runtime})" if len(shown) > 1 else title)
+                ax.set_xlabel(label)
+        for axes_row in axes:
+            axes_row[0].set_ylabel("test mA (%)")
         handles = {}
-        for ax in axes[0]:
+        for ax in axes.flat:
             for handle, name in zip(*ax.get_legend_handles_labels()):
                 handles.setdefault(name, handle)
         fig.legend(handles.values(), handles.keys(), fontsize=6, loc="center right")
@@ -90,6 +80,32 @@ def plots(table: pd.DataFrame, out_dir: Path, bins: pd.DataFrame | None = None) 
         plt.close(fig)
     written += _reliability_plot(bins if bins is not None else pd.DataFrame(), out_dir, plt)
     return written
+
+
+def _panel(ax, one: pd.DataFrame, rows: pd.Series, column: str, kind: str, prefix_models: bool, colors: dict,
+           title: str) -> None:
+    """One panel: each method's budgets joined, each point named, and (latency) the front over every
+    model of the target, FP32 and INT8."""
+    for (dataset, model), everything in one.groupby(["dataset", "model"]):
+        everything = everything.dropna(subset=[column])
+        group = everything[rows.loc[everything.index]]
+        prefix = f"{dataset} / {model}: " if prefix_models else ""
+        for method, budgets in group.groupby("method", sort=True):  # one method's budgets, joined
+            budgets = budgets.sort_values(column)
+            family = method.removesuffix("+int8")
+            ax.plot(budgets[column], budgets["mA"] * 100, "o-" if len(budgets) > 1 else "o", lw=0.8, ms=5,
+                    color=colors[family], label=prefix + family)
+        x, y = group[column].to_numpy(float), group["mA"].to_numpy(float) * 100
+        for name, xi, yi, offset in zip(group.variant, x, y, label_offsets(x, y, list(group.variant))):
+            ax.annotate(name.removesuffix("+int8"), (xi, yi), fontsize=6, xytext=offset, textcoords="offset points")
+        if kind == "latency" and len(everything):
+            ex, ey = everything[column].to_numpy(float), everything["mA"].to_numpy(float) * 100
+            front = pareto_front(ex, ey)
+            order = np.argsort(ex[front])
+            ax.plot(ex[front][order], ey[front][order], "--", lw=1, color="black", alpha=0.6,
+                    label=f"{prefix}Pareto front (all models)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
 
 
 def _reliability_plot(bins: pd.DataFrame, out_dir: Path, plt) -> list[Path]:

@@ -14,7 +14,7 @@ import pandas as pd
 from lwpar.compress.recipes import control_reference, matched_control, method_label
 from lwpar.report.inputs import Inputs
 
-COLUMNS = ["dataset", "model", "variant", "method", "target", "runtime", "batch", "threads", "mA", "mA_tuned", "accuracy", "precision", "recall",
+COLUMNS = ["dataset", "model", "variant", "method", "target", "runtime", "scored_on", "batch", "threads", "mA", "mA_tuned", "accuracy", "precision", "recall",
            "f1", "ece", "mce", "params", "macs", "size_mb", "latency_ms_median", "latency_ms_p90", "speedup", "speedup_q1", "speedup_q3", "mac_reduction",
            "speedup_per_mac_reduction", "delta_mA", "control", "delta_control_mA"]
 
@@ -26,7 +26,7 @@ def collect(inputs: Inputs, params: dict | None = None) -> tuple[pd.DataFrame, p
     for dataset, model, profile in inputs.profile_files():
         base_attr = inputs.attribute_scores(dataset, model, "baseline")
         for variant, result in profile["variants"].items():
-            metrics = inputs.scores(dataset, model, variant)
+            metrics = inputs.scores(dataset, model, variant, profile["target"])
             for row in result["latency"]:
                 rows.append({"dataset": dataset, "model": model, "variant": variant, "target": profile["target"],
                              # profiles made before the second runtime were all ONNX Runtime's
@@ -207,6 +207,7 @@ def breaking_points(table: pd.DataFrame, params: dict | None, tolerance: float =
     if not params or table.empty:
         return []
     one = table[(table.batch == table.batch.min()) & (table.threads == table.threads.min())].dropna(subset=["delta_control_mA"])
+    one = one[one.target == one.target.iloc[0]] if len(one) else one  # accuracy: one target's runtime says it
     sentences = []
     for (dataset, model), group in one.groupby(["dataset", "model"], sort=False):
         group = group.assign(method=[method_label(params, v) for v in group.variant],
@@ -224,6 +225,47 @@ def breaking_points(table: pd.DataFrame, params: dict | None, tolerance: float =
                 verdict = (f"holds down to {holds.macs_fraction.min():.0%} of the MACs and breaks at "
                            f"{breaks.macs_fraction.max():.0%}")
             sentences.append(f"{dataset} / {model}, {method}: {verdict} (MAC fraction: mA against control, points: {budgets}).")
+    return sentences
+
+
+def across_targets(table: pd.DataFrame) -> pd.DataFrame:
+    """Each artifact's speed-up and mA on every target against the first target's (the reference), at
+    batch 1 (or the smallest batch) and each thread count: whether a speed-up holds on another runtime."""
+    targets = list(dict.fromkeys(table.target))
+    if len(targets) < 2:
+        return pd.DataFrame()
+    one = table[table.batch == table.batch.min()]
+    keys = ["dataset", "model", "variant", "threads"]
+    reference = one[one.target == targets[0]].set_index(keys)
+    rows = []
+    for target in targets[1:]:
+        other = one[one.target == target].set_index(keys)
+        for key in reference.index.intersection(other.index):
+            ref, oth = reference.loc[key], other.loc[key]
+            rows.append({**dict(zip(keys, key)), "method": ref.method, "reference": targets[0],
+                         "reference_runtime": ref.runtime, "target": target, "runtime": oth.runtime,
+                         "speedup_reference": ref.speedup, "speedup_target": oth.speedup,
+                         "speedup_ratio": oth.speedup / ref.speedup, "mac_reduction": ref.mac_reduction,
+                         "mA_reference": ref.mA, "mA_target": oth.mA, "delta_mA": oth.mA - ref.mA})
+    return pd.DataFrame(rows)
+
+
+def runtime_verdicts(across: pd.DataFrame, tolerance: float = 0.10) -> list[str]:
+    """Per method, one sentence: whether its speed-ups on each other target stay within `tolerance`
+    of the reference target's, at the fewest threads."""
+    if across.empty:
+        return []
+    one = across[(across.threads == across.threads.min()) & (across.variant != "baseline")]
+    sentences = []
+    for (dataset, model, target, method), rows in one.groupby(["dataset", "model", "target", "method"], sort=False):
+        off = rows[(rows.speedup_ratio - 1).abs() > tolerance]
+        pairs = ", ".join(f"{v}: {a:.2f}x / {b:.2f}x" for v, a, b in zip(rows.variant, rows.speedup_reference,
+                                                                         rows.speedup_target))
+        verdict = (f"holds (within {tolerance:.0%})" if off.empty else
+                   f"does not hold for {len(off)} of {len(rows)} (speed-up ratio "
+                   f"{off.speedup_ratio.min():.2f}-{off.speedup_ratio.max():.2f})")
+        sentences.append(f"{dataset} / {model}, {method}: its speed-up on {target} ({rows.runtime.iloc[0]}) against "
+                         f"{rows.reference.iloc[0]} ({rows.reference_runtime.iloc[0]}) {verdict}; {pairs}.")
     return sentences
 
 

@@ -23,6 +23,8 @@ FLAGS = [
     flag("--prune", "each pruning variant's prune.json", "pairs:prune", **_PAIRS),
     flag("--finetune", "each variant's finetune.json", "pairs:finetune", **_PAIRS),
     flag("--int8-errors", "each INT8 artifact's node_error.csv", "pairs:int8_errors", **_PAIRS),
+    flag("--target-metrics", "metrics.json of each artifact scored by a target's runtime (D/M/NAME@TARGET=PATH)",
+         "pairs:target_metrics", **_PAIRS),
     flag("--out-dir", "where comparison.* and plots/ go", "folder:csv", type=Path, required=True),
 ]
 
@@ -37,7 +39,7 @@ def run(args, params) -> None:
 
     inputs = Inputs.from_pairs(**{kind: named_paths(getattr(args, kind), kind.replace("_", "-"))
                                   for kind in ("profiles", "metrics", "per_attribute", "layers", "prune", "finetune",
-                                                                        "int8_errors")})
+                                               "int8_errors", "target_metrics")})
     stamp = (f"Produced by `lwpar report` on {platform.node() or 'unknown host'} ({platform.machine()}), "
              f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.")
     rows = write_report(inputs, params, args.out_dir, stamp)
