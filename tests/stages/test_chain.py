@@ -26,7 +26,8 @@ pytestmark = pytest.mark.timeout(900)  # the first test runs the chain: 430 s of
 # after layer from its own inputs then reconstructed block by block, a pruning (and the same with the
 # layers that lost inputs refitted on those statistics), two decompositions planned by measured
 # sensitivity (one by measured latency, from the other's probes), and their matched control
-VARIANTS = ["svd_r50", "svd_cov", "svd_seq", "prune_l2_r50", "prune_rec", "svd_greedy", "svd_lat", "control"]
+VARIANTS = ["svd_r50", "svd_cov", "svd_seq", "prune_l2_r50", "prune_rec", "svd_greedy", "svd_lat", "control",
+            "control_qat"]  # svd_r50 is fine-tuned quantization-aware, as its control control_qat
 
 
 # Keys that say where and how a job runs, not what it computes: reading them never reruns a job.
@@ -132,6 +133,9 @@ def chain(tmp_path_factory):
     params["variants"]["svd_lat"] = {"base": None, "finetune": dict(params["variants"]["control"]["finetune"]), "decompose": {
         **measured, "rank": {"policy": "latency", "speedup": 1.05, "target": "local_cpu", "multiple": 8,
                              "search": {**search, "sensitivity_from": "svd_greedy"}}}}
+    params["variants"]["svd_r50"]["finetune"]["qat"] = True
+    params["variants"]["control_qat"] = {"base": None, "finetune": {**params["variants"]["control"]["finetune"],
+                                                                    "qat": True}}
     for name in VARIANTS:
         recipe = params["variants"][name]
         recipe["finetune"].update(epochs=1)
@@ -140,7 +144,7 @@ def chain(tmp_path_factory):
     params["variants"]["svd_r50"]["finetune"]["score_before_recalibration"] = True
     params["quantize"]["calibration_images"] = 16
     params["profile"].update(batch_sizes=[1], threads=[1], warmup=1, rounds=2, iters_per_round=1)
-    params["experiment"].update(variants=VARIANTS, int8=["svd_r50"], targets=["local_cpu"])
+    params["experiment"].update(variants=VARIANTS, int8=["svd_r50", "control_qat"], targets=["local_cpu", "local_openvino"])
     params_file = synthetic.write_params(tmp / "params.yaml", params)
     load = lwpar.config.load_params
     jobs, seconds = [], {}
@@ -171,7 +175,7 @@ def _outputs(chain, stage, **wildcards):
 def test_every_job_runs_and_writes_every_declared_output(chain):
     _, jobs = chain
     assert {name for name, *_ in jobs} == {"data", "train", "calibrate", "sensitivity", "latency", "decompose", "prune", "finetune",
-                                          "export", "quantize", "evaluate", "profile", "card", "report"}
+                                          "export", "quantize", "evaluate", "evaluate_on", "profile", "card", "report"}
     for name, wildcards, command, code, outputs, *_ in jobs:
         missing = [path for path in outputs.values() if not Path(path).exists()]
         assert code == 0 and not missing, (command, missing)
@@ -232,7 +236,7 @@ def test_each_stage_did_its_work(chain):
     assert "QuantizeLinear" in ops
     errors = pd.read_csv(_outputs(chain, "quantize", name="svd_r50")["errors"])
     assert (errors["kind"] == "activation").sum() > 10 and errors["accumulated_sqnr_db"].notna().any()
-    scored = ["baseline", *VARIANTS, "svd_r50+int8"]
+    scored = ["baseline", *VARIANTS, "svd_r50+int8", "control_qat+int8"]
     for name in scored:
         assert 0 < _json(_outputs(chain, "evaluate", name=name)["metrics"])["mA"] <= 1, name
     assert set(_json(_outputs(chain, "profile", target="local_cpu")["profile"])["variants"]) == {"baseline_reference", *scored}
@@ -249,29 +253,41 @@ def test_each_stage_did_its_work(chain):
     assert "| tuned on validation" in Path(_outputs(chain, "card", name="svd_r50+int8")["markdown"]).read_text()
     table = pd.read_csv(_outputs(chain, "report")["csv"])
     assert set(table.variant) == {"baseline_reference", *scored} and (table[table.variant == "baseline"].speedup == 1.0).all()
-    assert set(table.target) == {"local_cpu"}  # the leftovers of an earlier configuration stay out
+    assert set(table.target) == {"local_cpu", "local_openvino"}  # the leftovers of an earlier configuration stay out
     assert "old_variant" not in pd.read_csv(_outputs(chain, "report")["compression"]).variant.tolist()
     assert table[table.variant != "baseline_reference"].mA_tuned.between(0, 1).all()
     int8 = pd.read_csv(_outputs(chain, "report")["int8_errors"])
-    assert int8.variant.tolist() == ["svd_r50+int8"] and np.isfinite(int8.output_sqnr_db).all() and int8.largest_drops[0]
+    assert sorted(int8.variant) == ["control_qat+int8", "svd_r50+int8"] and np.isfinite(int8.output_sqnr_db).all()
+    assert int8.largest_drops[0]
 
 
-def test_openvino_scores_the_fp32_and_int8_artifacts_as_onnx_runtime_does(chain, tmp_path):
-    """The evaluate job's command with `--runtime openvino`: the same test mA as ONNX Runtime's within 0.05
-    points for the FP32 artifacts (evaluation batches of several images), the INT8 one scored too."""
-    pytest.importorskip("openvino")
-    for name in ("baseline", "svd_r50", "svd_r50+int8"):
-        command = next(c for stage, w, c, *_ in chain[1] if stage == "evaluate" and w["name"] == name)
-        args = shlex.split(command)[1:]
-        args[args.index("--out-dir") + 1] = str(tmp_path / name)
-        args[args.index("--thresholds-out") + 1] = str(tmp_path / name / "thresholds.json")
-        assert main([*args, "--runtime", "openvino"]) == 0, name
-        scored = _json(tmp_path / name / "metrics.json")
+def test_the_openvino_target_scores_every_artifact_as_onnx_runtime_does_and_the_report_reads_it(chain):
+    """evaluate_on: every artifact scored by the OpenVINO target's runtime, the FP32 ones within 0.05
+    mA points of ONNX Runtime's (evaluation batches of several images); the report's rows of that
+    target carry those scores, and its 'Across runtimes' table sets each speed-up against ONNX Runtime's."""
+    table = pd.read_csv(_outputs(chain, "report")["csv"])
+    for name in ["baseline", *VARIANTS, "svd_r50+int8", "control_qat+int8"]:
+        scored = _json(_outputs(chain, "evaluate_on", name=name, target="local_openvino")["metrics"])
         assert scored["runtime"]["name"] == "openvino" and scored["runtime"]["inference_precision"] == "f32"
         reference = _json(_outputs(chain, "evaluate", name=name)["metrics"])["mA"]
         if not name.endswith("+int8"):
             assert abs(scored["mA"] - reference) <= 0.0005, name
-        assert 0 < scored["mA"] <= 1
+        row = table[(table.variant == name) & (table.target == "local_openvino")].iloc[0]
+        assert row.scored_on == "openvino" and row.mA == pytest.approx(scored["mA"]), name
+    across = pd.read_csv(Path(_outputs(chain, "report")["csv"]).parent / "across_runtimes.csv")
+    assert set(across.target) == {"local_openvino"} and across.speedup_target.gt(0).all()
+    assert "## Across runtimes" in Path(_outputs(chain, "report")["markdown"]).read_text()
+
+
+def test_quantization_aware_finetuning_trains_on_the_int8_grids_and_is_read_against_its_control_in_int8(chain):
+    tuned = _json(_outputs(chain, "finetune", variant="svd_r50")["summary"])
+    assert tuned["qat"]["layers"] > 10 and tuned["qat"]["calibration_images"] == 16
+    assert "qat" not in _json(_outputs(chain, "finetune", variant="svd_cov")["summary"])
+    table = pd.read_csv(_outputs(chain, "report")["csv"])
+    row = table[(table.variant == "svd_r50+int8") & (table.target == "local_cpu")].iloc[0]
+    assert row.control == "control_qat+int8"
+    control = table[(table.variant == "control_qat+int8") & (table.target == "local_cpu")].iloc[0]
+    assert row.delta_control_mA == pytest.approx(row.mA - control.mA)
 
 
 def test_every_model_file_records_its_lineage_and_no_two_jobs_write_the_same_bytes(chain):

@@ -201,7 +201,8 @@ def stages(params: dict) -> dict[str, Stage]:
         Stage(  # the same artifacts scored by another runtime, as a target runs them
             name="evaluate_on", subcommand="evaluate", wildcards=("dataset", "model", "name", "target"),
             outputs={"metrics": f"{run}/{{name}}/eval-{{target}}/metrics.json",
-                     "per_attribute": f"{run}/{{name}}/eval-{{target}}/per_attribute.csv"},
+                     "per_attribute": f"{run}/{{name}}/eval-{{target}}/per_attribute.csv",
+                     "thresholds": f"{run}/{{name}}/eval-{{target}}/thresholds.json"},
             inputs=lambda p, w: {"data": prepared(p, w["dataset"]), "onnx": f"{run_folder(p, w, w['name'])}/model.onnx"},
             param_keys=lambda p, w: ["evaluate", *(f"profile.targets.{w['target']}.{k}"
                                                    for k in ("runtime", "inference_precision"))],

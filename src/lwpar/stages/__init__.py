@@ -84,8 +84,8 @@ def runtime_flags() -> list[Flag]:
     """--runtime and --inference-precision: what runs an ONNX model, and the precision OpenVINO runs it in."""
     from lwpar.core.machine import INFERENCE_PRECISIONS as PRECISIONS, RUNTIMES  # light: imports no runtime
 
-    return [flag("--runtime", "runtime that runs the ONNX model", default=RUNTIMES[0], choices=list(RUNTIMES)),
-            flag("--inference-precision", "OpenVINO: the precision its CPU plugin runs FP32 layers in",
+    return [flag("--runtime", "runtime that runs the ONNX model", "option", default=RUNTIMES[0], choices=list(RUNTIMES)),
+            flag("--inference-precision", "OpenVINO: the precision its CPU plugin runs FP32 layers in", "option",
                  default=PRECISIONS[0], choices=list(PRECISIONS))]
 
 
