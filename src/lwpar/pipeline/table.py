@@ -233,6 +233,7 @@ def stages(params: dict) -> dict[str, Stage]:
             outputs={"csv": f"{results}/comparison.csv", "markdown": f"{results}/comparison.md",
                      "attributes": f"{results}/per_attribute_delta.csv", "compression": f"{results}/compression.csv",
                      "layers": f"{results}/decomposition_layers.csv", "int8_errors": f"{results}/int8_error.csv",
+                     "across_runtimes": f"{results}/across_runtimes.csv",
                      "latency_png": f"{results}/plots/mA_vs_latency.png",
                      "latency_svg": f"{results}/plots/mA_vs_latency.svg",
                      "macs_png": f"{results}/plots/mA_vs_macs.png", "macs_svg": f"{results}/plots/mA_vs_macs.svg",

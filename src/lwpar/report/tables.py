@@ -228,12 +228,17 @@ def breaking_points(table: pd.DataFrame, params: dict | None, tolerance: float =
     return sentences
 
 
+ACROSS_COLUMNS = ["dataset", "model", "variant", "threads", "method", "reference", "reference_runtime", "target", "runtime",
+                  "speedup_reference", "speedup_target", "speedup_ratio", "mac_reduction", "mA_reference", "mA_target",
+                  "delta_mA"]
+
+
 def across_targets(table: pd.DataFrame) -> pd.DataFrame:
     """Each artifact's speed-up and mA on every target against the first target's (the reference), at
     batch 1 (or the smallest batch) and each thread count: whether a speed-up holds on another runtime."""
     targets = list(dict.fromkeys(table.target))
     if len(targets) < 2:
-        return pd.DataFrame()
+        return pd.DataFrame(columns=ACROSS_COLUMNS)
     one = table[table.batch == table.batch.min()]
     keys = ["dataset", "model", "variant", "threads"]
     reference = one[one.target == targets[0]].set_index(keys)
@@ -247,7 +252,7 @@ def across_targets(table: pd.DataFrame) -> pd.DataFrame:
                          "speedup_reference": ref.speedup, "speedup_target": oth.speedup,
                          "speedup_ratio": oth.speedup / ref.speedup, "mac_reduction": ref.mac_reduction,
                          "mA_reference": ref.mA, "mA_target": oth.mA, "delta_mA": oth.mA - ref.mA})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=ACROSS_COLUMNS)
 
 
 def runtime_verdicts(across: pd.DataFrame, tolerance: float = 0.10) -> list[str]:
