@@ -221,15 +221,17 @@ def label(params: dict, name: str, recipe: dict) -> str:
     and plots ("cp-epc+svd (greedy, ALS 50)", "prune structured l2", "control")."""
     # a variant read after BatchNorm re-estimation alone is another point than the fine-tuned one
     untuned = recipe.get("finetune", {}).get("epochs") == 0
+    aware = bool(recipe.get("finetune", {}).get("qat"))  # quantization-aware: another point too
     if "prune" in recipe:
         prune = recipe["prune"]
         qualifiers = [q for q, on in (("latency", prune.get("budget") in TIMED_PRUNE_BUDGETS),  # planned another way
                                       ("reconstructed", prune.get("reconstruct")),
-                                      ("block-wise", reconstructs_blocks(recipe)), ("no fine-tuning", untuned)) if on]
+                                      ("block-wise", reconstructs_blocks(recipe)), ("no fine-tuning", untuned),
+                                      ("quantization-aware", aware)) if on]
         return f"prune {prune['kind']} {prune.get('importance', 'l1')}" + (f" ({', '.join(qualifiers)})" if qualifiers
                                                                             else "")  # unstructured: L1
     if "decompose" not in recipe:
-        return "control"
+        return "control (quantization-aware)" if aware else "control"
     d = recipe["decompose"]
     kxk_method = d["methods"]["kxk"]
     takes_epc = "kxk" in d["kinds"] and kxk_method in EPC_METHODS
@@ -242,7 +244,7 @@ def label(params: dict, name: str, recipe: dict) -> str:
     als = f", ALS {epc['als_iter']}" if epc.get("als_iter") else ""
     fit = f", {d['fit']} fit" if d.get("fit") in CALIBRATED_FITS else ""
     blocks = ", block-wise" if reconstructs_blocks(recipe) else ""
-    tuned = ", no fine-tuning" if untuned else ""
+    tuned = ", no fine-tuning" if untuned else ", quantization-aware" if aware else ""
     return f"{'+'.join(p for p in parts if p)} ({d['rank']['policy']}{als}{fit}{blocks}{tuned}{chain})"
 
 
