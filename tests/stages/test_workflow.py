@@ -30,7 +30,7 @@ def test_each_stage_entry_is_one_rule_and_one_subcommand():
     rules = {line.split(" ", 1)[0]: line for line in run.stdout.splitlines() if line.strip()}
     assert set(rules) == {"all", *stages}
     assert all(stage.doc and stage.doc in rules[name] for name, stage in stages.items())
-    assert set(stages) <= set(COMMANDS)
+    assert {stage.command_name for stage in stages.values()} <= set(COMMANDS)
 
 
 def test_snakemake_lint_passes():
@@ -76,7 +76,7 @@ def test_every_job_depends_on_the_modules_its_stage_loads():
     import subprocess
     import sys
 
-    listed = {stage.name: {*stage.modules, *common_modules()}
+    listed = {stage.command_name: {*stage.modules, *common_modules()}
               for stage in pipeline.stages(load_params(ROOT / "params.yaml")).values()}
     code = ("import importlib, sys; importlib.import_module(sys.argv[1]); "
             "print('\\n'.join(m.__file__ for n, m in list(sys.modules.items()) if n.startswith('lwpar') and getattr(m, '__file__', None)))")
