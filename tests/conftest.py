@@ -34,7 +34,9 @@ def _unit_tests_run_in_process(request, monkeypatch):
     import subprocess
 
     # libraries' one-time probes, cached after their first call, are not the test's commands: torch's
-    # first import runs ldconfig (CUDA's library finder), platform.processor() runs `uname -p`
+    # first import runs ldconfig (CUDA's library finder), platform.processor() runs `uname -p`, and
+    # matplotlib's font manager runs fc-list once to build its font cache (a fresh machine's first plot)
+    import matplotlib.font_manager  # noqa: F401
     import torch  # noqa: F401
     platform.processor()
 

@@ -26,6 +26,7 @@ pytestmark = pytest.mark.timeout(900)  # the first test runs the chain: 430 s of
 # after layer from its own inputs then reconstructed block by block, a pruning (and the same with the
 # layers that lost inputs refitted on those statistics), two decompositions planned by measured
 # sensitivity (one by measured latency, from the other's probes), and their matched control
+QUANTIZED = ["svd_r50+int8", "control_qat+int8", "prune_l2_r50+int8", "prune_l2_r50+mixed"]
 VARIANTS = ["svd_r50", "svd_cov", "svd_seq", "prune_l2_r50", "prune_rec", "svd_greedy", "svd_lat", "control",
             "control_qat"]  # svd_r50 is fine-tuned quantization-aware, as its control control_qat
 
@@ -144,7 +145,9 @@ def chain(tmp_path_factory):
     params["variants"]["svd_r50"]["finetune"]["score_before_recalibration"] = True
     params["quantize"]["calibration_images"] = 16
     params["profile"].update(batch_sizes=[1], threads=[1], warmup=1, rounds=2, iters_per_round=1)
-    params["experiment"].update(variants=VARIANTS, int8=["svd_r50", "control_qat"], targets=["local_cpu", "local_openvino"])
+    params["experiment"].update(variants=VARIANTS, int8=["svd_r50", "control_qat", "prune_l2_r50"],
+                                mixed=["prune_l2_r50"],
+                                targets=["local_cpu", "local_openvino"])
     params_file = synthetic.write_params(tmp / "params.yaml", params)
     load = lwpar.config.load_params
     jobs, seconds = [], {}
@@ -236,7 +239,7 @@ def test_each_stage_did_its_work(chain):
     assert "QuantizeLinear" in ops
     errors = pd.read_csv(_outputs(chain, "quantize", name="svd_r50")["errors"])
     assert (errors["kind"] == "activation").sum() > 10 and errors["accumulated_sqnr_db"].notna().any()
-    scored = ["baseline", *VARIANTS, "svd_r50+int8", "control_qat+int8"]
+    scored = ["baseline", *VARIANTS, *QUANTIZED]
     for name in scored:
         assert 0 < _json(_outputs(chain, "evaluate", name=name)["metrics"])["mA"] <= 1, name
     assert set(_json(_outputs(chain, "profile", target="local_cpu")["profile"])["variants"]) == {"baseline_reference", *scored}
@@ -257,8 +260,31 @@ def test_each_stage_did_its_work(chain):
     assert "old_variant" not in pd.read_csv(_outputs(chain, "report")["compression"]).variant.tolist()
     assert table[table.variant != "baseline_reference"].mA_tuned.between(0, 1).all()
     int8 = pd.read_csv(_outputs(chain, "report")["int8_errors"])
-    assert sorted(int8.variant) == ["control_qat+int8", "svd_r50+int8"] and np.isfinite(int8.output_sqnr_db).all()
+    assert sorted(int8.variant) == sorted(QUANTIZED) and np.isfinite(int8.output_sqnr_db).all()
     assert int8.largest_drops[0]
+
+
+def test_the_mixed_form_keeps_the_worst_places_in_float_beside_the_full_int8_one(chain):
+    """`experiment.mixed`: the pruned model quantized twice, fully and with quantize.keep_float's
+    places of worst error left FP32; the mixed form names what it kept, holds fewer quantized convs,
+    and is read against the same FP32 control as the full form."""
+    from lwpar.deploy.artifact import read_metadata
+
+    def quantized_convs(name):
+        graph = onnx.load(_outputs(chain, "quantize", name="prune_l2_r50", form=name)["onnx"]).graph
+        dequantized = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+        return sum(n.op_type == "Conv" and n.input[0] in dequantized for n in graph.node)
+
+    def kept(form):
+        onnx_file = _outputs(chain, "quantize", name="prune_l2_r50", form=form)["onnx"]
+        return read_metadata(onnx_file)["quantization"]["kept_float"]
+
+    assert kept("int8") == [] and kept("mixed")
+    assert 0 < quantized_convs("mixed") < quantized_convs("int8")
+    table = pd.read_csv(_outputs(chain, "report")["csv"])
+    rows = table[table.variant.str.startswith("prune_l2_r50+") & (table.target == "local_cpu")].set_index("variant")
+    assert set(rows.index) == {"prune_l2_r50+int8", "prune_l2_r50+mixed"}
+    assert (rows.control == "control").all() and rows.loc["prune_l2_r50+mixed", "method"].endswith("+mixed")
 
 
 def test_the_openvino_target_scores_every_artifact_as_onnx_runtime_does_and_the_report_reads_it(chain):
@@ -266,11 +292,11 @@ def test_the_openvino_target_scores_every_artifact_as_onnx_runtime_does_and_the_
     mA points of ONNX Runtime's (evaluation batches of several images); the report's rows of that
     target carry those scores, and its 'Across runtimes' table sets each speed-up against ONNX Runtime's."""
     table = pd.read_csv(_outputs(chain, "report")["csv"])
-    for name in ["baseline", *VARIANTS, "svd_r50+int8", "control_qat+int8"]:
+    for name in ["baseline", *VARIANTS, *QUANTIZED]:
         scored = _json(_outputs(chain, "evaluate_on", name=name, target="local_openvino")["metrics"])
         assert scored["runtime"]["name"] == "openvino" and scored["runtime"]["inference_precision"] == "f32"
         reference = _json(_outputs(chain, "evaluate", name=name)["metrics"])["mA"]
-        if not name.endswith("+int8"):
+        if name not in QUANTIZED:
             assert abs(scored["mA"] - reference) <= 0.0005, name
         row = table[(table.variant == name) & (table.target == "local_openvino")].iloc[0]
         assert row.scored_on == "openvino" and row.mA == pytest.approx(scored["mA"]), name

@@ -249,7 +249,7 @@ def test_every_schema_key_has_a_description():
     from lwpar.config.reference import schema_keys
 
     keys = schema_keys()
-    assert len(keys) == 153  # every key of the configuration, named entries (`*`) counted once
+    assert len(keys) == 154  # every key of the configuration, named entries (`*`) counted once
     assert [path for path, node in keys if not node.get("description")] == []
 
 
@@ -291,7 +291,7 @@ def test_an_overlay_merges_mappings_key_by_key_and_replaces_lists(tmp_path):
         "variants:\n"
         "  lwalm: {decompose: {rank: {policy: search}}}\n"  # base's macs_fraction no longer applies: dropped
         "  tucker2_r30: {decompose: {methods: {kxk: tucker2}, rank: {policy: budget, macs_fraction: 0.3}}}\n"
-        "experiment: {variants: [lwalm, tucker2_r30, control]}\n"))
+        "experiment: {variants: [lwalm, tucker2_r30, control], int8: [baseline, lwalm], mixed: [lwalm]}\n"))
     params = load_params(overlay)
     assert params["train"]["epochs"] == 5 and params["train"]["frozen_stages"] == DEFAULT["train"]["frozen_stages"]
     assert params["train"]["batch_size"] == schema()["properties"]["train"]["properties"]["batch_size"]["default"]
@@ -340,14 +340,20 @@ def test_a_key_that_does_not_apply_where_it_is_set_is_refused(tmp_path, variant,
 
 @pytest.mark.fault
 @pytest.mark.parametrize("quantize,error", [
-    ("{keep_float: {worst: 4}, error_images: 0}",
-     "overlay.yaml: quantize.keep_float.worst: needs quantize.error_images >= 1: the nodes kept in FP32 are where the "
-     "measured error is worst"),
-    ("{keep_float: {worst: 4}, mode: dynamic}",
-     "overlay.yaml: quantize.keep_float.worst: applies only to static INT8 (quantize.mode: static)"),
+    ("quantize: {error_images: 0}",
+     "overlay.yaml: quantize.error_images: mixed precision (experiment.mixed) needs >= 1: the nodes kept in FP32 "
+     "are where the measured error is worst"),
+    ("quantize: {mode: dynamic}",
+     "overlay.yaml: quantize.mode: mixed precision by measured error (experiment.mixed) applies only to static INT8"),
+    # keep_float shapes only the mixed forms: set without one, it would silently change nothing
+    ("quantize: {keep_float: {worst: 2}}\nexperiment: {mixed: []}",
+     "overlay.yaml: quantize.keep_float: read only for the experiment.mixed models (<name>+mixed; <name>+int8 stays "
+     "fully INT8), and experiment.mixed names none"),
+    ("experiment: {mixed: [svd_r70]}",
+     "overlay.yaml: experiment.mixed[0]: 'svd_r70' is neither 'baseline' nor a variant of the experiment"),
 ])
-def test_keep_float_without_a_measured_error_is_refused(tmp_path, quantize, error):
-    overlay = _write(tmp_path / "overlay.yaml", f"extends: {ROOT / 'params.yaml'}\nquantize: {quantize}\n")
+def test_mixed_precision_that_cannot_be_measured_is_refused(tmp_path, quantize, error):
+    overlay = _write(tmp_path / "overlay.yaml", f"extends: {ROOT / 'params.yaml'}\n{quantize}\n")
     with pytest.raises(ParamsError) as info:
         load_params(overlay)
     assert str(info.value) == error
@@ -488,12 +494,16 @@ QAT_VARIANTS = ("variants:\n  svd_qat: {decompose: {methods: {kxk: spatial_svd},
 
 @pytest.mark.fault
 @pytest.mark.parametrize("rest,error", [
-    ("experiment: {variants: [svd_qat, control_qat], int8: []}",
-     "variants.svd_qat.finetune.qat: trains 'svd_qat' for INT8, but experiment.int8 does not quantize it (add 'svd_qat')"),
-    ("experiment: {variants: [svd_qat, control_qat], int8: [svd_qat]}",
-     "variants.svd_qat.finetune.qat: 'svd_qat' in INT8 is read against its control 'control_qat' in INT8: add "
+    ("experiment: {variants: [svd_qat, control_qat], int8: [], mixed: []}",
+     "variants.svd_qat.finetune.qat: trains 'svd_qat' for INT8, but neither experiment.int8 nor experiment.mixed "
+     "quantizes it (add 'svd_qat')"),
+    ("experiment: {variants: [svd_qat, control_qat], int8: [svd_qat], mixed: []}",
+     "variants.svd_qat.finetune.qat: 'svd_qat'+int8 is read against its control 'control_qat' in that form: add "
      "'control_qat' to experiment.int8"),
-    ("experiment: {variants: [svd_qat, control_qat], int8: [svd_qat, control_qat]}\nquantize: {mode: dynamic}",
+    ("experiment: {variants: [svd_qat, control_qat], int8: [svd_qat, control_qat], mixed: [svd_qat]}",
+     "variants.svd_qat.finetune.qat: 'svd_qat'+mixed is read against its control 'control_qat' in that form: add "
+     "'control_qat' to experiment.mixed"),
+    ("experiment: {variants: [svd_qat, control_qat], int8: [svd_qat, control_qat], mixed: []}\nquantize: {mode: dynamic}",
      "variants.svd_qat.finetune.qat: trains for ONNX Runtime's static INT8 model, but quantize makes a dynamic one "
      "with engine onnxruntime (set quantize.engine: onnxruntime, mode: static)"),
 ])
@@ -503,4 +513,4 @@ def test_quantization_aware_finetuning_for_an_int8_model_that_is_not_made_is_ref
         load_params(overlay)
     assert str(info.value) == f"overlay.yaml: {error}"
     load_params(_write(tmp_path / "sound.yaml", f"extends: {ROOT / 'params.yaml'}\n{QAT_VARIANTS}"
-                       "experiment: {variants: [svd_qat, control_qat], int8: [svd_qat, control_qat]}\n"))
+                       "experiment: {variants: [svd_qat, control_qat], int8: [svd_qat, control_qat], mixed: []}\n"))

@@ -373,11 +373,14 @@ def test_keep_float_keeps_the_nodes_where_error_is_born_and_lowers_it(tmp_path):
         return np.linalg.norm(onnx_session(path).run(None, {"images": x})[0] - reference) / np.linalg.norm(reference)
 
     quantize_model(source, tmp_path / "full.onnx", cfg, iter(batches), None, batches[:1])
-    line = quantize_model(source, tmp_path / "mixed.onnx", {**cfg, "keep_float": {"worst": 1, "min_drop_db": None}},
-                          iter(batches), tmp_path / "mixed.csv", batches[:1])
+    line = quantize_model(source, tmp_path / "mixed.onnx", cfg, iter(batches), tmp_path / "mixed.csv", batches[:1],
+                          keep_float={"worst": 1, "min_drop_db": None})
     kept = line.rsplit("kept in FP32: ", 1)[1].split(", ")
     assert {"/2/Conv", "/3/Conv"} <= set(kept) and "/0/Conv" not in kept  # the factor chain, not what feeds it
     assert error(tmp_path / "mixed.onnx") < error(tmp_path / "full.onnx") / 3
     with pytest.raises(LwparError, match="keep_float would keep all 3 quantizable compute nodes in FP32"):
-        quantize_model(source, tmp_path / "none.onnx", {**cfg, "keep_float": {"worst": 10, "min_drop_db": -1e9}},
-                       iter(batches), None, batches[:1])
+        quantize_model(source, tmp_path / "none.onnx", cfg, iter(batches), None, batches[:1],
+                       keep_float={"worst": 10, "min_drop_db": -1e9})
+    with pytest.raises(LwparError, match="kept no node in FP32 .no place of error drop >= 1000000000.0 dB"):
+        quantize_model(source, tmp_path / "nothing.onnx", cfg, iter(batches), None, batches[:1],
+                       keep_float={"worst": 1, "min_drop_db": 1e9})

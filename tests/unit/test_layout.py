@@ -80,7 +80,8 @@ def test_recipes_and_the_compress_package_import_nothing():
     """`lwpar.compress.recipes` is read by the configuration and the planner: importing it must not
     import torch, numpy or any of compression's code."""
     assert _top_level_imports("compress/__init__.py") == set()
-    assert _top_level_imports("compress/recipes.py") <= {"__future__", "dataclasses"}
+    assert _top_level_imports("compress/recipes.py") <= {"__future__", "dataclasses", "lwpar.core.names"}
+    assert _top_level_imports("core/names.py") == {"__future__"}
 
 
 def _loaded_on_import(module: str) -> set[str]:

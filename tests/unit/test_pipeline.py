@@ -187,3 +187,22 @@ def test_the_calibrate_job_is_keyed_by_the_layers_its_variants_select_not_by_the
     heads = copy.deepcopy(fit)
     heads["variants"]["svd_cov_bn"]["decompose"]["include_heads"] = True
     assert job(heads)[0] != job(fit)[0] and "kxk+pointwise+heads" in job(heads)[0]
+
+
+def test_each_model_is_quantized_in_each_form_it_is_asked_for_and_only_the_mixed_form_reads_keep_float():
+    """experiment.int8 and experiment.mixed: one quantize job per model and form, named <model>+<form>;
+    editing quantize.keep_float re-quantizes the mixed forms only."""
+    from lwpar.core.names import form_suffix, fp32_name, quantized_form
+
+    jobs = {(w["name"], w["form"]): stage for stage, w in pipeline.grid(DEFAULT) if stage.name == "quantize"}
+    assert set(jobs) == {*((n, "int8") for n in DEFAULT["experiment"]["int8"]),
+                         *((n, "mixed") for n in DEFAULT["experiment"]["mixed"])}
+    w = {"dataset": "peta", "model": "alm_r50h", "name": "lwalm"}
+    mixed, full = (jobs["lwalm", form].param_keys(DEFAULT, {**w, "form": form}) for form in ("mixed", "int8"))
+    assert "quantize" in mixed and "quantize.keep_float" not in full and "quantize.calibration" in full
+    assert "--form mixed" in jobs["lwalm", "mixed"].command("p.yaml", DEFAULT, {**w, "form": "mixed"})
+    assert jobs["lwalm", "mixed"].job_outputs({**w, "form": "mixed"})["onnx"].endswith("/lwalm+mixed/model.onnx")
+    assert "lwalm+mixed" in pipeline.experiment.artifact_names(DEFAULT)
+    # a label's own '+' (cp-epc+svd) is not a form
+    assert [quantized_form(n) for n in ("a+int8", "a+mixed", "cp-epc+svd (greedy)", "a")] == ["int8", "mixed", None, None]
+    assert fp32_name("cp-epc+svd (greedy)+mixed") == "cp-epc+svd (greedy)" and form_suffix("a+int8") == "+int8"

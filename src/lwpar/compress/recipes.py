@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lwpar.core.names import form_suffix, fp32_name, quantized_form
+
 # Decomposition methods, per layer kind (the schema's enums are checked against these).
 KXK_METHODS = ("cp", "cp4", "tucker2", "spatial_svd", "svd")
 POINTWISE_METHODS = ("svd",)
@@ -192,7 +194,7 @@ def schedule(params: dict, variant: str) -> list[dict]:
 def matched_control(params: dict, variant: str) -> str | None:
     """The experiment's control whose schedule is exactly the variant's, so that a delta against it
     measures the compression and not the extra training; None for a control or the baseline."""
-    name = variant.removesuffix("+int8")
+    name = fp32_name(variant)
     if name == "baseline" or is_control(params["variants"][name]):
         return None
     wanted = schedule(params, name)
@@ -202,15 +204,15 @@ def matched_control(params: dict, variant: str) -> str | None:
 
 def trains_for_int8(params: dict, variant: str) -> bool:
     """Whether any fine-tuning stage of the variant was quantization-aware (`finetune.qat`)."""
-    return any(stage.get("qat") for stage in schedule(params, variant.removesuffix("+int8")))
+    return any(stage.get("qat") for stage in schedule(params, fp32_name(variant)))
 
 
 def control_reference(params: dict, variant: str) -> str | None:
-    """What a variant's mA is read against: its matched control; for the INT8 form of a
-    quantization-aware variant, the control's INT8 form (both trained for it)."""
+    """What a variant's mA is read against: its matched control; for a quantized form of a
+    quantization-aware variant, the control's same form (both trained for it)."""
     control = matched_control(params, variant)
-    if control is not None and variant.endswith("+int8") and trains_for_int8(params, variant):
-        return f"{control}+int8"
+    if control is not None and quantized_form(variant) and trains_for_int8(params, variant):
+        return control + form_suffix(variant)
     return control
 
 
@@ -249,9 +251,8 @@ def label(params: dict, name: str, recipe: dict) -> str:
 
 
 def method_label(params: dict | None, variant: str) -> str:
-    """A variant's `label` (an INT8 variant is its source's with +int8; the baseline is itself)."""
-    name = variant.removesuffix("+int8")
-    suffix = "+int8" if variant.endswith("+int8") else ""
+    """A variant's `label` (a quantized form is its source's with +int8 or +mixed; the baseline is itself)."""
+    name, suffix = fp32_name(variant), form_suffix(variant)
     recipe = params["variants"].get(name) if params else None
     if name == "baseline" or recipe is None:
         return name + suffix
@@ -262,7 +263,7 @@ def mac_planned_label(params: dict, variant: str) -> str | None:
     """The label of a latency-planned variant's MAC-planned counterpart: the same pruning with a MAC
     budget, or the same decomposition with the `greedy` rank policy (the same sensitivity measurement,
     spent by MACs instead of measured milliseconds). None for other variants."""
-    name = variant.removesuffix("+int8")
+    name = fp32_name(variant)
     recipe = params["variants"].get(name, {})
     if recipe.get("prune", {}).get("budget") in TIMED_PRUNE_BUDGETS:
         return label(params, name, {**recipe, "prune": {**recipe["prune"], "budget": "macs"}})

@@ -9,6 +9,7 @@ import math
 from lwpar.compress.recipes import (CURVE_POLICIES, MEASURED_POLICIES, RANK_POLICIES, is_control, matched_control,
                                    schedule, timing_step)
 from lwpar.core.machine import not_installed
+from lwpar.core.names import QUANTIZED_FORMS
 
 
 def _schema_default(definition: str, key: str):
@@ -45,9 +46,10 @@ def problems(params: dict):
     for i, name in enumerate(params["experiment"]["variants"]):
         if name not in params["variants"]:
             yield f"experiment.variants[{i}]", f"unknown variant {name!r} (defined: {', '.join(params['variants']) or 'none'})"
-    for i, name in enumerate(params["experiment"]["int8"]):
-        if name != "baseline" and name not in params["experiment"]["variants"]:
-            yield f"experiment.int8[{i}]", f"{name!r} is neither 'baseline' nor a variant of the experiment"
+    for form in QUANTIZED_FORMS:
+        for i, name in enumerate(params["experiment"][form]):
+            if name != "baseline" and name not in params["experiment"]["variants"]:
+                yield f"experiment.{form}[{i}]", f"{name!r} is neither 'baseline' nor a variant of the experiment"
     for i, name in enumerate(params["experiment"]["targets"]):
         if name not in params["profile"]["targets"]:
             yield f"experiment.targets[{i}]", f"unknown target {name!r} (defined: {', '.join(params['profile']['targets'])})"
@@ -55,13 +57,13 @@ def problems(params: dict):
         if name not in params["models"]:
             yield f"experiment.models[{i}]", f"unknown model {name!r} (defined: {', '.join(params['models'])})"
     quantize = params["quantize"]
-    if quantize["engine"] == "nncf" and params["experiment"]["int8"]:
+    if quantize["engine"] == "nncf" and (params["experiment"]["int8"] or params["experiment"]["mixed"]):
         if not_installed("nncf"):
             yield "quantize.engine", not_installed("nncf")
         if quantize["mode"] != "static":
             yield "quantize.mode", "engine nncf quantizes statically only (set mode: static)"
-        if quantize["keep_float"]["worst"]:
-            yield "quantize.keep_float.worst", "mixed precision by measured error needs engine onnxruntime"
+        if params["experiment"]["mixed"]:
+            yield "experiment.mixed", "mixed precision by measured error needs quantize.engine onnxruntime"
     for name, target in params["profile"]["targets"].items():
         if bool(target["copy_command"]) != bool(target["remote_dir"]):
             yield f"profile.targets.{name}.remote_dir", "copy_command and remote_dir go together (both set or both null)"
@@ -133,12 +135,14 @@ def _qat_problems(params: dict):
         if quantize["engine"] != "onnxruntime" or quantize["mode"] != "static":
             yield key, (f"trains for ONNX Runtime's static INT8 model, but quantize makes a {quantize['mode']} one "
                         f"with engine {quantize['engine']} (set quantize.engine: onnxruntime, mode: static)")
-        elif name not in experiment["int8"]:
-            yield key, f"trains {name!r} for INT8, but experiment.int8 does not quantize it (add {name!r})"
+        elif not any(name in experiment[form] for form in QUANTIZED_FORMS):
+            yield key, (f"trains {name!r} for INT8, but neither experiment.int8 nor experiment.mixed quantizes it "
+                        f"(add {name!r})")
         elif not recipe.get("epochs"):
             yield key, "needs fine-tuning epochs (epochs: 0 trains nothing on the INT8 grids)"
         else:
             control = matched_control(params, name) if not is_control(params["variants"][name]) else None
-            if control is not None and control not in experiment["int8"]:
-                yield key, (f"{name!r} in INT8 is read against its control {control!r} in INT8: add {control!r} "
-                            f"to experiment.int8")
+            for form in QUANTIZED_FORMS:
+                if control is not None and name in experiment[form] and control not in experiment[form]:
+                    yield key, (f"{name!r}+{form} is read against its control {control!r} in that form: add "
+                                f"{control!r} to experiment.{form}")

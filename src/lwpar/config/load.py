@@ -246,12 +246,18 @@ def _inapplicable(given: dict, params: dict):
                            else f"not read by budget {resolved['prune']['budget']!r} (only by {_listed(budgets)})")
 
 
-    keep = params["quantize"]["keep_float"]
-    if keep["worst"] and params["quantize"]["mode"] == "dynamic":
-        yield "quantize.keep_float.worst", "applies only to static INT8 (quantize.mode: static)"
-    elif keep["worst"] and not params["quantize"]["error_images"]:
-        yield ("quantize.keep_float.worst", "needs quantize.error_images >= 1: the nodes kept in FP32 are where the "
-                                            "measured error is worst")
+    # a dump of a complete configuration (`lwpar config`) holds the default: only a changed one is refused
+    keep_schema = schema()["properties"]["quantize"]["properties"]["keep_float"]
+    given_keep = (given.get("quantize") or {}).get("keep_float")
+    if isinstance(given_keep, dict) and fill_defaults(given_keep, keep_schema) != fill_defaults({}, keep_schema) \
+            and not params["experiment"]["mixed"]:
+        yield ("quantize.keep_float", "read only for the experiment.mixed models (<name>+mixed; <name>+int8 stays "
+                                      "fully INT8), and experiment.mixed names none")
+    elif params["experiment"]["mixed"] and params["quantize"]["mode"] == "dynamic":
+        yield "quantize.mode", "mixed precision by measured error (experiment.mixed) applies only to static INT8"
+    elif params["experiment"]["mixed"] and not params["quantize"]["error_images"]:
+        yield ("quantize.error_images", "mixed precision (experiment.mixed) needs >= 1: the nodes kept in FP32 are "
+                                        "where the measured error is worst")
 
 
 def _most_specific(error):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from lwpar.core.errors import LwparError
 from lwpar.core.machine import machine_info
+from lwpar.core.names import fp32_name
 from lwpar.deploy.benchmark import benchmark, paired_speedup
 
 SETTINGS = ("batch_sizes", "threads", "warmup", "rounds", "iters_per_round")
@@ -39,7 +40,7 @@ def profile(artifacts: dict[str, Path], backbones: dict[str, Path], counts: dict
             row["heads_ms_median"] = row["median_ms"] - body["median_ms"]
     base = results["baseline"]
     for name, result in results.items():
-        source = name.removesuffix("+int8")
+        source = fp32_name(name)
         result.update(file=str(artifacts[name]), size_mb=artifacts[name].stat().st_size / 1e6, **counts.get(source, {}))
         for row, base_row in zip(result["latency"], base["latency"]):
             row["speedup"] = base_row["median_ms"] / row["median_ms"]

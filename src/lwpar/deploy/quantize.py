@@ -99,11 +99,11 @@ def float_islands(model, op_types: list[str]) -> list[str]:
 
 
 def quantize_model(source: Path, target: Path, cfg: dict, batches=None, errors_out: Path | None = None,
-                   error_batches=()) -> str:
+                   error_batches=(), keep_float: dict | None = None) -> str:
     """Quantize `source` to `target`; with `errors_out`, the INT8 model's tensors compared with the FP32
     model's on `error_batches` (`quant_error`; static mode only, else the table lists nothing). With
-    `keep_float`, the nodes where that comparison finds the most error born stay FP32 and the model is
-    quantized again. Returns the error summary line."""
+    `keep_float` (the mixed form; `cfg`'s own is not read), the nodes where that comparison finds the
+    most error born stay FP32 and the model is quantized again. Returns the error summary line."""
     import onnx.defs
 
     unknown = [op for op in cfg["op_types"] or [] if not onnx.defs.has(op)]
@@ -134,7 +134,7 @@ def quantize_model(source: Path, target: Path, cfg: dict, batches=None, errors_o
         if cfg["engine"] == "nncf":
             return _quantize_nncf(source, prepared, out, cfg, batches, input_name, errors_out)
         excluded = float_islands(graph, cfg["op_types"]) if cfg["op_types"] else []
-        keep = cfg["keep_float"]
+        keep = keep_float or {"worst": 0, "min_drop_db": None}
         batches = list(batches) if keep["worst"] else batches  # calibrated again for each round
         error_batches = list(error_batches)
         if keep["worst"] and not error_batches:
@@ -159,6 +159,9 @@ def quantize_model(source: Path, target: Path, cfg: dict, batches=None, errors_o
             _check_something_quantized(graph.graph, cfg["op_types"], excluded + kept)
             _quantize_static(prepared, out, cfg, batches, excluded + kept, input_name)
             table = node_errors(prepared, out, error_batches, input_name)
+        if keep["worst"] and not kept:
+            raise LwparError(f"{target}: quantize.keep_float kept no node in FP32 (no place of error drop >= "
+                             f"{keep['min_drop_db']} dB): this mixed form would be the full INT8 model")
         _carry_metadata(source, out, cfg, kept)
         line = _write_errors(errors_out, table)
         return f"{line}; kept in FP32: {', '.join(kept)}" if kept else line

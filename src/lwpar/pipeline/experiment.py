@@ -4,6 +4,7 @@ policies need (sensitivity caches, latency tables) and the artifacts it scores a
 from __future__ import annotations
 
 from lwpar.compress.recipes import RANK_POLICIES, is_calibrated, is_measured
+from lwpar.core.names import QUANTIZED_FORMS
 from lwpar.pipeline.layout import REFERENCE
 
 
@@ -64,10 +65,14 @@ def variant_pattern(params: dict, kind: str) -> str:
     return "|".join(names) if names else "(?!)"
 
 
+def quantized_jobs(params: dict) -> list[tuple[str, str]]:
+    """(FP32 name, form) of every quantized artifact of a model: `experiment.int8`, then `experiment.mixed`."""
+    return [(name, form) for form in QUANTIZED_FORMS for name in params["experiment"][form]]
+
+
 def artifact_names(params: dict) -> list[str]:
-    """Every scored artifact of a model: baseline, variants, and their INT8 forms."""
-    experiment = params["experiment"]
-    return ["baseline", *experiment["variants"], *(f"{n}+int8" for n in experiment["int8"])]
+    """Every scored artifact of a model: baseline, variants, and their quantized forms."""
+    return ["baseline", *params["experiment"]["variants"], *(f"{n}+{form}" for n, form in quantized_jobs(params))]
 
 
 def scoring_targets(params: dict) -> list[str]:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from lwpar.core.names import quantized_form
 from lwpar.pipeline.experiment import (artifact_names, calibrated_variants, latency_tables, measured_variants,
-                                      profiled_names, scoring_targets, variants_of)
+                                      profiled_names, quantized_jobs, scoring_targets, variants_of)
 from lwpar.pipeline.stage import Stage
 from lwpar.pipeline.table import stages
 
@@ -22,8 +23,8 @@ def grid(params: dict, upto: str | None = None) -> list[tuple[Stage, dict]]:
         jobs += [(table[kind], {**w, "variant": v}) for w in pairs for v in variants_of(params, kind)]
     jobs += [(table["finetune"], {**w, "variant": v}) for w in pairs for v in experiment["variants"]]
     jobs += [(table["export"], {**w, "name": n}) for w in pairs for n in profiled_names(params, w["model"])
-             if not n.endswith("+int8")]
-    jobs += [(table["quantize"], {**w, "name": n}) for w in pairs for n in experiment["int8"]]
+             if not quantized_form(n)]
+    jobs += [(table["quantize"], {**w, "name": n, "form": form}) for w in pairs for n, form in quantized_jobs(params)]
     jobs += [(table["evaluate"], {**w, "name": n}) for w in pairs for n in artifact_names(params)]
     jobs += [(table["evaluate_on"], {**w, "name": n, "target": t}) for w in pairs for n in artifact_names(params)
              for t in scoring_targets(params)]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from lwpar.compress.recipes import (QAT_KEYS, calibration_selection, is_calibrated, reconstructs_blocks, runs_images,
                                     timing_step)
+from lwpar.core.names import QUANTIZED_FORMS, fp32_name, quantized_form
 from lwpar.pipeline.experiment import calibrated_variants, profiled_names, sensitivity_source, variant_pattern
 from lwpar.pipeline.layout import (REFERENCE, finetune_start, prepared, profile_file, run_folder, source_model,
                                    start_model)
@@ -51,7 +52,7 @@ def _calibration_selections(params: dict, w: dict) -> list[str]:
 
 def _profile_inputs(params: dict, w: dict) -> dict[str, str]:
     names = profiled_names(params, w["model"])
-    fp32 = [n for n in names if not n.endswith("+int8") and n != REFERENCE]
+    fp32 = [n for n in names if not quantized_form(n) and n != REFERENCE]
     return {**{f"onnx:{n}": f"{run_folder(params, w, n)}/model.onnx" for n in names},
             **{f"backbone:{n}": f"{run_folder(params, w, n)}/backbone.onnx" for n in fp32},
             **{f"torch:{n}": source_model(params, {**w, "name": n}) for n in fp32}}
@@ -61,7 +62,7 @@ def _card_inputs(params: dict, w: dict) -> dict[str, str]:
     folder = run_folder(params, w, w["name"])
     return {"onnx": f"{folder}/model.onnx", "metrics": f"{folder}/eval/metrics.json",
             "thresholds": f"{folder}/thresholds.json",
-            "parity": f"{run_folder(params, w, w['name'].removesuffix('+int8'))}/parity.json",
+            "parity": f"{run_folder(params, w, fp32_name(w['name']))}/parity.json",
             "training": f"{run_folder(params, w, 'baseline')}/train.json", "data": prepared(params, w["dataset"]),
             **{f"profiles:{t}": profile_file(params, w, t) for t in params["experiment"]["targets"]}}
 
@@ -179,12 +180,14 @@ def stages(params: dict) -> dict[str, Stage]:
             constraints=lambda p: name_pattern,
         ),
         Stage(
-            name="quantize", wildcards=("dataset", "model", "name"),
-            outputs={"onnx": f"{run}/{{name}}+int8/model.onnx", "errors": f"{run}/{{name}}+int8/node_error.csv"},
+            name="quantize", wildcards=("dataset", "model", "name", "form"),
+            outputs={"onnx": f"{run}/{{name}}+{{form}}/model.onnx", "errors": f"{run}/{{name}}+{{form}}/node_error.csv"},
             inputs=lambda p, w: {"onnx": f"{run_folder(p, w, w['name'])}/model.onnx", "data": prepared(p, w["dataset"])},
-            param_keys=lambda p, w: ["seed", "quantize"],
+            # full INT8 does not read keep_float: changing it re-quantizes only the mixed forms
+            param_keys=lambda p, w: ["seed", *(["quantize"] if w["form"] == "mixed" else
+                                               [f"quantize.{k}" for k in p["quantize"] if k != "keep_float"])],
             cluster_threads=2, mem_mb=4000, runtime_min=30,
-            constraints=lambda p: name_pattern,
+            constraints=lambda p: {**name_pattern, "form": "|".join(QUANTIZED_FORMS)},
         ),
         Stage(
             name="evaluate", wildcards=("dataset", "model", "name"),
@@ -261,7 +264,7 @@ def _report_inputs(params: dict) -> dict[str, str]:
     inputs = {}
     for stage, w in grid(params, upto="profile"):
         for key in reads.get(stage.name, ()):
-            last = (f"{w['name']}+int8" if stage.name == "quantize" else f"{w['name']}@{w['target']}"
+            last = (f"{w['name']}+{w['form']}" if stage.name == "quantize" else f"{w['name']}@{w['target']}"
                     if stage.name == "evaluate_on" else w.get("name")) or w.get("variant") or w.get("target")
             inputs[f"{kinds[stage.name, key]}:{w['dataset']}/{w['model']}/{last}"] = stage.job_outputs(w)[key]
     return inputs

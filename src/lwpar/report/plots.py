@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from lwpar.core.names import fp32_name, quantized_form
 from lwpar.report.tables import pareto_front
 
 
@@ -47,9 +48,9 @@ def plots(table: pd.DataFrame, out_dir: Path, bins: pd.DataFrame | None = None) 
     every = every.assign(method=every.method.fillna(every.variant).astype(str))
     targets = list(dict.fromkeys(every.target))
     prefix_models = every[["dataset", "model"]].drop_duplicates().shape[0] > 1
-    families = sorted({m.removesuffix("+int8") for m in every.method})
+    families = sorted({fp32_name(m) for m in every.method})
     colors = dict(zip(families, [plt.get_cmap("tab20").colors[i % 20] for i in range(len(families))]))
-    int8_any = every.variant.str.endswith("+int8")
+    int8_any = every.variant.map(lambda v: quantized_form(v) is not None)
     kinds = ["FP32", "INT8"] if int8_any.any() and (~int8_any).any() else [""]
     for kind, column, label, shown in (("latency", "latency_ms_median", "median latency (ms), batch 1, 1 thread",
                                         targets), ("macs", "macs", "MACs per image", targets[:1])):
@@ -58,7 +59,7 @@ def plots(table: pd.DataFrame, out_dir: Path, bins: pd.DataFrame | None = None) 
         for axes_row, target in zip(axes, shown):
             one = every[every.target == target]
             runtime = one.runtime.iloc[0] if "runtime" in one and len(one) else ""
-            int8 = one.variant.str.endswith("+int8")
+            int8 = one.variant.map(lambda v: quantized_form(v) is not None)
             for ax, title in zip(axes_row, kinds):
                 rows = int8 if title == "INT8" else ~int8 if title == "FP32" else int8 | ~int8
                 _panel(ax, one, rows, column, kind, prefix_models, colors,
@@ -92,9 +93,11 @@ def _panel(ax, one: pd.DataFrame, rows: pd.Series, column: str, kind: str, prefi
         prefix = f"{dataset} / {model}: " if prefix_models else ""
         for method, budgets in group.groupby("method", sort=True):  # one method's budgets, joined
             budgets = budgets.sort_values(column)
-            family = method.removesuffix("+int8")
-            ax.plot(budgets[column], budgets["mA"] * 100, "o-" if len(budgets) > 1 else "o", lw=0.8, ms=5,
-                    color=colors[family], label=prefix + family)
+            # a method's mixed-precision form: its colour, square markers, named apart in the legend
+            mixed = quantized_form(method) == "mixed"
+            marker = "s" if mixed else "o"
+            ax.plot(budgets[column], budgets["mA"] * 100, f"{marker}-" if len(budgets) > 1 else marker, lw=0.8, ms=5,
+                    color=colors[fp32_name(method)], label=prefix + method.removesuffix("+int8"))
         x, y = group[column].to_numpy(float), group["mA"].to_numpy(float) * 100
         for name, xi, yi, offset in zip(group.variant, x, y, label_offsets(x, y, list(group.variant))):
             ax.annotate(name.removesuffix("+int8"), (xi, yi), fontsize=6, xytext=offset, textcoords="offset points")

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from lwpar.compress.recipes import control_reference, matched_control, method_label
+from lwpar.core.names import fp32_name
 from lwpar.report.inputs import Inputs
 
 COLUMNS = ["dataset", "model", "variant", "method", "target", "runtime", "scored_on", "batch", "threads", "mA", "mA_tuned", "accuracy", "precision", "recall",
@@ -69,7 +70,7 @@ def against_control(table: pd.DataFrame, params: dict | None) -> pd.DataFrame:
     costs once the extra training is paid for. An INT8 variant is read against the FP32 control, or
     after quantization-aware fine-tuning against the control's INT8 form."""
     table = table.copy()
-    controls = [control_reference(params, v) if params and (v.removesuffix("+int8") in params["variants"]) else None
+    controls = [control_reference(params, v) if params and (fp32_name(v) in params["variants"]) else None
                 for v in table.variant]
     table["control"] = controls
     table["method"] = [method_label(params, v) for v in table.variant]
@@ -150,7 +151,7 @@ def int8_errors(inputs: Inputs, params: dict | None = None, worst: int = 3, larg
             activations = table[table["kind"] == "activation"].dropna(subset=["accumulated_sqnr_db"])
             born = activations.dropna(subset=["drop_db"]).nlargest(worst, "drop_db")
             weights = table.loc[table["kind"] == "weight", "own_sqnr_db"]
-            source = artifact.removesuffix("+int8")
+            source = fp32_name(artifact)
             last = activations.loc[activations["order"].idxmax()] if len(activations) else None
             mA = inputs.scores(dataset, model, artifact)["mA"]
             rows.append({"dataset": dataset, "model": model, "variant": artifact,
