@@ -18,7 +18,8 @@ from lwpar.core.errors import LwparError
 
 # The subcommands, in the order `lwpar --help` lists them: the pipeline's stages, then the tools.
 COMMANDS = ("data", "train", "calibrate", "sensitivity", "latency", "decompose", "prune", "finetune", "export", "quantize",
-            "evaluate", "profile", "card", "report", "config", "dvc", "slurm-profile", "predict", "bundle")
+            "evaluate", "profile", "card", "report", "config", "dvc", "slurm-profile", "predict", "bundle",
+            "node-profile")
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):

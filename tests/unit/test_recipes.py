@@ -64,6 +64,11 @@ def test_labels_group_one_methods_budgets():
     assert recipes.method_label(params, "c") == "prune structured l2 (latency)"
     assert recipes.method_label(params, "ctl") == "control" and recipes.method_label(params, "baseline") == "baseline"
     assert recipes.mac_planned_label(params, "c") == "prune structured l2"
+    # a second stage after a quantization-aware one is quantization-aware too, as its INT8 control reads it
+    params["variants"]["ctl"]["finetune"] = {"qat": True}
+    params["variants"]["ctl2"] = {"base": "ctl", "finetune": {}}
+    assert recipes.method_label(params, "ctl2+mixed") == "control (quantization-aware)+mixed"
+    assert recipes.trains_for_int8(params, "ctl2+mixed")
 
 
 @pytest.mark.parametrize("first", [False, True])

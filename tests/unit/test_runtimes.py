@@ -130,3 +130,22 @@ def test_a_bundle_with_openvino_ir_runs_as_its_onnx_model(artifact, tmp_path):
     images = _images(2)
     reference = _logits(open_session(folder / "model.onnx", threads=1), images)
     assert np.abs(compiled(images)[compiled.outputs[0]] - reference).max() <= 1e-4 * max(1.0, np.abs(reference).max())
+
+
+def test_the_node_profile_counts_each_runtimes_nodes_per_inference(tiny_onnx):
+    """`lwpar node-profile`: every executed convolution is counted once per inference, on both
+    runtimes, and the times are per inference (more runs do not add up)."""
+    from lwpar.deploy.node_profile import compare, node_times
+
+    path = tiny_onnx[1]
+    convs = sum(n.op_type == "Conv" for n in onnx.load(str(path)).graph.node)
+    tables = []
+    for runtime in ("onnxruntime", "openvino"):
+        table = node_times(path, runtime, runs=2, warmup=1).assign(artifact="tiny")
+        assert (table.ms > 0).any() and table.share.sum() == pytest.approx(1.0), runtime
+        assert table[table.op.isin(["Conv", "Convolution"])].nodes.sum() >= 1, runtime
+        tables.append(table)
+    ort = tables[0]
+    assert 0 < ort[ort.op == "Conv"].nodes.sum() <= convs  # each node once, whatever the runs
+    shown = compare(pd.concat(tables), top=2)
+    assert set(shown.runtime) == {"onnxruntime", "openvino"} and "all nodes" in set(shown.op)

@@ -223,7 +223,8 @@ def label(params: dict, name: str, recipe: dict) -> str:
     and plots ("cp-epc+svd (greedy, ALS 50)", "prune structured l2", "control")."""
     # a variant read after BatchNorm re-estimation alone is another point than the fine-tuned one
     untuned = recipe.get("finetune", {}).get("epochs") == 0
-    aware = bool(recipe.get("finetune", {}).get("qat"))  # quantization-aware: another point too
+    # quantization-aware, in any stage of its chain (as `trains_for_int8` reads it): another point too
+    aware = bool(recipe.get("finetune", {}).get("qat")) or bool(recipe.get("base") and trains_for_int8(params, recipe["base"]))
     if "prune" in recipe:
         prune = recipe["prune"]
         qualifiers = [q for q, on in (("latency", prune.get("budget") in TIMED_PRUNE_BUDGETS),  # planned another way

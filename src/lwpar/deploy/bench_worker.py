@@ -33,10 +33,15 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def onnxruntime_session(path, threads: int, providers: list[str]):
+def onnxruntime_session(path, threads: int, providers: list[str], profile_prefix: str | None = None):
+    """A session as the benchmark times it; with `profile_prefix`, also writing ONNX Runtime's per-node
+    profile (`lwpar node-profile`)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
+    if profile_prefix:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -60,7 +65,9 @@ def openvino_config(threads: int, precision: str) -> dict:
     return config
 
 
-def openvino_runner(path, threads: int, batch: int, precision: str):
+def openvino_request(path, threads: int, batch: int, precision: str, counters: bool = False):
+    """An infer request as the benchmark times it, with its random images; `counters`: the CPU plugin
+    also records each node's time (`lwpar node-profile`)."""
     import openvino as ov
 
     core = ov.Core()
@@ -68,8 +75,13 @@ def openvino_runner(path, threads: int, batch: int, precision: str):
     port = model.inputs[0]
     shape = [batch, *(d.get_length() for d in list(port.get_partial_shape())[1:])]
     model.reshape({port.get_any_name(): shape})
-    request = core.compile_model(model, "CPU", openvino_config(threads, precision)).create_infer_request()
-    images = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+    config = {**openvino_config(threads, precision), **({"PERF_COUNT": True} if counters else {})}
+    request = core.compile_model(model, "CPU", config).create_infer_request()
+    return request, np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+
+
+def openvino_runner(path, threads: int, batch: int, precision: str):
+    request, images = openvino_request(path, threads, batch, precision)
     return lambda: request.infer({0: images})
 
 

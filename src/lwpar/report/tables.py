@@ -242,18 +242,16 @@ def across_targets(table: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=ACROSS_COLUMNS)
     one = table[table.batch == table.batch.min()]
     keys = ["dataset", "model", "variant", "threads"]
-    reference = one[one.target == targets[0]].set_index(keys)
-    rows = []
-    for target in targets[1:]:
-        other = one[one.target == target].set_index(keys)
-        for key in reference.index.intersection(other.index):
-            ref, oth = reference.loc[key], other.loc[key]
-            rows.append({**dict(zip(keys, key)), "method": ref.method, "reference": targets[0],
-                         "reference_runtime": ref.runtime, "target": target, "runtime": oth.runtime,
-                         "speedup_reference": ref.speedup, "speedup_target": oth.speedup,
-                         "speedup_ratio": oth.speedup / ref.speedup, "mac_reduction": ref.mac_reduction,
-                         "mA_reference": ref.mA, "mA_target": oth.mA, "delta_mA": oth.mA - ref.mA})
-    return pd.DataFrame(rows, columns=ACROSS_COLUMNS)
+    reference = one[one.target == targets[0]][[*keys, "method", "target", "runtime", "speedup", "mac_reduction", "mA"]]
+    others = one[one.target != targets[0]][[*keys, "target", "runtime", "speedup", "mA"]]
+    pairs = reference.merge(others, on=keys, suffixes=("_reference", "_target"))  # the artifacts both measured
+    across = pairs.rename(columns={"target_reference": "reference", "runtime_reference": "reference_runtime",
+                                   "target_target": "target", "runtime_target": "runtime"})
+    across["speedup_ratio"] = across.speedup_target / across.speedup_reference
+    across["delta_mA"] = across.mA_target - across.mA_reference
+    order = {t: i for i, t in enumerate(targets)}  # the targets in the experiment's order, then the artifacts'
+    across = across.sort_values("target", key=lambda t: t.map(order), kind="stable")
+    return across.reset_index(drop=True).reindex(columns=ACROSS_COLUMNS)
 
 
 def runtime_verdicts(across: pd.DataFrame, tolerance: float = 0.10) -> list[str]:

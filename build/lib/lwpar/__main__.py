@@ -1,0 +1,3 @@
+from lwpar.cli import main
+
+raise SystemExit(main())

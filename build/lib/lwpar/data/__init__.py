@@ -1,0 +1,1 @@
+"""Datasets: download, safe extraction, one parser per dataset, splits, the canonical table, loaders."""
