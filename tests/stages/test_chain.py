@@ -26,7 +26,7 @@ pytestmark = pytest.mark.timeout(900)  # the first test runs the chain: 430 s of
 # after layer from its own inputs then reconstructed block by block, a pruning (and the same with the
 # layers that lost inputs refitted on those statistics), two decompositions planned by measured
 # sensitivity (one by measured latency, from the other's probes), and their matched control
-QUANTIZED = ["svd_r50+int8", "control_qat+int8", "prune_l2_r50+int8", "prune_l2_r50+mixed"]
+QUANTIZED = ["svd_r50+int8", "control_qat+int8", "prune_l2_r50+int8", "prune_l2_r50+mixed", "prune_l2_r50+nncf"]
 VARIANTS = ["svd_r50", "svd_cov", "svd_seq", "prune_l2_r50", "prune_rec", "svd_greedy", "svd_lat", "control",
             "control_qat"]  # svd_r50 is fine-tuned quantization-aware, as its control control_qat
 
@@ -146,7 +146,7 @@ def chain(tmp_path_factory):
     params["quantize"]["calibration_images"] = 16
     params["profile"].update(batch_sizes=[1], threads=[1], warmup=1, rounds=2, iters_per_round=1)
     params["experiment"].update(variants=VARIANTS, int8=["svd_r50", "control_qat", "prune_l2_r50"],
-                                mixed=["prune_l2_r50"],
+                                mixed=["prune_l2_r50"], nncf=["prune_l2_r50"],
                                 targets=["local_cpu", "local_openvino"])
     params_file = synthetic.write_params(tmp / "params.yaml", params)
     load = lwpar.config.load_params
@@ -260,14 +260,17 @@ def test_each_stage_did_its_work(chain):
     assert "old_variant" not in pd.read_csv(_outputs(chain, "report")["compression"]).variant.tolist()
     assert table[table.variant != "baseline_reference"].mA_tuned.between(0, 1).all()
     int8 = pd.read_csv(_outputs(chain, "report")["int8_errors"])
-    assert sorted(int8.variant) == sorted(QUANTIZED) and np.isfinite(int8.output_sqnr_db).all()
+    assert sorted(int8.variant) == sorted(QUANTIZED)
+    # ONNX Runtime's QDQ debugging cannot pair NNCF's tensors: its form's row says nothing rather than wrong
+    measured = int8.variant.str.endswith("+nncf")
+    assert np.isfinite(int8[~measured].output_sqnr_db).all() and int8[measured].output_sqnr_db.isna().all()
     assert int8.largest_drops[0]
 
 
-def test_the_mixed_form_keeps_the_worst_places_in_float_beside_the_full_int8_one(chain):
-    """`experiment.mixed`: the pruned model quantized twice, fully and with quantize.keep_float's
-    places of worst error left FP32; the mixed form names what it kept, holds fewer quantized convs,
-    and is read against the same FP32 control as the full form."""
+def test_the_mixed_and_nncf_forms_stand_beside_the_full_int8_one(chain):
+    """`experiment.mixed`, `experiment.nncf`: the pruned model quantized three ways, fully, with
+    quantize.keep_float's places of worst error left FP32, and by NNCF; the mixed form names what it
+    kept and holds fewer quantized convs, NNCF's says its engine; all read against the FP32 control."""
     from lwpar.deploy.artifact import read_metadata
 
     def quantized_convs(name):
@@ -280,10 +283,12 @@ def test_the_mixed_form_keeps_the_worst_places_in_float_beside_the_full_int8_one
         return read_metadata(onnx_file)["quantization"]["kept_float"]
 
     assert kept("int8") == [] and kept("mixed")
-    assert 0 < quantized_convs("mixed") < quantized_convs("int8")
+    assert 0 < quantized_convs("mixed") < quantized_convs("int8") and quantized_convs("nncf") > 0
+    nncf = _outputs(chain, "quantize", name="prune_l2_r50", form="nncf")["onnx"]
+    assert read_metadata(nncf)["quantization"]["engine"] == "nncf"
     table = pd.read_csv(_outputs(chain, "report")["csv"])
     rows = table[table.variant.str.startswith("prune_l2_r50+") & (table.target == "local_cpu")].set_index("variant")
-    assert set(rows.index) == {"prune_l2_r50+int8", "prune_l2_r50+mixed"}
+    assert set(rows.index) == {"prune_l2_r50+int8", "prune_l2_r50+mixed", "prune_l2_r50+nncf"}
     assert (rows.control == "control").all() and rows.loc["prune_l2_r50+mixed", "method"].endswith("+mixed")
 
 

@@ -249,7 +249,7 @@ def test_every_schema_key_has_a_description():
     from lwpar.config.reference import schema_keys
 
     keys = schema_keys()
-    assert len(keys) == 154  # every key of the configuration, named entries (`*`) counted once
+    assert len(keys) == 155  # every key of the configuration, named entries (`*`) counted once
     assert [path for path, node in keys if not node.get("description")] == []
 
 
@@ -291,7 +291,7 @@ def test_an_overlay_merges_mappings_key_by_key_and_replaces_lists(tmp_path):
         "variants:\n"
         "  lwalm: {decompose: {rank: {policy: search}}}\n"  # base's macs_fraction no longer applies: dropped
         "  tucker2_r30: {decompose: {methods: {kxk: tucker2}, rank: {policy: budget, macs_fraction: 0.3}}}\n"
-        "experiment: {variants: [lwalm, tucker2_r30, control], int8: [baseline, lwalm], mixed: [lwalm]}\n"))
+        "experiment: {variants: [lwalm, tucker2_r30, control], int8: [baseline, lwalm], mixed: [lwalm], nncf: [lwalm]}\n"))
     params = load_params(overlay)
     assert params["train"]["epochs"] == 5 and params["train"]["frozen_stages"] == DEFAULT["train"]["frozen_stages"]
     assert params["train"]["batch_size"] == schema()["properties"]["train"]["properties"]["batch_size"]["default"]
@@ -494,16 +494,16 @@ QAT_VARIANTS = ("variants:\n  svd_qat: {decompose: {methods: {kxk: spatial_svd},
 
 @pytest.mark.fault
 @pytest.mark.parametrize("rest,error", [
-    ("experiment: {variants: [svd_qat, control_qat], int8: [], mixed: []}",
-     "variants.svd_qat.finetune.qat: trains 'svd_qat' for INT8, but neither experiment.int8 nor experiment.mixed "
-     "quantizes it (add 'svd_qat')"),
-    ("experiment: {variants: [svd_qat, control_qat], int8: [svd_qat], mixed: []}",
+    ("experiment: {variants: [svd_qat, control_qat], int8: [], mixed: [], nncf: []}",
+     "variants.svd_qat.finetune.qat: trains 'svd_qat' for INT8, but no quantized form (experiment.int8, mixed, nncf) "
+     "names it (add 'svd_qat' to experiment.int8)"),
+    ("experiment: {variants: [svd_qat, control_qat], int8: [svd_qat], mixed: [], nncf: []}",
      "variants.svd_qat.finetune.qat: 'svd_qat'+int8 is read against its control 'control_qat' in that form: add "
      "'control_qat' to experiment.int8"),
-    ("experiment: {variants: [svd_qat, control_qat], int8: [svd_qat, control_qat], mixed: [svd_qat]}",
+    ("experiment: {variants: [svd_qat, control_qat], int8: [svd_qat, control_qat], mixed: [svd_qat], nncf: []}",
      "variants.svd_qat.finetune.qat: 'svd_qat'+mixed is read against its control 'control_qat' in that form: add "
      "'control_qat' to experiment.mixed"),
-    ("experiment: {variants: [svd_qat, control_qat], int8: [svd_qat, control_qat], mixed: []}\nquantize: {mode: dynamic}",
+    ("experiment: {variants: [svd_qat, control_qat], int8: [svd_qat, control_qat], mixed: [], nncf: []}\nquantize: {mode: dynamic}",
      "variants.svd_qat.finetune.qat: trains for ONNX Runtime's static INT8 model, but quantize makes a dynamic one "
      "with engine onnxruntime (set quantize.engine: onnxruntime, mode: static)"),
 ])
@@ -513,4 +513,4 @@ def test_quantization_aware_finetuning_for_an_int8_model_that_is_not_made_is_ref
         load_params(overlay)
     assert str(info.value) == f"overlay.yaml: {error}"
     load_params(_write(tmp_path / "sound.yaml", f"extends: {ROOT / 'params.yaml'}\n{QAT_VARIANTS}"
-                       "experiment: {variants: [svd_qat, control_qat], int8: [svd_qat, control_qat], mixed: []}\n"))
+                       "experiment: {variants: [svd_qat, control_qat], int8: [svd_qat, control_qat], mixed: [], nncf: []}\n"))

@@ -195,11 +195,13 @@ def test_each_model_is_quantized_in_each_form_it_is_asked_for_and_only_the_mixed
     from lwpar.core.names import form_suffix, fp32_name, quantized_form
 
     jobs = {(w["name"], w["form"]): stage for stage, w in pipeline.grid(DEFAULT) if stage.name == "quantize"}
-    assert set(jobs) == {*((n, "int8") for n in DEFAULT["experiment"]["int8"]),
-                         *((n, "mixed") for n in DEFAULT["experiment"]["mixed"])}
+    assert set(jobs) == {(n, form) for form in ("int8", "mixed", "nncf") for n in DEFAULT["experiment"][form]}
+    assert DEFAULT["experiment"]["mixed"] and DEFAULT["experiment"]["nncf"]
     w = {"dataset": "peta", "model": "alm_r50h", "name": "lwalm"}
     mixed, full = (jobs["lwalm", form].param_keys(DEFAULT, {**w, "form": form}) for form in ("mixed", "int8"))
-    assert "quantize" in mixed and "quantize.keep_float" not in full and "quantize.calibration" in full
+    assert "quantize.keep_float" in mixed and "quantize.keep_float" not in full and "quantize.calibration" in full
+    nncf = jobs["lwalm", "nncf"].param_keys(DEFAULT, {**w, "form": "nncf"})
+    assert nncf == ["seed", "quantize.calibration_images", "quantize.op_types"]  # what NNCF's form reads
     assert "--form mixed" in jobs["lwalm", "mixed"].command("p.yaml", DEFAULT, {**w, "form": "mixed"})
     assert jobs["lwalm", "mixed"].job_outputs({**w, "form": "mixed"})["onnx"].endswith("/lwalm+mixed/model.onnx")
     assert "lwalm+mixed" in pipeline.experiment.artifact_names(DEFAULT)

@@ -57,6 +57,8 @@ def problems(params: dict):
         if name not in params["models"]:
             yield f"experiment.models[{i}]", f"unknown model {name!r} (defined: {', '.join(params['models'])})"
     quantize = params["quantize"]
+    if params["experiment"]["nncf"] and not_installed("nncf"):
+        yield "experiment.nncf", not_installed("nncf")
     if quantize["engine"] == "nncf" and (params["experiment"]["int8"] or params["experiment"]["mixed"]):
         if not_installed("nncf"):
             yield "quantize.engine", not_installed("nncf")
@@ -136,8 +138,8 @@ def _qat_problems(params: dict):
             yield key, (f"trains for ONNX Runtime's static INT8 model, but quantize makes a {quantize['mode']} one "
                         f"with engine {quantize['engine']} (set quantize.engine: onnxruntime, mode: static)")
         elif not any(name in experiment[form] for form in QUANTIZED_FORMS):
-            yield key, (f"trains {name!r} for INT8, but neither experiment.int8 nor experiment.mixed quantizes it "
-                        f"(add {name!r})")
+            yield key, (f"trains {name!r} for INT8, but no quantized form (experiment.int8, mixed, nncf) names it "
+                        f"(add {name!r} to experiment.int8)")
         elif not recipe.get("epochs"):
             yield key, "needs fine-tuning epochs (epochs: 0 trains nothing on the INT8 grids)"
         else:

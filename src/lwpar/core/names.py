@@ -1,10 +1,11 @@
-"""An artifact's quantized forms and their names: `<name>+int8` (every quantizable node in INT8,
-`experiment.int8`) and `<name>+mixed` (INT8 with the places of worst measured error left in FP32,
-`quantize.keep_float`, `experiment.mixed`)."""
+"""An artifact's quantized forms and their names: `<name>+int8` (every quantizable node in INT8, by
+`quantize.engine`; `experiment.int8`), `<name>+mixed` (the same with the places of worst measured
+error left in FP32, `quantize.keep_float`; `experiment.mixed`) and `<name>+nncf` (NNCF's
+post-training INT8 on the same images and ops, beside ONNX Runtime's; `experiment.nncf`)."""
 
 from __future__ import annotations
 
-QUANTIZED_FORMS = ("int8", "mixed")
+QUANTIZED_FORMS = ("int8", "mixed", "nncf")
 
 
 def quantized_form(name: str) -> str | None:

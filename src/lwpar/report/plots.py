@@ -93,9 +93,8 @@ def _panel(ax, one: pd.DataFrame, rows: pd.Series, column: str, kind: str, prefi
         prefix = f"{dataset} / {model}: " if prefix_models else ""
         for method, budgets in group.groupby("method", sort=True):  # one method's budgets, joined
             budgets = budgets.sort_values(column)
-            # a method's mixed-precision form: its colour, square markers, named apart in the legend
-            mixed = quantized_form(method) == "mixed"
-            marker = "s" if mixed else "o"
+            # a method's mixed-precision and NNCF forms: its colour, their own markers, named apart in the legend
+            marker = {"mixed": "s", "nncf": "^"}.get(quantized_form(method), "o")
             ax.plot(budgets[column], budgets["mA"] * 100, f"{marker}-" if len(budgets) > 1 else marker, lw=0.8, ms=5,
                     color=colors[fp32_name(method)], label=prefix + method.removesuffix("+int8"))
         x, y = group[column].to_numpy(float), group["mA"].to_numpy(float) * 100

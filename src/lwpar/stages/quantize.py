@@ -4,7 +4,8 @@ Static mode: QDQ format, calibration (minmax, entropy or percentile) on a fixed,
 the training split, average pools that equal a depthwise conv rewritten as one first (ONNX Runtime's
 QLinearAveragePool is slow), only the ops in `quantize.op_types`, then every quantized tensor compared
 with the FP32 model's on `quantize.error_images` other training images (node_error.csv); dynamic
-mode: weights only. Form `mixed` leaves the places of worst measured error in FP32 (`quantize.keep_float`).
+mode: weights only. Form `mixed` leaves the places of worst measured error in FP32 (`quantize.keep_float`);
+form `nncf` quantizes with NNCF whatever `quantize.engine` says.
 Accuracy is measured afterwards by `evaluate` on the INT8 model in ONNX Runtime, never assumed.
 """
 
@@ -20,8 +21,9 @@ FLAGS = [
     flag("--out", "INT8 ONNX model to write", "output:onnx", type=Path, required=True),
     flag("--errors-out", "per-tensor error against the FP32 model (node_error.csv)", "output:errors", type=Path,
          required=True),
-    flag("--form", "int8: every quantizable node; mixed: the places of worst error left FP32 (quantize.keep_float)",
-         "wildcard:form", default="int8", choices=["int8", "mixed"]),
+    flag("--form", "int8: every quantizable node, by quantize.engine; mixed: the places of worst error left FP32 "
+         "(quantize.keep_float); nncf: NNCF's post-training INT8", "wildcard:form", default="int8",
+         choices=["int8", "mixed", "nncf"]),
 ]
 
 
@@ -31,6 +33,8 @@ def run(args, params) -> None:
     from lwpar.deploy.quantize import quantize_model, weight_range
 
     cfg = params["quantize"]
+    if args.form == "nncf":  # NNCF's defaults: static, its own weight grid (calibration images and ops shared)
+        cfg = {**cfg, "engine": "nncf", "mode": "static"}
     reduced, why = weight_range(cfg["reduce_range"])
     size = onnx_session(args.model).get_inputs()[0].shape[2:]
     paths, _ = Prepared(args.dataset_dir).split("train")
@@ -40,8 +44,11 @@ def run(args, params) -> None:
                             args.errors_out,
                             calibration_batches(paths, transform, cfg["error_images"], params["seed"] + 1),
                             keep_float=cfg["keep_float"] if args.form == "mixed" else None)
-    print(f"{args.out}: INT8 ({cfg['mode']}, {cfg['calibration']} calibration on {cfg['calibration_images']} "
-          f"training images, per-channel {cfg['per_channel']}, {'7' if reduced else '8'}-bit weights ({why}), "
-          f"{cfg['activations']} activations, ops {', '.join(cfg['op_types']) if cfg['op_types'] else 'all'}), "
-          f"{args.out.stat().st_size / 1e6:.2f} MB from {args.model.stat().st_size / 1e6:.2f} MB")
+    ops = ', '.join(cfg['op_types']) if cfg['op_types'] else 'all'
+    how = (f"NNCF's defaults, calibrated on {cfg['calibration_images']} training images, ops {ops}"
+           if cfg["engine"] == "nncf" else
+           f"{cfg['mode']}, {cfg['calibration']} calibration on {cfg['calibration_images']} training images, "
+           f"per-channel {cfg['per_channel']}, {'7' if reduced else '8'}-bit weights ({why}), "
+           f"{cfg['activations']} activations, ops {ops}")
+    print(f"{args.out}: INT8 ({how}), {args.out.stat().st_size / 1e6:.2f} MB from {args.model.stat().st_size / 1e6:.2f} MB")
     print(f"{args.errors_out}: {errors}")
