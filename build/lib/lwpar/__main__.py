@@ -1,3 +1,0 @@
-from lwpar.cli import main
-
-raise SystemExit(main())
