@@ -281,6 +281,11 @@ def test_the_int8_error_summary_names_where_each_int8_model_departs_from_its_fp3
     table_, _ = collect(inputs)
     text = markdown(table_, "stamp", int8=table)
     assert "## INT8 error" in text and "| -14.00 | -4.0 | 2 of 4 | 31.0 | main_branch.layer1.0.conv2.2 (Conv)" in text
+    # a form whose tensors were not measured (NNCF's): its header alone, a row of blanks
+    pd.DataFrame(columns=["order", "kind", "tensor", "op", "own_sqnr_db", "accumulated_sqnr_db", "drop_db"]).to_csv(
+        run / "cp_r50+int8/node_error.csv", index=False)
+    row = int8_errors(inputs).iloc[0]
+    assert np.isnan(row.output_sqnr_db) and row.largest_drops == "" and row.tensors == 0
 
 
 def test_a_second_runtime_gets_its_own_scores_speed_ups_and_a_verdict_per_method(results, tmp_path):

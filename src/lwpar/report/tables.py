@@ -147,7 +147,8 @@ def int8_errors(inputs: Inputs, params: dict | None = None, worst: int = 3, larg
     rows = []
     for dataset, model, _ in inputs.runs():
         for artifact, path in inputs.of_run("int8_errors", dataset, model):
-            table = pd.read_csv(path)
+            # a header alone (nothing measured: NNCF's forms, dynamic INT8) reads as text columns
+            table = pd.read_csv(path, dtype={c: float for c in ("own_sqnr_db", "accumulated_sqnr_db", "drop_db")})
             activations = table[table["kind"] == "activation"].dropna(subset=["accumulated_sqnr_db"])
             born = activations.dropna(subset=["drop_db"]).nlargest(worst, "drop_db")
             weights = table.loc[table["kind"] == "weight", "own_sqnr_db"]
