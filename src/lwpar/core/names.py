@@ -6,6 +6,16 @@ post-training INT8 on the same images and ops, beside ONNX Runtime's; `experimen
 from __future__ import annotations
 
 QUANTIZED_FORMS = ("int8", "mixed", "nncf")
+NNCF_QUANTIZE_KEYS = ("calibration_images", "op_types")  # NNCF's own defaults otherwise
+
+
+def form_keys(form: str, quantize_keys) -> list[str]:
+    """The `quantize` keys a quantized form reads, of `quantize_keys` (every key of the block): full
+    INT8 all but keep_float (changing it re-quantizes only the mixed forms), mixed all, NNCF's its
+    images and ops."""
+    if form == "nncf":
+        return list(NNCF_QUANTIZE_KEYS)
+    return [key for key in quantize_keys if form == "mixed" or key != "keep_float"]
 
 
 def quantized_form(name: str) -> str | None:

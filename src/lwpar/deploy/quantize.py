@@ -112,8 +112,9 @@ def quantize_model(source: Path, target: Path, cfg: dict, batches=None, errors_o
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    reduced, why = weight_range(cfg["reduce_range"])
-    cfg = {**cfg, "reduce_range": reduced, "weight_bits": f"{7 if reduced else 8} ({why})"}
+    if cfg["engine"] != "nncf":  # NNCF chooses its own weight grid
+        reduced, why = weight_range(cfg["reduce_range"])
+        cfg = {**cfg, "reduce_range": reduced, "weight_bits": f"{7 if reduced else 8} ({why})"}
 
     with tempfile.TemporaryDirectory() as tmp, atomic_path(target) as out:
         prepared = Path(tmp) / "prepared.onnx"
@@ -205,7 +206,8 @@ def _quantize_nncf(source: Path, prepared: Path, out: Path, cfg: dict, batches, 
     quantized = nncf.quantize(onnx.load(str(prepared)), nncf.Dataset(feeds), subset_size=len(feeds),
                               ignored_scope=nncf.IgnoredScope(types=ignored, validate=False) if ignored else None)
     onnx.save(quantized, str(out))
-    _carry_metadata(source, out, {**cfg, "weight_bits": f"8 (nncf {nncf.__version__})"})
+    _carry_metadata(source, out, {"engine": "nncf", "mode": "static", "calibration": "nncf's default",
+                                  "weight_bits": f"8 (nncf {nncf.__version__})"})
     # ONNX Runtime's QDQ debugging helpers pair tensors by the names its own quantizer gives them,
     # which NNCF's do not follow: the table lists nothing rather than a wrong pairing
     _write_errors(errors_out, None)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from lwpar.compress.recipes import (QAT_KEYS, calibration_selection, is_calibrated, reconstructs_blocks, runs_images,
                                     timing_step)
-from lwpar.core.names import QUANTIZED_FORMS, fp32_name, quantized_form
+from lwpar.core.names import QUANTIZED_FORMS, form_keys, fp32_name, quantized_form
 from lwpar.pipeline.experiment import calibrated_variants, profiled_names, sensitivity_source, variant_pattern
 from lwpar.pipeline.layout import (REFERENCE, finetune_start, prepared, profile_file, run_folder, source_model,
                                    start_model)
@@ -16,10 +16,6 @@ from lwpar.pipeline.stage import Stage
 
 BENCH_WORKER = "deploy/bench_worker.py"  # runs as a script in its own process (on the target), not imported
 TIMING_KEYS = ("batch_sizes", "threads", "warmup", "rounds", "iters_per_round")
-# the quantize keys each quantized form reads: full INT8 not keep_float (changing it re-quantizes only
-# the mixed forms); NNCF's form its images and ops, its own defaults otherwise
-QUANTIZE_KEYS = {"int8": lambda q: [k for k in q if k != "keep_float"], "mixed": lambda q: list(q),
-                 "nncf": lambda q: ["calibration_images", "op_types"]}
 
 
 def timing_keys(target: str | None) -> list[str]:
@@ -187,7 +183,7 @@ def stages(params: dict) -> dict[str, Stage]:
             name="quantize", wildcards=("dataset", "model", "name", "form"),
             outputs={"onnx": f"{run}/{{name}}+{{form}}/model.onnx", "errors": f"{run}/{{name}}+{{form}}/node_error.csv"},
             inputs=lambda p, w: {"onnx": f"{run_folder(p, w, w['name'])}/model.onnx", "data": prepared(p, w["dataset"])},
-            param_keys=lambda p, w: ["seed", *(f"quantize.{k}" for k in QUANTIZE_KEYS[w["form"]](p["quantize"]))],
+            param_keys=lambda p, w: ["seed", *(f"quantize.{k}" for k in form_keys(w["form"], p["quantize"]))],
             cluster_threads=2, mem_mb=4000, runtime_min=30,
             constraints=lambda p: {**name_pattern, "form": "|".join(QUANTIZED_FORMS)},
         ),

@@ -28,23 +28,26 @@ FLAGS = [
 
 
 def run(args, params) -> None:
+    from lwpar.config import schema
+    from lwpar.core.names import form_keys
     from lwpar.data.loader import Prepared, build_transform, calibration_batches
     from lwpar.deploy.artifact import onnx_session
     from lwpar.deploy.quantize import quantize_model, weight_range
 
-    cfg = params["quantize"]
+    # only the keys this form reads (core.names.form_keys), which are the keys its job declares
+    cfg = {key: params["quantize"][key] for key in form_keys(args.form, schema()["properties"]["quantize"]["properties"])}
     if args.form == "nncf":  # NNCF's defaults: static, its own weight grid (calibration images and ops shared)
-        cfg = {**cfg, "engine": "nncf", "mode": "static"}
-    reduced, why = weight_range(cfg["reduce_range"])
+        cfg.update(engine="nncf", mode="static")
     size = onnx_session(args.model).get_inputs()[0].shape[2:]
     paths, _ = Prepared(args.dataset_dir).split("train")
     transform = build_transform(size, False)
     errors = quantize_model(args.model, args.out, cfg,
                             calibration_batches(paths, transform, cfg["calibration_images"], params["seed"]),
                             args.errors_out,
-                            calibration_batches(paths, transform, cfg["error_images"], params["seed"] + 1),
+                            calibration_batches(paths, transform, cfg.get("error_images", 0), params["seed"] + 1),
                             keep_float=cfg["keep_float"] if args.form == "mixed" else None)
     ops = ', '.join(cfg['op_types']) if cfg['op_types'] else 'all'
+    reduced, why = weight_range(cfg["reduce_range"]) if cfg["engine"] != "nncf" else (False, "")
     how = (f"NNCF's defaults, calibrated on {cfg['calibration_images']} training images, ops {ops}"
            if cfg["engine"] == "nncf" else
            f"{cfg['mode']}, {cfg['calibration']} calibration on {cfg['calibration_images']} training images, "
