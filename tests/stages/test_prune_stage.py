@@ -25,7 +25,7 @@ def test_the_prune_stage_times_its_latency_budget_on_the_target(tmp_path):
               "budget": "latency", "speedup": 1.3, "target": "local_cpu"}
     params["variants"] = {"fast": {"base": None, "finetune": params["variants"]["control"]["finetune"], "prune": recipe},
                           "control": params["variants"]["control"]}
-    params["experiment"].update(variants=["fast", "control"], int8=[], targets=["local_cpu"])
+    params["experiment"].update(variants=["fast", "control"], int8=[], mixed=[], nncf=[], targets=["local_cpu"])
     path = synthetic.write_params(tmp_path / "params.yaml", params)
     torch.manual_seed(0)
     model = build_model("alm", "resnet18", 3).eval()

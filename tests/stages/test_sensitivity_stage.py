@@ -30,7 +30,7 @@ def test_interrupted_sensitivity_stage_resumes_from_its_partial_file(tmp_path, m
         **{k: v for k, v in params["variants"]["lwalm"]["decompose"].items() if k != "epc"}, "kinds": ["pointwise"],
         "rank": rank, "fit": "weights"}},  # probes that fit outputs: tests/stages/test_chain.py
         "control": {"base": None, "finetune": params["variants"]["lwalm"]["finetune"]}}
-    params["experiment"].update(variants=["probe", "control"], int8=[])
+    params["experiment"].update(variants=["probe", "control"], int8=[], mixed=[], nncf=[])
     path = synthetic.write_params(tmp_path / "params.yaml", params)
     assert main(["train", "--params", str(path), "--dataset-dir", str(tmp_path / "prepared"), "--model", "tiny",
                  "--out", str(tmp_path / "baseline")]) == 0
