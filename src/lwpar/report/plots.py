@@ -50,8 +50,8 @@ def plots(table: pd.DataFrame, out_dir: Path, bins: pd.DataFrame | None = None) 
     prefix_models = every[["dataset", "model"]].drop_duplicates().shape[0] > 1
     families = sorted({fp32_name(m) for m in every.method})
     colors = dict(zip(families, [plt.get_cmap("tab20").colors[i % 20] for i in range(len(families))]))
-    int8_any = every.variant.map(lambda v: quantized_form(v) is not None)
-    kinds = ["FP32", "INT8"] if int8_any.any() and (~int8_any).any() else [""]
+    quantized = every.variant.map(lambda v: quantized_form(v) is not None)  # every quantized form: the INT8 panel
+    kinds = ["FP32", "INT8"] if quantized.any() and (~quantized).any() else [""]
     for kind, column, label, shown in (("latency", "latency_ms_median", "median latency (ms), batch 1, 1 thread",
                                         targets), ("macs", "macs", "MACs per image", targets[:1])):
         fig, axes = plt.subplots(len(shown), len(kinds), figsize=(6 * len(kinds) + 2, 5 * len(shown)), sharey=True,
@@ -59,7 +59,7 @@ def plots(table: pd.DataFrame, out_dir: Path, bins: pd.DataFrame | None = None) 
         for axes_row, target in zip(axes, shown):
             one = every[every.target == target]
             runtime = one.runtime.iloc[0] if "runtime" in one and len(one) else ""
-            int8 = one.variant.map(lambda v: quantized_form(v) is not None)
+            int8 = quantized.loc[one.index]
             for ax, title in zip(axes_row, kinds):
                 rows = int8 if title == "INT8" else ~int8 if title == "FP32" else int8 | ~int8
                 _panel(ax, one, rows, column, kind, prefix_models, colors,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lwpar.stages import flag
+from lwpar.stages import flag, named_paths
 
 NEEDS_PARAMS = False
 FLAGS = [
@@ -37,15 +37,11 @@ def run(args, params) -> None:
     from lwpar.core.machine import cpu_flags, cpu_model
     from lwpar.deploy.node_profile import COLUMNS, compare, node_times
 
-    artifacts = {}
-    for item in args.onnx:
-        name, equals, path = item.partition("=")
-        path = Path(path) / "model.onnx" if equals and Path(path).is_dir() else Path(path)
-        if not equals or not name:
-            raise LwparError(f"--onnx {item}: expected NAME=PATH")
+    artifacts = {name: path / "model.onnx" if path.is_dir() else path
+                 for name, path in named_paths(args.onnx, "onnx").items()}
+    for name, path in artifacts.items():
         if not path.is_file():
-            raise LwparError(f"--onnx {item}: {path} not found")
-        artifacts[name] = path
+            raise LwparError(f"--onnx {name}={path}: not found")
     flags = sorted(cpu_flags() & {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile"})
     print(f"{cpu_model()}; {', '.join(flags) or 'no AVX2'}; {args.threads} thread(s), batch {args.batch}, "
           f"{args.runs} runs after {args.warmup}")
